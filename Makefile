@@ -1,0 +1,39 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both (re)create .venv when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= out/demo
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint format clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency list or the pins change. torch is pinned through
+# constraints.txt: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m img_search.pipeline.embed models=efficientnet_lite0 datasets=image_folder \
+		datasets.image_folder.path=img_search/samples/photos output_path=$(DEMO_OUT)/images.parquet
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,135 @@
+"""Encoder base class: CPU preprocessing (picklable, in loader workers) apart from the batched forward.
+
+Every encoder loads from a Hub id or a local directory through one code path
+(``model_name``), returns L2-normalised float32 vectors, and describes itself
+(``identity()``) so an output table records exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch.utils.data import default_collate
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ImageTransform:
+    """Decoded RGB image → model-ready features for one item; runs in loader workers.
+
+    Subclasses must stay picklable (plain attributes, no models, no open files).
+    ``collate`` turns a list of per-item features into one batch.
+    """
+
+    def __call__(self, image: Image.Image) -> Any:
+        raise NotImplementedError
+
+    def collate(self, features: list[Any]) -> Any:
+        return default_collate(features)
+
+    def describe(self) -> dict[str, Any]:
+        """The preprocessing settings, recorded in the output metadata."""
+        return {"transform": type(self).__name__}
+
+
+class Encoder(ABC):
+    """A model family behind one small API: ``load``, ``image_transform``, ``encode_images``, ``encode_texts``."""
+
+    #: Registry name (``model:`` in the YAML).
+    kind: ClassVar[str] = ""
+    supports_images: ClassVar[bool] = True
+    supports_texts: ClassVar[bool] = True
+
+    def __init__(self, name: str, model_name: str, revision: str | None = None) -> None:
+        self.name = name
+        self.model_name = str(model_name)
+        self.revision = revision
+        self.device = torch.device("cpu")
+        self.precision = "fp32"
+        self.dim: int | None = None
+
+    # -- life cycle -----------------------------------------------------------
+    def load(self, device: torch.device | str = "cpu", precision: str = "fp32") -> Encoder:
+        """Load weights (downloading them on first use) onto ``device``."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
+        self.device = torch.device(device)
+        self.precision = precision
+        self._load()
+        return self
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    # -- images ---------------------------------------------------------------
+    def image_transform(self) -> ImageTransform:
+        raise NotImplementedError(f"encoder {self.kind} has no image side")
+
+    def encode_images(self, features: Any) -> torch.Tensor:
+        """A collated batch from ``image_transform()`` → (n, dim) unit vectors on ``self.device``."""
+        raise NotImplementedError(f"encoder {self.kind} has no image side")
+
+    # -- texts ----------------------------------------------------------------
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Raw strings → (n, dim) unit vectors on ``self.device``."""
+        raise NotImplementedError(f"encoder {self.kind} has no text side")
+
+    # -- description ----------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What produced the vectors: enough to refuse mixing two different models in one table."""
+        info: dict[str, Any] = {
+            "encoder": self.kind,
+            "checkpoint": self.model_name,
+            "revision": self.revision,
+            "dim": self.dim,
+            "normalized": True,
+            "precision": self.precision,
+        }
+        if self.supports_images:
+            info["image_preprocessing"] = self.image_transform().describe()
+        info["fingerprint"] = fingerprint(
+            {k: v for k, v in info.items() if k not in ("precision", "dim")}
+        )
+        return info
+
+    # -- helpers for subclasses -------------------------------------------------
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """no_grad plus autocast at the chosen precision on the encoder's device."""
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode():
+            if dtype is torch.float32:
+                yield
+            else:
+                with torch.autocast(device_type=self.device.type, dtype=dtype):
+                    yield
+
+    def to_device(self, features: Any) -> Any:
+        """Move a (nested) batch to the device; non-blocking from pinned memory on CUDA."""
+        non_blocking = self.device.type == "cuda"
+        if isinstance(features, torch.Tensor):
+            return features.to(self.device, non_blocking=non_blocking)
+        if isinstance(features, dict):
+            return {k: self.to_device(v) for k, v in features.items()}
+        if isinstance(features, (list, tuple)):
+            return type(features)(self.to_device(v) for v in features)
+        return features
+
+    def finish(self, vectors: torch.Tensor) -> torch.Tensor:
+        """float32, L2-normalised rows; remembers the dimension."""
+        vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        self.dim = int(vectors.shape[-1])
+        return vectors
+
+
+def fingerprint(payload: Any) -> str:
+    """A short stable hash of a JSON-able description."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

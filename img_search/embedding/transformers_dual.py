@@ -1,0 +1,119 @@
+"""CLIP, SigLIP and SigLIP2 checkpoints through transformers ``AutoModel`` / ``AutoProcessor``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from img_search.embedding.base import Encoder, ImageTransform
+
+
+class ProcessorImageTransform(ImageTransform):
+    """Runs the checkpoint's own image processor on one image (in a loader worker)."""
+
+    def __init__(self, image_processor: Any, call_kwargs: dict[str, Any] | None = None) -> None:
+        self.image_processor = image_processor
+        self.call_kwargs = dict(call_kwargs or {})
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        batch = self.image_processor(images=[image], return_tensors="pt", **self.call_kwargs)
+        return {key: value[0] for key, value in batch.items()}
+
+    def describe(self) -> dict[str, Any]:
+        settings = self.image_processor.to_dict()
+        settings.update(self.call_kwargs)
+        return {"transform": type(self.image_processor).__name__, **settings}
+
+
+def projected(output: Any) -> torch.Tensor:
+    """transformers v5 returns an output object whose ``pooler_output`` is the projected embedding."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.pooler_output
+
+
+class TransformersDualEncoder(Encoder):
+    """Two-tower image/text models that share the ``get_image_features`` / ``get_text_features`` API."""
+
+    #: Tokenizer arguments the family's model card requires.
+    text_kwargs: ClassVar[dict[str, Any]] = {"padding": True, "truncation": True}
+
+    def __init__(
+        self,
+        name: str,
+        model_name: str,
+        revision: str | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
+        super().__init__(name, model_name, revision)
+        self.attn_implementation = attn_implementation
+        self.model: Any = None
+        self.processor: Any = None
+
+    def _load(self) -> None:
+        from transformers import AutoModel, AutoProcessor
+
+        extra = (
+            {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
+        )
+        self.model = AutoModel.from_pretrained(self.model_name, revision=self.revision, **extra)
+        self.model.eval().to(self.device)
+        self.processor = AutoProcessor.from_pretrained(self.model_name, revision=self.revision)
+        config = self.model.config
+        self.dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
+
+    def image_transform(self) -> ProcessorImageTransform:
+        if self.processor is None:
+            raise RuntimeError(f"encoder {self.name}: load() first")
+        return ProcessorImageTransform(self.processor.image_processor, self.image_call_kwargs())
+
+    def image_call_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def encode_images(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.inference():
+            output = self.model.get_image_features(**self.to_device(features))
+        return self.finish(projected(output))
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.processor.tokenizer(list(texts), return_tensors="pt", **self.text_kwargs)
+        with self.inference():
+            output = self.model.get_text_features(**self.to_device(dict(tokens)))
+        return self.finish(projected(output))
+
+    def identity(self) -> dict[str, Any]:
+        info = super().identity()
+        info["text_preprocessing"] = dict(self.text_kwargs)
+        return info
+
+
+class CLIPEncoder(TransformersDualEncoder):
+    kind = "clip"
+    text_kwargs: ClassVar[dict[str, Any]] = {"padding": True, "truncation": True}
+
+
+class SiglipEncoder(TransformersDualEncoder):
+    """SigLIP was trained on texts padded to 64 tokens: other padding silently gives wrong vectors."""
+
+    kind = "siglip"
+    text_kwargs: ClassVar[dict[str, Any]] = {
+        "padding": "max_length",
+        "max_length": 64,
+        "truncation": True,
+    }
+
+
+class Siglip2Encoder(SiglipEncoder):
+    """SigLIP2 (NaFlex): patch settings come from the checkpoint's own image processor."""
+
+    kind = "siglip2"
+
+    def image_call_kwargs(self) -> dict[str, Any]:
+        image_processor = self.processor.image_processor
+        return {
+            "patch_size": image_processor.patch_size,
+            "max_num_patches": image_processor.max_num_patches,
+        }

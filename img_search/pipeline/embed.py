@@ -1,0 +1,61 @@
+"""Image embedding pipeline: ``python -m img_search.pipeline.embed models=... datasets=... output_path=...``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from img_search.data import get_dataset, open_image
+from img_search.embedding import Encoder, ImageTransform
+from img_search.pipeline.cli import run_cli
+from img_search.pipeline.runner import Modality
+from img_search.pipeline.settings import TaskSettings
+
+
+class DecodeAndTransform:
+    """Loader-worker step for images: decode to RGB (with the pixel limit), then the encoder's transform."""
+
+    def __init__(self, transform: ImageTransform, max_pixels: int | None) -> None:
+        self.transform, self.max_pixels = transform, max_pixels
+
+    def __call__(self, item: Any) -> Any:
+        return self.transform(open_image(item.source, max_pixels=self.max_pixels))
+
+
+def _prepare(encoder: Encoder, settings: TaskSettings) -> DecodeAndTransform:
+    return DecodeAndTransform(encoder.image_transform(), settings.max_image_pixels)
+
+
+def _collate(encoder: Encoder) -> Any:
+    return encoder.image_transform().collate
+
+
+def _forward(encoder: Encoder, features: Any) -> torch.Tensor:
+    return encoder.encode_images(features)
+
+
+IMAGES = Modality(
+    kind="image",
+    make_source=lambda name, spec: get_dataset(spec, name=name),
+    make_prepare=_prepare,
+    make_collate=_collate,
+    forward=_forward,
+    supports=lambda encoder: encoder.supports_images,
+)
+
+
+def image_dataset_specs(cfg: DictConfig) -> Mapping[str, Any]:
+    return cfg.get("datasets") or {}
+
+
+@hydra.main(version_base=None, config_path="pkg://img_search.config", config_name="embed_config")
+def main(cfg: DictConfig) -> None:
+    run_cli(cfg, IMAGES, image_dataset_specs(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""The run machinery shared by the image and caption pipelines.
+
+validate config (no model loaded) → Accelerator → build datasets, then each
+model, on the main process first → per (model, dataset): sharded loader with
+preprocessing in workers → batched forward → gather to the main process →
+part files → one finished Parquet table → summary.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from img_search.embedding import Encoder, get_encoder
+from img_search.pipeline.distributed import build_everywhere, finish, gather_step, make_accelerator
+from img_search.pipeline.reporting import RunStats, make_progress, print_summary
+from img_search.pipeline.settings import ConfigError, TaskSettings
+from img_search.pipeline.sharding import Collator, ItemSource, RankShard
+from img_search.store import EmbeddingTableWriter, read_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Modality:
+    """What differs between pipelines; everything else is shared."""
+
+    #: "image" or "caption": recorded in the metadata.
+    kind: str
+    #: name, spec → an unbuilt source.
+    make_source: Callable[[str, Mapping[str, Any]], ItemSource]
+    #: encoder, settings → picklable ``item → features`` run in loader workers.
+    make_prepare: Callable[[Encoder, TaskSettings], Callable[[Any], Any]]
+    #: encoder → picklable collate of a list of features.
+    make_collate: Callable[[Encoder], Callable[[list[Any]], Any]]
+    #: encoder, collated features → (n, dim) unit vectors.
+    forward: Callable[[Encoder, Any], torch.Tensor]
+    #: capability check, e.g. "has an image tower".
+    supports: Callable[[Encoder], bool]
+    extra_fields: list[pa.Field] = field(default_factory=list)
+    #: source, positions → the extra columns of those rows (main process).
+    extra_columns: Callable[[Any, list[int]], dict[str, pa.Array]] | None = None
+
+
+@dataclass
+class Job:
+    """A validated job: everything constructed, nothing loaded."""
+
+    settings: TaskSettings
+    output_path: Path
+    encoders: dict[str, Encoder]
+    sources: dict[str, ItemSource]
+    config: dict[str, Any]
+
+
+def plan_job(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any]) -> Job:
+    """Check everything that can be checked without loading a model; raise ``ConfigError`` early."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"missing value(s): {', '.join(missing)}; set on the command line, e.g. {missing[0]}=..."
+        )
+    settings = TaskSettings.from_config(cfg.get("tasks"))
+    output = cfg.get("output_path")
+    if not output:
+        raise ConfigError("output_path is not set: add output_path=<file.parquet>")
+    output_path = Path(str(output)).expanduser().resolve()
+    _check_writable(output_path.parent)
+    model_specs = cfg.get("models") or {}
+    if not model_specs:
+        raise ConfigError("no model selected: add models=<name> (or models=[a,b])")
+    if not dataset_specs:
+        raise ConfigError("no dataset selected")
+    encoders = {}
+    for key, spec in model_specs.items():
+        encoder = get_encoder(_plain(spec), name=str(key))
+        if not modality.supports(encoder):
+            raise ConfigError(f"model {key} ({encoder.kind}) cannot embed {modality.kind}s")
+        encoders[str(key)] = encoder
+    sources = {str(k): modality.make_source(str(k), _plain(v)) for k, v in dataset_specs.items()}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return Job(settings, output_path, encoders, sources, config)  # type: ignore[arg-type]
+
+
+def run_job(job: Job, modality: Modality) -> int:
+    """Embed every (model, dataset) of ``job`` into ``job.output_path``; returns the exit code."""
+    settings = job.settings
+    accelerator = make_accelerator(cpu=settings.cpu)
+    main = accelerator.is_main_process
+    try:
+        if job.output_path.exists() and not settings.overwrite:
+            if main:
+                _report_existing(job.output_path)
+            return 0
+        writer = None
+        if main:
+            writer = EmbeddingTableWriter(
+                job.output_path,
+                output_dtype=settings.output_dtype,
+                extra_fields=modality.extra_fields,
+                part_rows=settings.part_rows,
+            )
+            writer.start()
+        accelerator.wait_for_everyone()
+        retry = {"retries": settings.build_retries, "backoff": settings.build_backoff_s}
+        for name, source in job.sources.items():
+            build_everywhere(accelerator, source.build, f"dataset {name}", **retry)
+        stats: list[RunStats] = []
+        identities: dict[str, Any] = {}
+        with make_progress(enabled=main) as progress:
+            for key, encoder in job.encoders.items():
+                what = f"model {key} ({encoder.model_name})"
+                build_everywhere(
+                    accelerator,
+                    lambda e=encoder: e.load(accelerator.device, settings.precision),
+                    what,
+                    **retry,
+                )
+                for source in job.sources.values():
+                    stats.append(
+                        embed_source(
+                            accelerator, encoder, source, modality, settings, writer, progress
+                        )
+                    )
+                identities[key] = encoder.identity()
+                _release(encoder, accelerator)
+        if main:
+            assert writer is not None
+            metadata = {
+                "kind": modality.kind,
+                "models": identities,
+                "datasets": {name: s.describe() for name, s in job.sources.items()},
+                "normalized": True,
+                "config": job.config,
+                "versions": library_versions(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "num_processes": accelerator.num_processes,
+            }
+            writer.finalize(metadata)
+            errors_path = writer.errors_path if writer.errors else None
+            print_summary(stats, job.output_path, errors_path)
+        return 0
+    finally:
+        finish(accelerator)
+
+
+def embed_source(
+    accelerator: Accelerator,
+    encoder: Encoder,
+    source: ItemSource,
+    modality: Modality,
+    settings: TaskSettings,
+    writer: EmbeddingTableWriter | None,
+    progress: Any,
+) -> RunStats:
+    """One (model, dataset) pass. Every rank runs the same number of gather steps."""
+    stats = RunStats(encoder.name, source.name)
+    workers = settings.loader_workers(accelerator.device.type, accelerator.num_processes)
+    shard = RankShard(
+        source,
+        modality.make_prepare(encoder, settings),
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    loader = DataLoader(
+        shard,
+        batch_size=settings.batch_size,
+        num_workers=workers,
+        collate_fn=Collator(modality.make_collate(encoder)),
+        pin_memory=accelerator.device.type == "cuda",
+        prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+    )
+    task = progress.add_task(f"{encoder.name} × {source.name}", total=source.length(), rate="")
+    if writer is not None:
+        writer.begin_group(encoder.name, source.name)
+    started = time.perf_counter()
+    batches = iter(loader)
+    done = False
+    while True:
+        tick = time.perf_counter()
+        batch = None if done else next(batches, None)
+        done = batch is None
+        got = time.perf_counter()
+        vectors = None
+        if batch is not None and batch.features is not None:
+            vectors = modality.forward(encoder, batch.features)
+        forwarded = time.perf_counter()
+        step = gather_step(
+            accelerator,
+            batch.ids if batch else [],
+            batch.positions if batch else [],
+            vectors,
+            batch.failures if batch else [],
+            done,
+        )
+        gathered = time.perf_counter()
+        if writer is not None:
+            _write_step(writer, step, source, modality, encoder, stats)
+            elapsed = time.perf_counter() - started
+            processed = stats.rows + stats.errors
+            progress.update(
+                task, completed=processed, rate=f"{processed / max(elapsed, 1e-9):.1f} it/s"
+            )
+        written = time.perf_counter()
+        for stage, seconds in (
+            ("wait", got - tick),
+            ("forward", forwarded - got),
+            ("gather", gathered - forwarded),
+            ("write", written - gathered),
+        ):
+            stats.stages[stage] += seconds
+        if step.all_done:
+            break
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _write_step(
+    writer: EmbeddingTableWriter,
+    step: Any,
+    source: Any,
+    modality: Modality,
+    encoder: Encoder,
+    stats: RunStats,
+) -> None:
+    if step.ids:
+        extra = (
+            modality.extra_columns(source, step.positions.tolist())
+            if modality.extra_columns
+            else None
+        )
+        writer.write(step.ids, step.vectors, extra)
+        stats.rows += len(step.ids)
+    if step.failures:
+        writer.add_errors(encoder.name, source.name, step.failures)
+        stats.errors += len(step.failures)
+        for item_id, reason in step.failures:
+            log.warning("skipped %s in %s: %s", item_id, source.name, reason)
+
+
+def _report_existing(path: Path) -> None:
+    try:
+        metadata = read_metadata(path)
+        rows = metadata.get("rows")
+    except Exception:  # not ours, or unreadable: never overwrite it silently
+        raise ConfigError(
+            f"{path} exists and is not a finished img_search table; "
+            "move it away or pass tasks.overwrite=true"
+        ) from None
+    log.info(
+        "%s is already complete (%s rows): nothing to do; tasks.overwrite=true recomputes it",
+        path,
+        rows,
+    )
+    print(f"output: {path}")
+    print(f"rows: {rows}")
+
+
+def _release(encoder: Encoder, accelerator: Accelerator) -> None:
+    """Free one model's memory before the next model of the job loads."""
+    for attribute in ("model", "processor"):
+        if hasattr(encoder, attribute):
+            setattr(encoder, attribute, None)
+    gc.collect()
+    if accelerator.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _check_writable(folder: Path) -> None:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise ConfigError(f"output directory is not writable: {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in (
+        "img_search",
+        "torch",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "pyarrow",
+        "pillow",
+    ):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found

@@ -1,0 +1,85 @@
+"""Typed, validated run knobs (the ``tasks`` config group): bad values fail before any model loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from img_search.embedding.base import PRECISIONS
+from img_search.store.schema import OUTPUT_DTYPES
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user fixes on the command line; reported as one line."""
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    batch_size: int = 32
+    #: Loader worker processes for decoding + preprocessing; -1 picks for the machine.
+    num_workers: int = -1
+    prefetch_factor: int = 2
+    precision: str = "fp32"
+    output_dtype: str = "float32"
+    resume: bool = True
+    overwrite: bool = False
+    max_image_pixels: int = 178_956_970
+    build_retries: int = 3
+    build_backoff_s: float = 2.0
+    part_rows: int = 200_000
+    #: Force CPU even where an accelerator is visible (what ACCELERATE_USE_CPU=1 does).
+    cpu: bool = False
+
+    @classmethod
+    def from_config(cls, node: DictConfig | dict[str, Any] | None) -> TaskSettings:
+        values = (
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        )
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown tasks option(s) {unknown}; known: {sorted(known)}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ConfigError(
+                f"tasks.batch_size must be a positive integer, got {self.batch_size!r}"
+            )
+        if self.num_workers < -1:
+            raise ConfigError(
+                f"tasks.num_workers must be ≥ 0 (or -1 for auto), got {self.num_workers}"
+            )
+        if self.prefetch_factor <= 0:
+            raise ConfigError(f"tasks.prefetch_factor must be ≥ 1, got {self.prefetch_factor}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"tasks.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise ConfigError(
+                f"tasks.output_dtype must be one of {sorted(OUTPUT_DTYPES)}, got {self.output_dtype!r}"
+            )
+        if self.part_rows <= 0:
+            raise ConfigError(f"tasks.part_rows must be positive, got {self.part_rows}")
+
+    def loader_workers(self, device_type: str, local_processes: int) -> int:
+        """Auto: on GPU most cores decode; on CPU leave the model its cores (one worker from 2 cores)."""
+        if self.num_workers >= 0:
+            return self.num_workers
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+        per_rank = max(1, cores // max(1, local_processes))
+        if device_type == "cuda":
+            return min(8, max(1, per_rank - 1))
+        return 0 if per_rank < 2 else max(1, per_rank // 4)

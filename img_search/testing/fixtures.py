@@ -1,0 +1,149 @@
+"""Small local datasets with the columns of the Hub ones, for tests and offline experiments.
+
+``write_inquire_like`` and ``write_flickr30k_like`` write the Hub layout
+(``data/<split>-00000-of-00001.parquet`` with image bytes embedded), so
+``datasets.<name>.path=<folder>`` points the real dataset classes at them.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def synthetic_image(seed: int, size: tuple[int, int] | None = None) -> Image.Image:
+    """A distinct, deterministic RGB picture: smooth colour field plus a few rectangles."""
+    rng = np.random.default_rng(seed)
+    width, height = size or (int(rng.integers(48, 160)), int(rng.integers(48, 160)))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(0, 255, size=3)
+    slope = rng.uniform(-2, 2, size=(3, 2))
+    pixels = np.stack([base[c] + slope[c, 0] * xs + slope[c, 1] * ys for c in range(3)], axis=-1)
+    for _ in range(3):
+        x0, y0 = int(rng.integers(0, width - 8)), int(rng.integers(0, height - 8))
+        pixels[y0 : y0 + int(rng.integers(4, 40)), x0 : x0 + int(rng.integers(4, 40))] = (
+            rng.uniform(0, 255, 3)
+        )
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _write_split(root: Path, split: str, rows: dict[str, list], features: object) -> None:
+    import datasets
+
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    table = datasets.Dataset.from_dict(rows, features=features)
+    table.to_parquet(str(data / f"{split}-00000-of-00001.parquet"))
+
+
+def inquire_file_name(index: int) -> str:
+    return f"train/{index % 7:05d}_Animalia_Chordata_Aves_Species_{index % 7}/{index:08x}-img.jpg"
+
+
+def write_inquire_like(
+    root: str | Path,
+    n_images: int = 41,
+    splits: tuple[str, ...] = ("validation", "test"),
+    candidates_per_query: int = 10,
+    seed: int = 0,
+) -> list[str]:
+    """INQUIRE-Rerank-shaped copy: rows are (query, candidate) pairs; images recur across rows.
+
+    Returns the distinct ``inat24_file_name`` values in first-seen order
+    (validation rows first, as the dataset class concatenates splits).
+    """
+    import datasets
+
+    root = Path(root)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "query": datasets.Value("string"),
+            "relevant": datasets.Value("int64"),
+            "clip_score": datasets.Value("float64"),
+            "inat24_image_id": datasets.Value("int64"),
+            "inat24_file_name": datasets.Value("string"),
+            "supercategory": datasets.Value("string"),
+            "category": datasets.Value("string"),
+            "iconic_group": datasets.Value("string"),
+            "inat24_species_id": datasets.Value("int64"),
+            "inat24_species_name": datasets.Value("string"),
+            "latitude": datasets.Value("float64"),
+            "longitude": datasets.Value("float64"),
+            "location_uncertainty": datasets.Value("float64"),
+            "date": datasets.Value("string"),
+            "query_id": datasets.Value("int64"),
+        }
+    )
+    images = [jpeg_bytes(synthetic_image(seed * 100_000 + i)) for i in range(n_images)]
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    per_split = np.array_split(np.arange(n_images), len(splits))
+    query_id = 0
+    for split, own in zip(splits, per_split, strict=True):
+        rows: dict[str, list] = {name: [] for name in features}
+        # Every image of this split appears at least once; some appear for several queries.
+        pool = list(own) + list(rng.choice(own, size=max(1, len(own) // 3), replace=True))
+        for start in range(0, len(pool), candidates_per_query):
+            chunk = pool[start : start + candidates_per_query]
+            for index in chunk:
+                index = int(index)
+                if index not in order:
+                    order.append(index)
+                rows["image"].append({"bytes": images[index], "path": None})
+                rows["query"].append(f"query {query_id}")
+                rows["relevant"].append(int(rng.integers(0, 2)))
+                rows["clip_score"].append(float(rng.uniform(0, 1)))
+                rows["inat24_image_id"].append(1_000_000 + index)
+                rows["inat24_file_name"].append(inquire_file_name(index))
+                rows["supercategory"].append("Birds")
+                rows["category"].append("Appearance")
+                rows["iconic_group"].append("Aves")
+                rows["inat24_species_id"].append(index % 7)
+                rows["inat24_species_name"].append(f"Species {index % 7}")
+                rows["latitude"].append(0.0)
+                rows["longitude"].append(0.0)
+                rows["location_uncertainty"].append(10.0)
+                rows["date"].append("2021-06-01")
+                rows["query_id"].append(query_id)
+            query_id += 1
+        _write_split(root, split, rows, features)
+    return [inquire_file_name(i) for i in order]
+
+
+def write_flickr30k_like(root: str | Path, n_images: int = 12, seed: int = 1) -> list[str]:
+    """lmms-lab/flickr30k-shaped copy (split ``test``); returns the file-name stems in order."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Sequence(datasets.Value("string")),
+            "sentids": datasets.Sequence(datasets.Value("string")),
+            "img_id": datasets.Value("string"),
+            "filename": datasets.Value("string"),
+        }
+    )
+    rows: dict[str, list] = {name: [] for name in features}
+    stems = []
+    for i in range(n_images):
+        stem = str(1_000_092_795 + i * 17)
+        stems.append(stem)
+        rows["image"].append(
+            {"bytes": jpeg_bytes(synthetic_image(seed * 100_000 + i)), "path": None}
+        )
+        rows["caption"].append([f"picture {i} caption {k}" for k in range(5)])
+        rows["sentids"].append([str(i * 5 + k) for k in range(5)])
+        rows["img_id"].append(str(i))
+        rows["filename"].append(f"{stem}.jpg")
+    _write_split(Path(root), "test", rows, features)
+    return stems

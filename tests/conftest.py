@@ -1,0 +1,78 @@
+"""Shared fixtures: offline environment, tiny checkpoints, local Hub-layout datasets, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(OFFLINE)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_PHOTOS = REPO / "img_search" / "samples" / "photos"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random-weight CLIP, SigLIP and SigLIP2 saved with ``save_pretrained`` (projection dim 32)."""
+    from img_search.testing.checkpoints import (
+        build_tiny_clip,
+        build_tiny_siglip,
+        build_tiny_siglip2,
+    )
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "clip": build_tiny_clip(root / "clip"),
+        "siglip": build_tiny_siglip(root / "siglip"),
+        "siglip2": build_tiny_siglip2(root / "siglip2"),
+    }
+
+
+@pytest.fixture(scope="session")
+def inquire_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """An INQUIRE-Rerank-shaped local copy: 41 distinct images over 54 (query, image) rows."""
+    from img_search.testing.fixtures import write_inquire_like
+
+    root = tmp_path_factory.mktemp("inquire")
+    return root, write_inquire_like(root, n_images=41)
+
+
+def run_module(
+    module: str,
+    *args: str,
+    launcher: list[str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` (or ``launcher -m module args``) the way a user would."""
+    command = [*(launcher or [sys.executable]), "-m", module, *args]
+    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+    return subprocess.run(
+        command, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def run_embed() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The image pipeline CLI; fails the test with both streams when it exits non-zero."""
+
+    def run(*args: str, expect_ok: bool = True, **kwargs) -> subprocess.CompletedProcess[str]:
+        result = run_module("img_search.pipeline.embed", *args, **kwargs)
+        if expect_ok and result.returncode != 0:
+            pytest.fail(
+                f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+            )
+        return result
+
+    return run
+
+
+def venv_bin(name: str) -> str:
+    """A console script installed next to the running interpreter (accelerate, torchrun)."""
+    return str(Path(sys.executable).with_name(name))
