@@ -181,7 +181,7 @@ class HubImageDataset(ImageDataset):
             yield from super().__iter__()
             return
         seen: set[str] = set()
-        for row_index, row in enumerate(self._table):
+        for row_index, row in enumerate(self._rows_of_stream()):
             item_id = self._id_of(row, row_index)
             if self.dedupe:
                 if item_id in seen:
@@ -190,6 +190,21 @@ class HubImageDataset(ImageDataset):
             if self._keep is not None and item_id not in self._keep:
                 continue
             yield ImageItem(id=item_id, source=row[self.image_column])
+
+    def _rows_of_stream(self, batch_size: int = 64) -> Iterator[dict[str, Any]]:
+        """Every row of the stream, in order, also inside a DataLoader worker.
+
+        Iterating a streaming ``datasets.IterableDataset`` directly inside a
+        loader worker silently hands each worker only some of its shards; the
+        run machinery shards by position itself, so it needs the whole
+        stream. ``.iter()`` does not re-shard. The price: every (rank, worker)
+        reads the stream, and skips the rows that are not its own before
+        decoding them.
+        """
+        for batch in self._table.iter(batch_size=batch_size):
+            columns = list(batch)
+            for values in zip(*(batch[c] for c in columns), strict=True):
+                yield dict(zip(columns, values, strict=True))
 
     def _id_of(self, row: dict[str, Any], row_index: int) -> str:
         if self.id_column is None:

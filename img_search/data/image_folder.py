@@ -47,6 +47,7 @@ class ImageFolderDataset(ImageDataset):
     def _walk(self, folder: Path) -> list[str]:
         found: list[str] = []
         stack = [str(folder)]
+        visited = {os.path.realpath(folder)}  # symlinked folders may loop back
         root = str(self.root)
         while stack:
             with os.scandir(stack.pop()) as entries:
@@ -54,7 +55,9 @@ class ImageFolderDataset(ImageDataset):
                     if entry.name.startswith("."):
                         continue
                     if entry.is_dir(follow_symlinks=True):
-                        if self.recursive:
+                        real = os.path.realpath(entry.path)
+                        if self.recursive and real not in visited:
+                            visited.add(real)
                             stack.append(entry.path)
                     elif os.path.splitext(entry.name)[1].lower() in self.extensions:
                         found.append(os.path.relpath(entry.path, root).replace(os.sep, "/"))

@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 #: Images above this many pixels are refused (decompression-bomb guard).
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default: 2 x 89_478_485
@@ -38,6 +38,7 @@ def open_image(source: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Imag
 
 def _open(source: Any, max_pixels: int | None) -> Image.Image:
     if isinstance(source, Image.Image):
+        check_pixels(source, max_pixels)
         return source
     if isinstance(source, dict):
         data, path = source.get("bytes"), source.get("path")
@@ -57,23 +58,37 @@ def _open(source: Any, max_pixels: int | None) -> Image.Image:
         stream = path
     else:
         raise ImageDecodeError(f"unsupported image source of type {type(source).__name__}")
+    image = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(stream)
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ImageDecodeError(
-                    f"image of {image.width}x{image.height} pixels exceeds the limit "
-                    f"of {max_pixels} pixels (tasks.max_image_pixels)"
-                )
+            check_pixels(image, max_pixels)
             image.load()
+            # Phone photos store their rotation in EXIF; embed what a viewer shows.
+            return ImageOps.exif_transpose(image)
     except ImageDecodeError:
+        _close(image)
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        _close(image)
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        _close(image)
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
-    return image
+
+
+def check_pixels(image: Image.Image, max_pixels: int | None) -> None:
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageDecodeError(
+            f"image of {image.width}x{image.height} pixels exceeds the limit "
+            f"of {max_pixels} pixels (tasks.max_image_pixels)"
+        )
+
+
+def _close(image: Image.Image | None) -> None:
+    if image is not None:
+        image.close()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

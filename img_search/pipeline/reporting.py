@@ -32,6 +32,10 @@ def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bo
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper() if is_main else "WARNING")
+    if not sys.stderr.isatty() and level.upper() != "DEBUG":
+        import datasets
+
+        datasets.disable_progress_bars()  # per-split bars flood logs; a terminal keeps them
     for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 

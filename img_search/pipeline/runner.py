@@ -100,6 +100,7 @@ def run_job(job: Job, modality: Modality) -> int:
     settings = job.settings
     accelerator = make_accelerator(cpu=settings.cpu)
     main = accelerator.is_main_process
+    share_cpu_threads(accelerator)
     try:
         if job.output_path.exists() and not settings.overwrite:
             if main:
@@ -277,6 +278,17 @@ def _release(encoder: Encoder, accelerator: Accelerator) -> None:
     gc.collect()
     if accelerator.device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def share_cpu_threads(accelerator: Accelerator) -> None:
+    """On CPU, ranks of one machine split its cores instead of each spawning one thread per core."""
+    if accelerator.device.type != "cpu" or accelerator.num_processes == 1:
+        return
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    torch.set_num_threads(max(1, cores // max(1, local)))
 
 
 def _check_writable(folder: Path) -> None:

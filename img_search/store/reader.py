@@ -38,14 +38,28 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A (fixed-size) list column of equal-length vectors → one float32 matrix."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    if pa.types.is_fixed_size_list(column.type):
+        empty = np.zeros((0, column.type.list_size), dtype=np.float32)
+    else:
+        empty = np.zeros((0, 0), dtype=np.float32)
     parts = []
     for chunk in chunks:
         if len(chunk) == 0:
             continue
+        if not pa.types.is_fixed_size_list(chunk.type):
+            lengths = pc.list_value_length(chunk)
+            low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+            if low != high:
+                raise ValueError(
+                    f"vectors of different dimensions ({low} to {high}) in one selection: "
+                    "filter by model_name"
+                )
         values = chunk.flatten().to_numpy(zero_copy_only=False)
         parts.append(values.reshape(len(chunk), -1))
     if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
+        return empty
+    if len({part.shape[1] for part in parts}) > 1:
+        raise ValueError("vectors of different dimensions in one selection: filter by model_name")
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 

@@ -78,6 +78,7 @@ class EmbeddingTableWriter:
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self._group: tuple[str, str] | None = None
+        self._dims: dict[str, int] = {}
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -106,10 +107,9 @@ class EmbeddingTableWriter:
             raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
         model_name, dataset_name = self._group
         dim = int(vectors.shape[1])
-        if self._current is not None and self._current.dim != dim:
-            raise ValueError(
-                f"model {model_name} changed dimension from {self._current.dim} to {dim}"
-            )
+        known = self._dims.setdefault(model_name, dim)
+        if known != dim:
+            raise ValueError(f"model {model_name} changed dimension from {known} to {dim}")
         columns: dict[str, pa.Array] = {
             S.ID: pa.array(ids, pa.string()),
             S.MODEL: pa.array(np.full(len(ids), model_name, dtype=object), pa.string()),

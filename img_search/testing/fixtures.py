@@ -23,7 +23,8 @@ def synthetic_image(seed: int, size: tuple[int, int] | None = None) -> Image.Ima
     slope = rng.uniform(-2, 2, size=(3, 2))
     pixels = np.stack([base[c] + slope[c, 0] * xs + slope[c, 1] * ys for c in range(3)], axis=-1)
     for _ in range(3):
-        x0, y0 = int(rng.integers(0, width - 8)), int(rng.integers(0, height - 8))
+        x0 = int(rng.integers(0, max(1, width - 8)))
+        y0 = int(rng.integers(0, max(1, height - 8)))
         pixels[y0 : y0 + int(rng.integers(4, 40)), x0 : x0 + int(rng.integers(4, 40))] = (
             rng.uniform(0, 255, 3)
         )

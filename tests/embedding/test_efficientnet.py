@@ -16,7 +16,9 @@ from img_search.embedding.efficientnet import packaged_weights
 
 @pytest.fixture(scope="module")
 def encoder():
-    return get_encoder({"model": "efficientnet_lite0", "model_name": "efficientnet-lite0"}, name="e").load()
+    return get_encoder(
+        {"model": "efficientnet_lite0", "model_name": "efficientnet-lite0"}, name="e"
+    ).load()
 
 
 def test_features_are_1280d_unit_vectors(encoder):
@@ -47,10 +49,14 @@ def test_weights_from_a_folder_or_file(tmp_path):
     shutil.copy(packaged_weights(), folder / "lite0.pth")
     from_folder = EfficientNetLite0Encoder("e", str(folder))
     assert from_folder.resolve_weights() == str(folder / "lite0.pth")
-    assert EfficientNetLite0Encoder("e", str(folder / "lite0.pth")).resolve_weights().endswith("lite0.pth")
-    with pytest.raises(FileNotFoundError, match="/no/such/weights.pth"):
+    assert (
+        EfficientNetLite0Encoder("e", str(folder / "lite0.pth"))
+        .resolve_weights()
+        .endswith("lite0.pth")
+    )
+    with pytest.raises(FileNotFoundError, match=r"/no/such/weights\.pth"):
         EfficientNetLite0Encoder("e", "/no/such/weights.pth").resolve_weights()
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="no .pth"):
+    with pytest.raises(FileNotFoundError, match=r"no \.pth"):
         EfficientNetLite0Encoder("e", str(empty)).resolve_weights()

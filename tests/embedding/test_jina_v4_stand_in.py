@@ -38,8 +38,13 @@ class StandInJina:
 
     def encode_image(self, images, task, batch_size, return_numpy, truncate_dim, **kwargs):
         assert all(isinstance(image, Image.Image) and image.mode == "RGB" for image in images)
-        self.calls.append(("image", {"task": task, "n": len(images), "truncate_dim": truncate_dim, **kwargs}))
-        return [self._vector(float(np.asarray(image).mean()) + image.width, truncate_dim) for image in images]
+        self.calls.append(
+            ("image", {"task": task, "n": len(images), "truncate_dim": truncate_dim, **kwargs})
+        )
+        return [
+            self._vector(float(np.asarray(image).mean()) + image.width, truncate_dim)
+            for image in images
+        ]
 
     def encode_text(self, texts, task, prompt_name, batch_size, return_numpy, truncate_dim):
         self.calls.append(("text", {"task": task, "prompt_name": prompt_name, "n": len(texts)}))
@@ -69,7 +74,9 @@ def stand_in(monkeypatch):
 
 def test_jina_v4_stand_in_loading_arguments(stand_in):
     model, recorded = stand_in
-    encoder = get_encoder({"model": "jina_v4", "model_name": "jinaai/jina-embeddings-v4"}, name="jina_v4")
+    encoder = get_encoder(
+        {"model": "jina_v4", "model_name": "jinaai/jina-embeddings-v4"}, name="jina_v4"
+    )
     encoder.load("cpu", precision="bf16")
     assert recorded["name"] == "jinaai/jina-embeddings-v4"
     assert recorded["kwargs"]["trust_remote_code"] is True
@@ -87,7 +94,9 @@ def test_jina_v4_stand_in_device_map_skips_to(stand_in):
 
 def test_jina_v4_stand_in_texts_and_images_are_normalised(stand_in):
     model, _ = stand_in
-    encoder = JinaV4Encoder("j", task="retrieval", prompt_name="passage", truncate_dim=8).load("cpu")
+    encoder = JinaV4Encoder("j", task="retrieval", prompt_name="passage", truncate_dim=8).load(
+        "cpu"
+    )
     texts = encoder.encode_texts(["a", "bbb"])
     assert texts.shape == (2, 8)
     np.testing.assert_allclose(texts.norm(dim=1).numpy(), 1.0, atol=1e-6)

@@ -16,7 +16,9 @@ TEXTS = ["a red fox in the snow", "café in Zürich", 'a "quoted" word', "東京
 
 
 def load(family, checkpoints):
-    return get_encoder({"model": family, "model_name": str(checkpoints[family])}, name=family).load("cpu")
+    return get_encoder({"model": family, "model_name": str(checkpoints[family])}, name=family).load(
+        "cpu"
+    )
 
 
 def reference_text(checkpoint, texts, **tokenizer_kwargs):
@@ -80,7 +82,9 @@ def test_siglip2_patch_settings_come_from_the_checkpoint(tiny_checkpoints):
 
 
 def test_half_precision_output_is_still_float32_unit_vectors(tiny_checkpoints):
-    encoder = get_encoder({"model": "clip", "model_name": str(tiny_checkpoints["clip"])}, name="clip")
+    encoder = get_encoder(
+        {"model": "clip", "model_name": str(tiny_checkpoints["clip"])}, name="clip"
+    )
     encoder.load("cpu", precision="bf16")
     transform = encoder.image_transform()
     vectors = encoder.encode_images(transform.collate([transform(synthetic_image(1))]))

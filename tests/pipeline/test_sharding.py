@@ -59,7 +59,9 @@ def run_rank(source: ListSource, rank: int, world: int, workers: int, batch_size
 
 
 @pytest.mark.parametrize("random_access", [True, False])
-@pytest.mark.parametrize(("world", "workers", "batch_size"), [(1, 0, 4), (2, 0, 3), (2, 2, 4), (3, 3, 5)])
+@pytest.mark.parametrize(
+    ("world", "workers", "batch_size"), [(1, 0, 4), (2, 0, 3), (2, 2, 4), (3, 3, 5)]
+)
 def test_every_item_once(random_access, world, workers, batch_size):
     source = ListSource(41, random_access)
     seen: Counter[str] = Counter()
