@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from img_search.data.base import ImageDataset, ImageItem
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -37,12 +39,14 @@ class ImageFolderDataset(ImageDataset):
             e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions
         )
         self.recursive = recursive
-        self._files: list[str] | None = None
+        # An Arrow array, not a list of str: forked loader workers would copy a
+        # list's pages as they touch each object's refcount (GBs at 5M files).
+        self._files: pa.StringArray | None = None
 
     def build(self) -> None:
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
-        self._files = sorted(self._walk(self.root))
+        self._files = pa.array(sorted(self._walk(self.root)), pa.string())
 
     def _walk(self, folder: Path) -> list[str]:
         found: list[str] = []
@@ -69,7 +73,7 @@ class ImageFolderDataset(ImageDataset):
     def get(self, position: int) -> ImageItem:
         if self._files is None:
             raise RuntimeError(f"dataset {self.name}: build() first")
-        relative = self._files[position]
+        relative = self._files[position].as_py()
         return ImageItem(id=relative, source=str(self.root / relative))
 
     def describe(self) -> dict[str, Any]:

@@ -103,6 +103,11 @@ def run_job(job: Job, modality: Modality) -> int:
     share_cpu_threads(accelerator)
     try:
         if job.output_path.exists() and not settings.overwrite:
+            if not settings.resume:
+                raise ConfigError(
+                    f"{job.output_path} exists: pass tasks.overwrite=true to replace it "
+                    "(or tasks.resume=true to keep it)"
+                )
             if main:
                 _report_existing(job.output_path)
             return 0

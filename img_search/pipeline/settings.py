@@ -44,6 +44,9 @@ class TaskSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown tasks option(s) {unknown}; known: {sorted(known)}")
+        for spec in dataclasses.fields(cls):
+            if spec.name in values:
+                values[spec.name] = _typed(spec.name, values[spec.name], type(spec.default))
         settings = cls(**values)
         settings.validate()
         return settings
@@ -83,3 +86,13 @@ class TaskSettings:
         if device_type == "cuda":
             return min(8, max(1, per_rank - 1))
         return 0 if per_rank < 2 else max(1, per_rank // 4)
+
+
+def _typed(name: str, value: Any, expected: type) -> Any:
+    """Hydra passes what the user typed; refuse ``tasks.batch_size=abc`` with a clear line."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
+        return value
+    article = "an" if expected is int else "a"
+    raise ConfigError(f"tasks.{name} must be {article} {expected.__name__}, got {value!r}")

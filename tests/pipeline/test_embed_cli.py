@@ -129,6 +129,17 @@ def test_output_opens_in_common_readers(two_model_run):
     frame = pd.read_parquet(two_model_run)
     assert list(frame.columns) == ["id", "model_name", "dataset_name", "embedding"]
     assert len(frame) == 82
+    import duckdb
+    import polars as pl
+
+    polars_frame = pl.read_parquet(two_model_run)
+    assert polars_frame.shape == (82, 4)
+    assert polars_frame.schema["embedding"] == pl.Array(pl.Float32, 32)
+    dims = duckdb.sql(
+        f"select model_name, count(*), min(len(embedding)), max(len(embedding)) "
+        f"from '{two_model_run}' group by model_name order by model_name"
+    ).fetchall()
+    assert dims == [("clip", 41, 32, 32), ("siglip2", 41, 32, 32)]
     loaded = datasets.load_dataset("parquet", data_files=str(two_model_run), split="train")
     assert loaded.num_rows == 82 and loaded[0]["id"] == frame["id"][0]
     np.testing.assert_allclose(np.asarray(loaded[0]["embedding"]), frame["embedding"][0], rtol=1e-6)
@@ -222,6 +233,14 @@ def test_finished_output_is_not_recomputed(tmp_path, run_embed):
     assert "already complete" in again.stderr
     assert "rows: 8" in again.stdout
     assert out.read_bytes() == before
+    refused = run_embed(*args, "tasks.resume=false", expect_ok=False)
+    assert refused.returncode == 2 and "tasks.overwrite=true" in refused.stderr
+    assert out.read_bytes() == before
+    inode = out.stat().st_ino
+    run_embed(*args, "tasks.overwrite=true")
+    assert out.stat().st_ino != inode  # a new file was renamed into place
+    rewritten = read_embeddings(out)
+    assert len(rewritten) == 8 and not out.with_name(out.name + ".partial").exists()
 
 
 def test_cfg_job_shows_overrides(run_embed):
@@ -272,6 +291,11 @@ def test_multirun_sweeps_batch_size(tiny_checkpoints, inquire_dir, tmp_path, run
         (["datasets=image_folder"], "datasets.image_folder.path"),
         (["datasets.image_folder.path=/does/not/exist"], "/does/not/exist"),
         (["datasets.image_folder.path=.", "tasks.batch_size=0"], "tasks.batch_size"),
+        (
+            ["datasets.image_folder.path=.", "tasks.num_workers=two"],
+            "tasks.num_workers must be an int",
+        ),
+        (["datasets.image_folder.path=.", "tasks.precision=fp8"], "tasks.precision must be one of"),
         (
             ["datasets.image_folder.path=.", "models.efficientnet_lite0.model=nope"],
             "registered: clip",
