@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Real weights, offline: EfficientNet-Lite0 over the sample photos, MiniLM over their captions.
 demo: install
 	$(PY) -m img_search.pipeline.embed models=efficientnet_lite0 datasets=image_folder \
 		datasets.image_folder.path=img_search/samples/photos output_path=$(DEMO_OUT)/images.parquet
+	$(PY) -m img_search.pipeline.embed_text models=minilm text_dataset=captions_jsonl \
+		text_dataset.path=img_search/samples/captions.jsonl text_dataset.name=sample_captions \
+		output_path=$(DEMO_OUT)/captions.parquet
 
 lint: install
 	$(VENV)/bin/ruff check .

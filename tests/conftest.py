@@ -15,6 +15,24 @@ os.environ.update(OFFLINE)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PHOTOS = REPO / "img_search" / "samples" / "photos"
+SAMPLE_CAPTIONS = REPO / "img_search" / "samples" / "captions.jsonl"
+
+
+#: ``accelerate launch`` on 2 gloo ranks (``--cpu`` would start only one process).
+def accelerate_two_ranks() -> list[str]:
+    return [
+        venv_bin("accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +76,11 @@ def run_module(
     )
 
 
-@pytest.fixture
-def run_embed() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """The image pipeline CLI; fails the test with both streams when it exits non-zero."""
+def cli_runner(module: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """A pipeline CLI; fails the test with both streams when it exits non-zero unexpectedly."""
 
     def run(*args: str, expect_ok: bool = True, **kwargs) -> subprocess.CompletedProcess[str]:
-        result = run_module("img_search.pipeline.embed", *args, **kwargs)
+        result = run_module(module, *args, **kwargs)
         if expect_ok and result.returncode != 0:
             pytest.fail(
                 f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
@@ -71,6 +88,16 @@ def run_embed() -> Callable[..., subprocess.CompletedProcess[str]]:
         return result
 
     return run
+
+
+@pytest.fixture
+def run_embed() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return cli_runner("img_search.pipeline.embed")
+
+
+@pytest.fixture
+def run_embed_text() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return cli_runner("img_search.pipeline.embed_text")
 
 
 def venv_bin(name: str) -> str:

@@ -16,16 +16,16 @@ class ImageItem:
     source: Any  # bytes | path | {"bytes", "path"} dict | PIL image
 
 
-class ImageDataset(ABC):
-    """A collection of images with stable, unique ids.
+class Source(ABC):
+    """Items with stable, unique ids: the common shape of image and caption datasets.
 
     Life cycle: construct from config (cheap, no I/O) → ``build()`` (downloads,
     listing, de-duplication; called on the main process first, then on the
     other ranks, which then read from the cache) → ``length()`` and iteration.
 
-    Datasets with ``random_access = True`` also implement ``get(position)`` so
-    that each rank reads only its own shard; streaming datasets are iterated
-    and every rank skips the positions that are not its own.
+    Sources with ``random_access = True`` implement ``get(position)`` so that
+    each rank reads only its own shard; streaming sources are iterated and
+    every rank skips the positions that are not its own.
     """
 
     #: The registry name; set by subclasses.
@@ -43,16 +43,27 @@ class ImageDataset(ABC):
     def length(self) -> int | None:
         """Number of distinct items, or None when a stream does not know it."""
 
-    def get(self, position: int) -> ImageItem:
+    def get(self, position: int) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no random access")
 
-    def __iter__(self) -> Iterator[ImageItem]:
+    def __iter__(self) -> Iterator[Any]:
         n = self.length()
         if n is None:
             raise NotImplementedError(f"{type(self).__name__} must implement __iter__")
         for position in range(n):
             yield self.get(position)
 
+    def problems(self) -> list[tuple[str, str]]:
+        """Input found unusable while building (where, why); reported with the item errors."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         """What to record in the output's metadata about this source."""
         return {"kind": self.kind}
+
+
+class ImageDataset(Source):
+    """A collection of images; ``get``/iteration yield ``ImageItem`` (id + undecoded source)."""
+
+    def get(self, position: int) -> ImageItem:
+        return super().get(position)

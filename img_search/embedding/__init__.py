@@ -12,6 +12,7 @@ from typing import Any
 from img_search.embedding.base import Encoder, ImageTransform
 from img_search.embedding.efficientnet import EfficientNetLite0Encoder
 from img_search.embedding.jina_v4 import JinaV4Encoder
+from img_search.embedding.sentence_transformers import SentenceTransformerEncoder
 from img_search.embedding.transformers_dual import CLIPEncoder, Siglip2Encoder, SiglipEncoder
 from img_search.registry import build_from_spec
 
@@ -21,6 +22,7 @@ ENCODERS: dict[str, type[Encoder]] = {
     "siglip2": Siglip2Encoder,
     "jina_v4": JinaV4Encoder,
     "efficientnet_lite0": EfficientNetLite0Encoder,
+    "sentence_transformers": SentenceTransformerEncoder,
 }
 
 
@@ -36,6 +38,7 @@ __all__ = [
     "Encoder",
     "ImageTransform",
     "JinaV4Encoder",
+    "SentenceTransformerEncoder",
     "Siglip2Encoder",
     "SiglipEncoder",
     "get_encoder",

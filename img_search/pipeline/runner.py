@@ -53,6 +53,8 @@ class Modality:
     extra_fields: list[pa.Field] = field(default_factory=list)
     #: source, positions → the extra columns of those rows (main process).
     extra_columns: Callable[[Any, list[int]], dict[str, pa.Array]] | None = None
+    #: Whether preparing an item is worth loader worker processes by default (decoding is; text is not).
+    cpu_heavy_prepare: bool = True
 
 
 @dataclass
@@ -174,7 +176,9 @@ def embed_source(
 ) -> RunStats:
     """One (model, dataset) pass. Every rank runs the same number of gather steps."""
     stats = RunStats(encoder.name, source.name)
-    workers = settings.loader_workers(accelerator.device.type, accelerator.num_processes)
+    workers = settings.loader_workers(
+        accelerator.device.type, accelerator.num_processes, modality.cpu_heavy_prepare
+    )
     shard = RankShard(
         source,
         modality.make_prepare(encoder, settings),
@@ -192,6 +196,7 @@ def embed_source(
     task = progress.add_task(f"{encoder.name} × {source.name}", total=source.length(), rate="")
     if writer is not None:
         writer.begin_group(encoder.name, source.name)
+        _write_failures(writer, source.problems(), source, encoder, stats)
     started = time.perf_counter()
     batches = iter(loader)
     done = False
@@ -250,11 +255,22 @@ def _write_step(
         )
         writer.write(step.ids, step.vectors, extra)
         stats.rows += len(step.ids)
-    if step.failures:
-        writer.add_errors(encoder.name, source.name, step.failures)
-        stats.errors += len(step.failures)
-        for item_id, reason in step.failures:
-            log.warning("skipped %s in %s: %s", item_id, source.name, reason)
+    _write_failures(writer, step.failures, source, encoder, stats)
+
+
+def _write_failures(
+    writer: EmbeddingTableWriter,
+    failures: list[tuple[str, str]],
+    source: Any,
+    encoder: Encoder,
+    stats: RunStats,
+) -> None:
+    if not failures:
+        return
+    writer.add_errors(encoder.name, source.name, failures)
+    stats.errors += len(failures)
+    for item_id, reason in failures:
+        log.warning("skipped %s in %s: %s", item_id, source.name, reason)
 
 
 def _report_existing(path: Path) -> None:

@@ -73,10 +73,15 @@ class TaskSettings:
         if self.part_rows <= 0:
             raise ConfigError(f"tasks.part_rows must be positive, got {self.part_rows}")
 
-    def loader_workers(self, device_type: str, local_processes: int) -> int:
-        """Auto: on GPU most cores decode; on CPU leave the model its cores (one worker from 2 cores)."""
+    def loader_workers(self, device_type: str, local_processes: int, heavy: bool = True) -> int:
+        """Auto: on GPU most cores decode; on CPU leave the model its cores (one worker from 2 cores).
+
+        Items that are cheap to prepare (caption strings) get no worker processes.
+        """
         if self.num_workers >= 0:
             return self.num_workers
+        if not heavy:
+            return 0
         cores = (
             len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity")

@@ -161,9 +161,9 @@ class EmbeddingTableWriter:
         return pa.schema(
             [
                 pa.field(S.ID, pa.string()),
+                *self.extra_fields,
                 pa.field(S.MODEL, pa.string()),
                 pa.field(S.DATASET, pa.string()),
-                *self.extra_fields,
                 pa.field(S.EMBEDDING, S.embedding_type(dim, self.output_dtype)),
             ]
         )

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SAMPLE_PHOTOS, venv_bin
+from conftest import SAMPLE_PHOTOS, accelerate_two_ranks, venv_bin
 from PIL import Image
 
 from img_search.store import read_embeddings, read_metadata
@@ -146,19 +146,7 @@ def test_output_opens_in_common_readers(two_model_run):
 
 
 LAUNCHERS = {
-    "accelerate": lambda: [
-        venv_bin("accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ],
+    "accelerate": accelerate_two_ranks,
     "torchrun": lambda: [venv_bin("torchrun"), "--nproc_per_node", "2"],
 }
 
@@ -259,7 +247,7 @@ def test_cfg_job_shows_overrides(run_embed):
 
 def test_help_lists_config_groups(run_embed):
     result = run_embed("--help")
-    assert "models: clip, efficientnet_lite0, jina_v4, siglip, siglip2" in result.stdout
+    assert "models: clip, efficientnet_lite0, jina_v4, minilm, siglip, siglip2" in result.stdout
     assert "datasets: flickr30k, hf_images, image_folder, inquire" in result.stdout
 
 

@@ -146,7 +146,7 @@ def test_extra_fields_round_trip(tmp_path: Path) -> None:
     writer.write(["a", "b"], unit_rows(2, 4, 0), {"width": pa.array([640, 480])})
     writer.finalize({})
     table = pq.read_table(path)
-    assert table.schema.names == ["id", "model_name", "dataset_name", "width", "embedding"]
+    assert table.schema.names == ["id", "width", "model_name", "dataset_name", "embedding"]
     assert table.column("width").type == pa.int32()
     assert table.column("width").to_pylist() == [640, 480]
 

@@ -1,0 +1,133 @@
+"""Text (caption) dataset base classes: captions with stable ids that join the image tables."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+
+from img_search.data.base import Source
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """Everything the caption table stores about one caption besides its vector."""
+
+    index: int  # position in the dataset
+    caption_id: str  # "<image stem>#<n>"
+    caption: str
+    image: str  # file name of the image
+    image_id: str  # image stem: joins the image table's ids
+
+
+@dataclass(frozen=True)
+class TextItem:
+    """What travels to the loader: the id and the raw text."""
+
+    id: str
+    text: str
+
+
+def image_stem(image: str) -> str:
+    return PurePosixPath(str(image)).stem
+
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("image", pa.string()),
+        pa.field("image_id", pa.string()),
+    ]
+)
+
+
+class TextDataset(Source):
+    """A corpus of captions; ``get``/iteration yield ``TextItem`` (caption id + text).
+
+    ``get_record(index)`` recovers the full metadata of a caption on the main
+    process after its vector came back from whichever rank embedded it.
+    """
+
+    @abstractmethod
+    def get_record(self, index: int) -> CaptionRecord: ...
+
+    def get(self, position: int) -> TextItem:
+        record = self.get_record(position)
+        return TextItem(record.caption_id, record.caption)
+
+    def columns(self, positions: list[int]) -> dict[str, pa.Array]:
+        """The caption table's own columns for these positions (main process, per gathered step)."""
+        records = [self.get_record(p) for p in positions]
+        return {
+            "index": pa.array([r.index for r in records], pa.int64()),
+            "image": pa.array([r.image for r in records], pa.string()),
+            "image_id": pa.array([r.image_id for r in records], pa.string()),
+            "caption": pa.array([r.caption for r in records], pa.string()),
+        }
+
+
+class CaptionTable(TextDataset):
+    """Captions held as one Arrow table (id, caption, image, image_id).
+
+    Arrow, not Python objects: forked loader workers share its buffers instead
+    of copying every object they touch.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._table: pa.Table | None = None
+
+    def set_records(self, ids: list[str], captions: list[str], images: list[str]) -> None:
+        self._table = pa.table(
+            {
+                "id": pa.array(ids, pa.string()),
+                "caption": pa.array(captions, pa.string()),
+                "image": pa.array(images, pa.string()),
+                "image_id": pa.array([image_stem(i) for i in images], pa.string()),
+            },
+            schema=RECORD_SCHEMA,
+        )
+
+    def length(self) -> int | None:
+        return None if self._table is None else self._table.num_rows
+
+    def get_record(self, index: int) -> CaptionRecord:
+        if self._table is None:
+            raise RuntimeError(f"dataset {self.name}: build() first")
+        row = {name: self._table.column(name)[index].as_py() for name in RECORD_SCHEMA.names}
+        return CaptionRecord(index, row["id"], row["caption"], row["image"], row["image_id"])
+
+    def columns(self, positions: list[int]) -> dict[str, pa.Array]:
+        if self._table is None:
+            raise RuntimeError(f"dataset {self.name}: build() first")
+        rows = self._table.take(pa.array(positions, pa.int64()))
+        return {
+            "index": pa.array(positions, pa.int64()),
+            "image": rows.column("image").combine_chunks(),
+            "image_id": rows.column("image_id").combine_chunks(),
+            "caption": rows.column("caption").combine_chunks(),
+        }
+
+
+def number_captions(
+    images: list[str], captions_per_row: list[list[str]]
+) -> tuple[list[str], list[str], list[str]]:
+    """Flatten (image, [captions]) rows into ids ``<stem>#<n>``, n counting per image from 0.
+
+    The same image on two rows keeps counting, so equal input gives equal ids
+    whichever route (JSONL or Hub) it came from.
+    """
+    counters: dict[str, int] = {}
+    ids, texts, owners = [], [], []
+    for image, captions in zip(images, captions_per_row, strict=True):
+        stem = image_stem(image)
+        for caption in captions:
+            n = counters.get(stem, 0)
+            counters[stem] = n + 1
+            ids.append(f"{stem}#{n}")
+            texts.append(caption)
+            owners.append(image)
+    return ids, texts, owners
