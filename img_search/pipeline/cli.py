@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from img_search.pipeline.distributed import BuildError
+from img_search.pipeline.distributed import BuildError, PeerLost
 from img_search.pipeline.reporting import setup_logging
 from img_search.pipeline.runner import Modality, plan_job, run_job
 from img_search.pipeline.settings import ConfigError
@@ -31,10 +31,16 @@ def run_cli(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any
     try:
         job = plan_job(cfg, modality, dataset_specs)
         code = run_job(job, modality)
-    except USER_ERRORS as exc:
+    except PeerLost as exc:
         if debug:
             raise
         log.error("%s", exc)
+        sys.exit(3)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        if is_main:
+            log.error("%s", exc)
         sys.exit(2)
     if code:
         sys.exit(code)

@@ -10,16 +10,18 @@ padding and de-padding heuristics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,9 +31,65 @@ class BuildError(RuntimeError):
     """A model or dataset could not be built; raised on every rank so none waits forever."""
 
 
-def make_accelerator(cpu: bool = False) -> Accelerator:
-    """One Accelerator per job. ``cpu=True`` (or ``ACCELERATE_USE_CPU=1``) runs gloo ranks on CPU."""
-    return Accelerator(cpu=cpu)
+class PeerLost(RuntimeError):
+    """Another rank died or a collective timed out; the run stops instead of hanging."""
+
+
+#: What a collective raises when a peer is gone (gloo: RuntimeError; NCCL: DistBackendError).
+PEER_ERRORS: tuple[type[BaseException], ...] = (
+    getattr(torch.distributed, "DistBackendError", RuntimeError),
+    getattr(torch.distributed, "DistNetworkError", RuntimeError),
+    RuntimeError,
+)
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Turn a failed collective (a peer died, or the timeout passed) into ``PeerLost``."""
+    try:
+        yield
+    except PEER_ERRORS as exc:
+        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+            raise
+        raise PeerLost(
+            f"another process of this job stopped or timed out during {what} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "finished parts are kept: rerun the same command to resume"
+        ) from exc
+
+
+def make_accelerator(cpu: bool = False, timeout_s: float = 1800.0) -> Accelerator:
+    """One Accelerator per job. ``cpu=True`` (or ``ACCELERATE_USE_CPU=1``) runs gloo ranks on CPU.
+
+    ``timeout_s`` bounds every collective: if a rank dies, the others stop
+    with an error after at most that long instead of waiting forever.
+    """
+    handler = InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
+    return Accelerator(cpu=cpu, kwargs_handlers=[handler])
+
+
+def on_main(accelerator: Accelerator, work: Callable[[], T]) -> T:
+    """Run ``work`` on the main process only and give every rank its result.
+
+    An exception on the main process is re-raised there and raised as
+    ``BuildError`` with the same message on the other ranks.
+    """
+    result: Any = None
+    error: BaseException | None = None
+    if accelerator.is_main_process:
+        try:
+            result = work()
+        except Exception as exc:
+            error = exc
+    if accelerator.num_processes > 1:
+        message = None if error is None else str(error)
+        with collective("a broadcast from the main process"):
+            result, message = broadcast_object_list([result, message], from_process=0)
+        if error is None and message is not None:
+            raise BuildError(message)
+    if error is not None:
+        raise error
+    return result
 
 
 def with_retries(build: Callable[[], T], what: str, retries: int, backoff: float) -> T:
@@ -78,13 +136,15 @@ def build_everywhere(
     if accelerator.is_main_process:
         result, error = _attempt(build, what, retries, backoff)
     if accelerator.num_processes > 1:
-        (error,) = broadcast_object_list([error], from_process=0)
+        with collective(f"building {what}"):
+            (error,) = broadcast_object_list([error], from_process=0)
     if error is not None:
         raise BuildError(error)
     if not accelerator.is_main_process:
         result, error = _attempt(build, what, retries, backoff)
     if accelerator.num_processes > 1:
-        errors = [e for e in gather_object([error]) if e is not None]
+        with collective(f"building {what}"):
+            errors = [e for e in gather_object([error]) if e is not None]
         if errors:
             raise BuildError(errors[0])
     return result
@@ -129,7 +189,8 @@ def gather_step(
             failures=list(failures),
             all_done=done,
         )
-    metas = gather_object([(list(ids), list(positions), list(failures), done, dim)])
+    with collective("gathering embeddings"):
+        metas = gather_object([(list(ids), list(positions), list(failures), done, dim)])
     counts = [len(meta[0]) for meta in metas]
     dims = {meta[4] for meta in metas if meta[4] is not None}
     result = StepResult(all_done=all(meta[3] for meta in metas))
@@ -146,7 +207,8 @@ def gather_step(
     padded = torch.zeros(widest, common_dim, dtype=torch.float32, device=accelerator.device)
     if vectors is not None and len(vectors):
         padded[: len(vectors)] = vectors.float()
-    everything = accelerator.gather(padded)
+    with collective("gathering embeddings"):
+        everything = accelerator.gather(padded)
     if accelerator.is_main_process:
         blocks = everything.view(accelerator.num_processes, widest, common_dim)
         matrix = torch.cat([blocks[r, :n] for r, n in enumerate(counts)]).cpu().numpy()
@@ -156,5 +218,6 @@ def gather_step(
 
 def finish(accelerator: Accelerator) -> None:
     """Without a last barrier and ``end_training`` about half of gloo runs abort at exit."""
-    accelerator.wait_for_everyone()
+    with collective("the final barrier"):
+        accelerator.wait_for_everyone()
     accelerator.end_training()

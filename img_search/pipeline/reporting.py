@@ -48,6 +48,8 @@ class RunStats:
     dataset_name: str
     rows: int = 0
     errors: int = 0
+    #: Items already written by an earlier, interrupted run.
+    resumed: int = 0
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -70,19 +72,22 @@ def make_progress(enabled: bool) -> Progress:
     )
 
 
-def print_summary(stats: list[RunStats], output_path: Any, errors_path: Any | None) -> None:
+def print_summary(
+    stats: list[RunStats], output_path: Any, errors_path: Any | None, total_rows: int
+) -> None:
     """Rows, errors, throughput and where time went, per (model, dataset); then the file paths."""
     table = Table(title="img_search embedding summary")
     stage_names = list(dict.fromkeys(k for s in stats for k in s.stages))
     table.add_column("model")
     table.add_column("dataset")
-    for column in ("rows", "errors", "s", "items/s", *(f"{k} s" for k in stage_names)):
+    for column in ("rows", "resumed", "errors", "s", "items/s", *(f"{k} s" for k in stage_names)):
         table.add_column(column, justify="right")
     for s in stats:
         table.add_row(
             s.model_name,
             s.dataset_name,
             str(s.rows),
+            str(s.resumed),
             str(s.errors),
             f"{s.seconds:.1f}",
             f"{s.items_per_s:.1f}",
@@ -90,10 +95,12 @@ def print_summary(stats: list[RunStats], output_path: Any, errors_path: Any | No
         )
     console.print(table)
     console.file.flush()
-    total = sum(s.rows for s in stats)
     # Plain lines on stdout, for scripts and for make demo.
     print(f"output: {output_path}")
-    print(f"rows: {total}")
+    print(f"rows: {total_rows}")
+    resumed = sum(s.resumed for s in stats)
+    if resumed:
+        print(f"resumed: {resumed} rows were already done by an earlier run")
     if errors_path is not None:
         print(f"errors: {sum(s.errors for s in stats)} (see {errors_path})")
     sys.stdout.flush()

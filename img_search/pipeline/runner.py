@@ -25,7 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from img_search.embedding import Encoder, get_encoder
-from img_search.pipeline.distributed import build_everywhere, finish, gather_step, make_accelerator
+from img_search.faults import fail_point
+from img_search.pipeline.distributed import (
+    build_everywhere,
+    finish,
+    gather_step,
+    make_accelerator,
+    on_main,
+)
 from img_search.pipeline.reporting import RunStats, make_progress, print_summary
 from img_search.pipeline.settings import ConfigError, TaskSettings
 from img_search.pipeline.sharding import Collator, ItemSource, RankShard
@@ -98,71 +105,133 @@ def plan_job(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, An
 
 
 def run_job(job: Job, modality: Modality) -> int:
-    """Embed every (model, dataset) of ``job`` into ``job.output_path``; returns the exit code."""
+    """Embed every (model, dataset) of ``job`` into ``job.output_path``; returns the exit code.
+
+    Resumable: rows are committed in part files listed by a manifest; a rerun
+    of the same command skips the items those parts hold, whichever process
+    died and wherever.
+    """
     settings = job.settings
-    accelerator = make_accelerator(cpu=settings.cpu)
+    accelerator = make_accelerator(cpu=settings.cpu, timeout_s=settings.collective_timeout_s)
     main = accelerator.is_main_process
     share_cpu_threads(accelerator)
-    try:
-        if job.output_path.exists() and not settings.overwrite:
-            if not settings.resume:
-                raise ConfigError(
-                    f"{job.output_path} exists: pass tasks.overwrite=true to replace it "
-                    "(or tasks.resume=true to keep it)"
-                )
-            if main:
-                _report_existing(job.output_path)
-            return 0
-        writer = None
-        if main:
-            writer = EmbeddingTableWriter(
-                job.output_path,
-                output_dtype=settings.output_dtype,
-                extra_fields=modality.extra_fields,
-                part_rows=settings.part_rows,
-            )
-            writer.start()
-        accelerator.wait_for_everyone()
-        retry = {"retries": settings.build_retries, "backoff": settings.build_backoff_s}
-        for name, source in job.sources.items():
-            build_everywhere(accelerator, source.build, f"dataset {name}", **retry)
-        stats: list[RunStats] = []
-        identities: dict[str, Any] = {}
-        with make_progress(enabled=main) as progress:
-            for key, encoder in job.encoders.items():
-                what = f"model {key} ({encoder.model_name})"
-                build_everywhere(
-                    accelerator,
-                    lambda e=encoder: e.load(accelerator.device, settings.precision),
-                    what,
-                    **retry,
-                )
-                for source in job.sources.values():
-                    stats.append(
-                        embed_source(
-                            accelerator, encoder, source, modality, settings, writer, progress
-                        )
-                    )
-                identities[key] = encoder.identity()
-                _release(encoder, accelerator)
-        if main:
-            assert writer is not None
-            metadata = {
-                "kind": modality.kind,
-                "models": identities,
-                "datasets": {name: s.describe() for name, s in job.sources.items()},
-                "normalized": True,
-                "config": job.config,
-                "versions": library_versions(),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "num_processes": accelerator.num_processes,
-            }
-            writer.finalize(metadata)
-            errors_path = writer.errors_path if writer.errors else None
-            print_summary(stats, job.output_path, errors_path)
-        return 0
-    finally:
+    writer = None
+    if main:
+        writer = EmbeddingTableWriter(
+            job.output_path,
+            output_dtype=settings.output_dtype,
+            extra_fields=modality.extra_fields,
+            part_rows=settings.part_rows,
+        )
+    state = on_main(accelerator, lambda: _open_output(job, modality, writer))
+    if state == "complete":
         finish(accelerator)
+        return 0
+    retry = {"retries": settings.build_retries, "backoff": settings.build_backoff_s}
+    for name, source in job.sources.items():
+        build_everywhere(accelerator, source.build, f"dataset {name}", **retry)
+    stats: list[RunStats] = []
+    with make_progress(enabled=main) as progress:
+        for key, encoder in job.encoders.items():
+            if on_main(accelerator, lambda k=key: _model_done(writer, k, job.sources)):
+                log.info("model %s: every item was embedded by an earlier run", key)
+                continue
+            fail_point("model_build")
+            build_everywhere(
+                accelerator,
+                lambda e=encoder: e.load(accelerator.device, settings.precision),
+                f"model {key} ({encoder.model_name})",
+                **retry,
+            )
+            on_main(accelerator, lambda k=key, e=encoder: writer.record_identity(k, e.identity()))
+            for source in job.sources.values():
+                stats.append(
+                    embed_source(accelerator, encoder, source, modality, settings, writer, progress)
+                )
+            _release(encoder, accelerator)
+    code = 0
+    if main:
+        assert writer is not None
+        writer.finalize(_metadata(job, modality, writer, accelerator))
+        errors_path = writer.errors_path if writer.errors else None
+        print_summary(stats, job.output_path, errors_path, sum(p.rows for p in writer.parts))
+        code = _check_error_budget(len(writer.errors), settings)
+    finish(accelerator)
+    return code
+
+
+def _open_output(job: Job, modality: Modality, writer: EmbeddingTableWriter | None) -> str:
+    """Main process: 'complete' (nothing to do), 'resume' or 'fresh'; refuses what must not be overwritten."""
+    assert writer is not None
+    settings = job.settings
+    if job.output_path.exists() and not settings.overwrite:
+        if not settings.resume:
+            raise ConfigError(
+                f"{job.output_path} exists: pass tasks.overwrite=true to replace it "
+                "(or tasks.resume=true to keep it)"
+            )
+        _report_existing(job.output_path)
+        return "complete"
+    description = describe_job(job, modality)
+    if settings.resume and not settings.overwrite and writer.has_partial():
+        rows = writer.resume(description)
+        log.info("resuming %s: %d rows already done", writer.partial_dir, rows)
+        return "resume"
+    writer.start(description)
+    return "fresh"
+
+
+def describe_job(job: Job, modality: Modality) -> dict[str, Any]:
+    """What the rows of this job are made of, from the config alone (no model loaded)."""
+    return {
+        "kind": modality.kind,
+        "output_dtype": job.settings.output_dtype,
+        "models": {
+            key: {"encoder": e.kind, "checkpoint": e.model_name, "revision": e.revision}
+            for key, e in job.encoders.items()
+        },
+        "datasets": {name: source.describe() for name, source in job.sources.items()},
+    }
+
+
+def _model_done(
+    writer: EmbeddingTableWriter | None, key: str, sources: Mapping[str, ItemSource]
+) -> bool:
+    """Every dataset's items already written for this model (only known for sized sources)."""
+    assert writer is not None
+    if key not in writer.identities:
+        return False
+    for name, source in sources.items():
+        total = source.length()
+        if total is None or len(writer.done_ids(key, name)) < total:
+            return False
+    return True
+
+
+def _metadata(
+    job: Job, modality: Modality, writer: EmbeddingTableWriter, accelerator: Accelerator
+) -> dict[str, Any]:
+    return {
+        "kind": modality.kind,
+        "models": {key: writer.identities.get(key) for key in job.encoders},
+        "datasets": {name: s.describe() for name, s in job.sources.items()},
+        "normalized": True,
+        "config": job.config,
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_processes": accelerator.num_processes,
+    }
+
+
+def _check_error_budget(errors: int, settings: TaskSettings) -> int:
+    if settings.max_errors >= 0 and errors > settings.max_errors:
+        log.error(
+            "%d items could not be embedded, over the budget of %d (tasks.max_errors)",
+            errors,
+            settings.max_errors,
+        )
+        return 1
+    return 0
 
 
 def embed_source(
@@ -176,6 +245,8 @@ def embed_source(
 ) -> RunStats:
     """One (model, dataset) pass. Every rank runs the same number of gather steps."""
     stats = RunStats(encoder.name, source.name)
+    done = on_main(accelerator, lambda: writer.done_ids(encoder.name, source.name))
+    stats.resumed = len(done)
     workers = settings.loader_workers(
         accelerator.device.type, accelerator.num_processes, modality.cpu_heavy_prepare
     )
@@ -184,6 +255,7 @@ def embed_source(
         modality.make_prepare(encoder, settings),
         accelerator.process_index,
         accelerator.num_processes,
+        skip_ids=done,
     )
     loader = DataLoader(
         shard,
@@ -193,7 +265,9 @@ def embed_source(
         pin_memory=accelerator.device.type == "cuda",
         prefetch_factor=settings.prefetch_factor if workers > 0 else None,
     )
-    task = progress.add_task(f"{encoder.name} × {source.name}", total=source.length(), rate="")
+    task = progress.add_task(
+        f"{encoder.name} × {source.name}", total=source.length(), completed=len(done), rate=""
+    )
     if writer is not None:
         writer.begin_group(encoder.name, source.name)
         _write_failures(writer, source.problems(), source, encoder, stats)
@@ -223,7 +297,9 @@ def embed_source(
             elapsed = time.perf_counter() - started
             processed = stats.rows + stats.errors
             progress.update(
-                task, completed=processed, rate=f"{processed / max(elapsed, 1e-9):.1f} it/s"
+                task,
+                completed=processed + stats.resumed,
+                rate=f"{processed / max(elapsed, 1e-9):.1f} it/s",
             )
         written = time.perf_counter()
         for stage, seconds in (
@@ -233,6 +309,7 @@ def embed_source(
             ("write", written - gathered),
         ):
             stats.stages[stage] += seconds
+        fail_point("step")
         if step.all_done:
             break
     stats.seconds = time.perf_counter() - started

@@ -33,6 +33,10 @@ class TaskSettings:
     part_rows: int = 200_000
     #: Force CPU even where an accelerator is visible (what ACCELERATE_USE_CPU=1 does).
     cpu: bool = False
+    #: Exit non-zero when more items than this fail (-1: never).
+    max_errors: int = -1
+    #: Longest wait in a collective before a run whose peer died gives up.
+    collective_timeout_s: float = 1800.0
 
     @classmethod
     def from_config(cls, node: DictConfig | dict[str, Any] | None) -> TaskSettings:
@@ -69,6 +73,10 @@ class TaskSettings:
         if self.output_dtype not in OUTPUT_DTYPES:
             raise ConfigError(
                 f"tasks.output_dtype must be one of {sorted(OUTPUT_DTYPES)}, got {self.output_dtype!r}"
+            )
+        if self.collective_timeout_s <= 0:
+            raise ConfigError(
+                f"tasks.collective_timeout_s must be positive, got {self.collective_timeout_s}"
             )
         if self.part_rows <= 0:
             raise ConfigError(f"tasks.part_rows must be positive, got {self.part_rows}")

@@ -10,7 +10,7 @@ so it reaches the errors table and the run goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,9 +52,11 @@ class RankShard(IterableDataset):
         prepare: Callable[[Any], Any],
         rank: int = 0,
         world: int = 1,
+        skip_ids: Set[str] = frozenset(),
     ) -> None:
         super().__init__()
         self.source, self.prepare, self.rank, self.world = source, prepare, rank, world
+        self.skip_ids = skip_ids  # already embedded by an earlier run
 
     def __iter__(self) -> Iterator[Prepared | Failed]:
         info = get_worker_info()
@@ -62,6 +64,8 @@ class RankShard(IterableDataset):
         stride = self.world * workers
         offset = self.rank + self.world * worker
         for position, item in self._positions(offset, stride):
+            if item.id in self.skip_ids:
+                continue
             try:
                 yield Prepared(position, item.id, self.prepare(item))
             except Exception as exc:

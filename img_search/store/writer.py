@@ -22,9 +22,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from img_search.faults import fail_point
 from img_search.store import schema as S
 
 ROW_GROUP_BYTES = 64 * 1024 * 1024
+MANIFEST = "manifest.json"
+
+
+class ResumeMismatch(ValueError):
+    """A partial output was made by a different job than the one asked for now."""
+
+
+def job_difference(before: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first setting that differs between two job descriptions, in words; None if equal."""
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) == now.get(key):
+            continue
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = job_difference(old, new)
+            return f"{key}.{inner}" if inner else key
+        return f"{key}: {old!r} then, {new!r} now"
+    return None
 
 
 def vectors_to_arrow(vectors: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListArray:
@@ -79,14 +98,70 @@ class EmbeddingTableWriter:
         self._buffered_rows = 0
         self._group: tuple[str, str] | None = None
         self._dims: dict[str, int] = {}
+        self.job: dict[str, Any] = {}
+        self.identities: dict[str, Any] = {}
 
     # -- lifecycle ------------------------------------------------------------
-    def start(self) -> None:
-        """Begin a fresh run: any earlier partial state is discarded."""
+    def has_partial(self) -> bool:
+        return (self.partial_dir / MANIFEST).is_file()
+
+    def start(self, job: dict[str, Any] | None = None) -> None:
+        """Begin a fresh run of ``job`` (what the rows will be made of); earlier partial state is discarded."""
         if self.partial_dir.exists():
             shutil.rmtree(self.partial_dir)
+        self._remove_stale_finals()
         self.partial_dir.mkdir(parents=True)
+        self.job = dict(job or {})
         self._save_manifest()
+
+    def resume(self, job: dict[str, Any]) -> int:
+        """Continue the partial run of the same ``job``; returns the rows already done.
+
+        Only parts listed in the manifest count: a part being written when the
+        process died is still under its temporary name and is deleted here.
+        """
+        manifest = json.loads((self.partial_dir / MANIFEST).read_text())
+        difference = job_difference(manifest.get("job", {}), job)
+        if difference:
+            raise ResumeMismatch(
+                f"{self.partial_dir} holds a partial run that differs from this one ({difference}); "
+                "rerun with the same configuration, or pass tasks.overwrite=true to start over"
+            )
+        self.job = dict(job)
+        self.identities = dict(manifest.get("identities", {}))
+        self.parts = [PartInfo(**part) for part in manifest.get("parts", [])]
+        self._remove_stale_finals()
+        keep = {MANIFEST, *(part.file for part in self.parts)}
+        for path in self.partial_dir.iterdir():
+            if path.name not in keep:
+                path.unlink()
+        for part in self.parts:
+            self._dims.setdefault(part.model_name, part.dim)
+        return sum(part.rows for part in self.parts)
+
+    def record_identity(self, model_name: str, identity: dict[str, Any]) -> None:
+        """Remember what produced ``model_name``'s rows; refuse a different model or preprocessing."""
+        known = self.identities.get(model_name)
+        if known is not None and known.get("fingerprint") != identity.get("fingerprint"):
+            changed = sorted(
+                k for k in set(known) | set(identity) if known.get(k) != identity.get(k)
+            )
+            raise ResumeMismatch(
+                f"model {model_name} differs from the one that wrote the partial output "
+                f"({', '.join(c for c in changed if c != 'fingerprint')} changed); "
+                "pass tasks.overwrite=true to start over"
+            )
+        self.identities[model_name] = identity
+        self._save_manifest()
+
+    def done_ids(self, model_name: str, dataset_name: str) -> set[str]:
+        """Ids already written for this (model, dataset) by closed parts."""
+        done: set[str] = set()
+        for part in self.parts:
+            if (part.model_name, part.dataset_name) == (model_name, dataset_name):
+                table = pq.read_table(self.partial_dir / part.file, columns=[S.ID])
+                done.update(table.column(S.ID).to_pylist())
+        return done
 
     def begin_group(self, model_name: str, dataset_name: str) -> None:
         """Rows written from now on belong to this (model, dataset)."""
@@ -147,6 +222,7 @@ class EmbeddingTableWriter:
                     writer.write_table(table.cast(final_schema))
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        fail_point("finalize")
         os.replace(tmp, self.output_path)
         self._write_errors()
         shutil.rmtree(self.partial_dir, ignore_errors=True)
@@ -157,6 +233,11 @@ class EmbeddingTableWriter:
         return self.output_path.with_name(self.output_path.stem + ".errors.parquet")
 
     # -- internals ------------------------------------------------------------
+    def _remove_stale_finals(self) -> None:
+        """A final file that a killed run never renamed into place."""
+        for stale in self.output_path.parent.glob(f".{self.output_path.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+
     def _schema(self, dim: int | None) -> pa.Schema:
         return pa.schema(
             [
@@ -203,10 +284,15 @@ class EmbeddingTableWriter:
         self.parts.append(self._current)
         self._current, self._writer = None, None
         self._save_manifest()
+        fail_point("part_closed")
 
     def _save_manifest(self) -> None:
-        manifest = {"parts": [asdict(part) for part in self.parts]}
-        atomic_write_text(self.partial_dir / "manifest.json", json.dumps(manifest, indent=1))
+        manifest = {
+            "job": self.job,
+            "identities": self.identities,
+            "parts": [asdict(part) for part in self.parts],
+        }
+        atomic_write_text(self.partial_dir / MANIFEST, json.dumps(manifest, indent=1, default=str))
 
     def _write_errors(self) -> None:
         path = self.errors_path

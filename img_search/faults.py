@@ -1,0 +1,28 @@
+"""Fail points for crash tests: the process kills itself with SIGKILL at a named point.
+
+``IMG_SEARCH_FAULT=<point>[@<rank>][:<nth>]`` kills the process of rank
+``<rank>`` (any rank if omitted) the ``<nth>`` time (default 1) it reaches
+``<point>``. Unset — always, outside tests — this is a dictionary lookup.
+Points: ``model_build``, ``step`` (after a gathered step is written or
+sent), ``part_closed``, ``finalize`` (final file written, not yet renamed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_reached: dict[str, int] = {}
+
+
+def fail_point(point: str) -> None:
+    spec = os.environ.get("IMG_SEARCH_FAULT")
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    name, _, rank = name.partition("@")
+    if name != point or (rank and rank != os.environ.get("RANK", "0")):
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,131 @@
+"""Crash safety: SIGKILL at several points, 1 and 2 ranks; the rerun finishes with exactly-once rows.
+
+The kills come from fail points (``img_search.faults``): the process sends
+itself SIGKILL at a named place, so each crash is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import accelerate_two_ranks, run_module
+
+from img_search.store import read_embeddings
+
+POINTS_1_RANK = ["model_build", "part_closed:2", "step:7", "finalize"]
+POINTS_2_RANKS = ["model_build@0", "step@1:5", "part_closed@0:2", "finalize@0"]
+
+
+def job_args(checkpoint, data, out) -> list[str]:
+    return [
+        "models=clip",
+        f"models.clip.model_name={checkpoint}",
+        "datasets=inquire",
+        f"datasets.inquire.path={data}",
+        f"output_path={out}",
+        "tasks.batch_size=4",
+        "tasks.part_rows=8",
+        "tasks.num_workers=1",
+        "tasks.cpu=true",
+        "tasks.collective_timeout_s=60",
+    ]
+
+
+def run(args, fault=None, launcher=None):
+    env_fault = {"IMG_SEARCH_FAULT": fault} if fault else {}
+    old = {k: os.environ.get(k) for k in env_fault}
+    os.environ.update(env_fault)
+    try:
+        return run_module("img_search.pipeline.embed", *args, launcher=launcher, timeout=300)
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
+@pytest.fixture(scope="module")
+def clean_table(tiny_checkpoints, inquire_dir, tmp_path_factory):
+    root, _ = inquire_dir
+    out = tmp_path_factory.mktemp("clean") / "clean.parquet"
+    result = run(job_args(tiny_checkpoints["clip"], root, out))
+    assert result.returncode == 0, result.stderr
+    return read_embeddings(out)
+
+
+def assert_same_table(got, clean):
+    assert len(got) == len(clean) == 41
+    assert len(set(got.ids)) == 41
+    assert sorted(got.ids) == sorted(clean.ids)
+    np.testing.assert_allclose(
+        got.vectors[np.argsort(got.ids)], clean.vectors[np.argsort(clean.ids)], atol=1e-5
+    )
+
+
+def crash_then_resume(args, out, fault, launcher=None):
+    crashed = run(args, fault=fault, launcher=launcher)
+    assert crashed.returncode != 0, f"the fault {fault} did not stop the run:\n{crashed.stderr}"
+    assert not out.exists(), "a killed run must not leave a finished-looking output"
+    resumed = run(args, launcher=launcher)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "rows: 41" in resumed.stdout
+    assert not out.with_name(out.name + ".partial").exists()
+    assert not list(out.parent.glob(f".{out.name}.tmp-*"))
+    return resumed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", POINTS_1_RANK)
+def test_one_rank_killed_then_rerun(fault, clean_table, tiny_checkpoints, inquire_dir, tmp_path):
+    root, _ = inquire_dir
+    out = tmp_path / "out.parquet"
+    resumed = crash_then_resume(job_args(tiny_checkpoints["clip"], root, out), out, fault)
+    assert_same_table(read_embeddings(out), clean_table)
+    if fault.startswith("part_closed"):
+        assert "resumed: 16 rows" in resumed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", POINTS_2_RANKS)
+def test_two_ranks_one_killed_then_rerun(
+    fault, clean_table, tiny_checkpoints, inquire_dir, tmp_path
+):
+    root, _ = inquire_dir
+    out = tmp_path / "out.parquet"
+    args = job_args(tiny_checkpoints["clip"], root, out)
+    crash_then_resume(args, out, fault, launcher=accelerate_two_ranks())
+    assert_same_table(read_embeddings(out), clean_table)
+
+
+def test_resume_refuses_another_checkpoint(tiny_checkpoints, inquire_dir, tmp_path):
+    root, _ = inquire_dir
+    out = tmp_path / "out.parquet"
+    assert run(job_args(tiny_checkpoints["clip"], root, out), fault="part_closed:1").returncode != 0
+    other = job_args(tiny_checkpoints["siglip"], root, out)
+    other[0], other[1] = "models=clip", f"models.clip.model_name={tiny_checkpoints['siglip']}"
+    refused = run(other)
+    assert refused.returncode == 2
+    assert "models.clip.checkpoint" in refused.stderr and "tasks.overwrite=true" in refused.stderr
+    assert not out.exists()
+    started_over = run([*other, "tasks.overwrite=true"])
+    assert started_over.returncode == 0 and "rows: 41" in started_over.stdout
+
+
+def test_resume_refuses_changed_preprocessing(tiny_checkpoints, inquire_dir, tmp_path):
+    root, _ = inquire_dir
+    checkpoint = tmp_path / "clip"
+    shutil.copytree(tiny_checkpoints["clip"], checkpoint)
+    out = tmp_path / "out.parquet"
+    args = job_args(checkpoint, root, out)
+    assert run(args, fault="part_closed:1").returncode != 0
+    config_file = checkpoint / "processor_config.json"  # transformers v5 keeps it here
+    config = json.loads(config_file.read_text())
+    config["image_processor"]["image_mean"] = [0.5, 0.5, 0.5]
+    config_file.write_text(json.dumps(config))
+    refused = run(args)
+    assert refused.returncode == 2
+    assert "image_preprocessing changed" in refused.stderr
+    assert not out.exists()
