@@ -276,6 +276,11 @@ def test_multirun_sweeps_batch_size(tiny_checkpoints, inquire_dir, tmp_path, run
     ("args", "message"),
     [
         (["models=nope"], "Could not find 'models/nope'"),
+        (["datasets=nope"], "Available options in 'datasets'"),
+        (
+            ["datasets=inquire", "datasets.inquire.path=/no/inquire/copy"],
+            "dataset path not found: /no/inquire/copy",
+        ),
         (["datasets=image_folder"], "datasets.image_folder.path"),
         (["datasets.image_folder.path=/does/not/exist"], "/does/not/exist"),
         (["datasets.image_folder.path=.", "tasks.batch_size=0"], "tasks.batch_size"),

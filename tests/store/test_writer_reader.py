@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from img_search.store import (
     vectors_to_arrow,
 )
 from img_search.store import schema as S
+from img_search.store.writer import ResumeMismatch
 
 
 def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
@@ -159,13 +161,13 @@ def test_partial_folder_and_manifest_before_finalize(tmp_path: Path, two_groups)
     partial = tmp_path / "emb.parquet.partial"
     writer = EmbeddingTableWriter(path)
     writer.start()
-    assert json.loads((partial / "manifest.json").read_text()) == {"parts": []}
+    assert json.loads((partial / "manifest.json").read_text())["parts"] == []
 
     (model, dataset, ids, vectors), second = two_groups
     writer.begin_group(model, dataset)
     writer.write(ids, vectors)
     # The part being written is not listed yet, and nothing is at the output path.
-    assert json.loads((partial / "manifest.json").read_text()) == {"parts": []}
+    assert json.loads((partial / "manifest.json").read_text())["parts"] == []
     assert not path.exists()
 
     writer.begin_group(second[0], second[1])  # closes the first part
@@ -407,3 +409,56 @@ def test_empty_selection_keeps_the_dimension(tmp_path: Path, two_groups) -> None
     nothing = read_embeddings(path, model_name="absent")
     assert nothing.vectors.shape == (0, 8)
     assert nothing.vectors.dtype == np.float32
+
+
+# -- resume ---------------------------------------------------------------------
+
+
+JOB = {"kind": "image", "output_dtype": "float32", "models": {"clip": {"checkpoint": "a"}}}
+
+
+def test_resume_keeps_listed_parts_and_drops_orphans(tmp_path: Path) -> None:
+    out = tmp_path / "x.parquet"
+    first = EmbeddingTableWriter(out, part_rows=4)
+    first.start(JOB)
+    first.record_identity("clip", {"fingerprint": "f1", "checkpoint": "a"})
+    first.begin_group("clip", "photos")
+    first.write(
+        [f"i{k}" for k in range(6)], unit_rows(6, 3, 0)
+    )  # one closed part of 6, nothing open
+    first.write(
+        ["i6", "i7"], unit_rows(2, 3, 1)
+    )  # still in an open (temporary) part: lost on a crash
+    (out.parent / f".{out.name}.tmp-999").write_bytes(b"half a final file")
+
+    second = EmbeddingTableWriter(out, part_rows=4)
+    assert second.has_partial()
+    assert second.resume(JOB) == 6
+    assert second.done_ids("clip", "photos") == {f"i{k}" for k in range(6)}
+    assert second.done_ids("clip", "other") == set()
+    assert sorted(p.name for p in second.partial_dir.iterdir()) == [
+        "manifest.json",
+        "part-00000.parquet",
+    ]
+    assert not list(out.parent.glob(f".{out.name}.tmp-*"))
+    second.record_identity("clip", {"fingerprint": "f1", "checkpoint": "a"})
+    second.begin_group("clip", "photos")
+    second.write(["i6", "i7"], unit_rows(2, 3, 1))
+    second.finalize({})
+    assert pq.read_table(out).column("id").to_pylist() == [f"i{k}" for k in range(8)]
+
+
+def test_resume_refuses_another_job_or_model(tmp_path: Path) -> None:
+    out = tmp_path / "x.parquet"
+    writer = EmbeddingTableWriter(out)
+    writer.start(JOB)
+    writer.record_identity("clip", {"fingerprint": "f1", "image_preprocessing": {"mean": 0.4}})
+    other_job = {**JOB, "models": {"clip": {"checkpoint": "b"}}}
+    with pytest.raises(
+        ResumeMismatch, match=re.escape("models.clip.checkpoint: 'a' then, 'b' now")
+    ):
+        EmbeddingTableWriter(out).resume(other_job)
+    again = EmbeddingTableWriter(out)
+    again.resume(JOB)
+    with pytest.raises(ResumeMismatch, match="image_preprocessing changed"):
+        again.record_identity("clip", {"fingerprint": "f2", "image_preprocessing": {"mean": 0.5}})
