@@ -35,7 +35,7 @@ from img_search.pipeline.distributed import (
 )
 from img_search.pipeline.reporting import RunStats, make_progress, print_summary
 from img_search.pipeline.settings import ConfigError, TaskSettings
-from img_search.pipeline.sharding import Collator, ItemSource, RankShard
+from img_search.pipeline.sharding import Collator, ItemSource, RankShard, yield_to_the_model
 from img_search.store import EmbeddingTableWriter, read_metadata
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class Job:
     encoders: dict[str, Encoder]
     sources: dict[str, ItemSource]
     config: dict[str, Any]
+    #: Filled by ``run_job`` on the main process: one entry per (model, dataset) pass.
+    stats: list[RunStats] = field(default_factory=list)
 
 
 def plan_job(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any]) -> Job:
@@ -155,6 +157,7 @@ def run_job(job: Job, modality: Modality) -> int:
         writer.finalize(_metadata(job, modality, writer, accelerator))
         errors_path = writer.errors_path if writer.errors else None
         print_summary(stats, job.output_path, errors_path, sum(p.rows for p in writer.parts))
+        job.stats = stats
         code = _check_error_budget(len(writer.errors), settings)
     finish(accelerator)
     return code
@@ -253,17 +256,19 @@ def embed_source(
     shard = RankShard(
         source,
         modality.make_prepare(encoder, settings),
+        Collator(modality.make_collate(encoder)),
+        settings.batch_size,
         accelerator.process_index,
         accelerator.num_processes,
         skip_ids=done,
     )
     loader = DataLoader(
         shard,
-        batch_size=settings.batch_size,
+        batch_size=None,
         num_workers=workers,
-        collate_fn=Collator(modality.make_collate(encoder)),
         pin_memory=accelerator.device.type == "cuda",
         prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+        worker_init_fn=yield_to_the_model if accelerator.device.type == "cpu" else None,
     )
     task = progress.add_task(
         f"{encoder.name} × {source.name}", total=source.length(), completed=len(done), rate=""

@@ -82,7 +82,13 @@ class TaskSettings:
             raise ConfigError(f"tasks.part_rows must be positive, got {self.part_rows}")
 
     def loader_workers(self, device_type: str, local_processes: int, heavy: bool = True) -> int:
-        """Auto: on GPU most cores decode; on CPU leave the model its cores (one worker from 2 cores).
+        """Auto: on GPU most cores decode; on CPU one idle-priority worker per core.
+
+        CPU workers run under ``SCHED_IDLE`` (``sharding.yield_to_the_model``), so
+        they take only the time the model's threads leave and never slow the
+        forward pass; one per core lets them catch up in parallel when they fall
+        behind. Measured on 2 cores (EfficientNet-Lite0): 1 normal worker
+        0.80-0.88 of model-only, 2 idle-priority workers 0.93-0.97.
 
         Items that are cheap to prepare (caption strings) get no worker processes.
         """
@@ -98,7 +104,7 @@ class TaskSettings:
         per_rank = max(1, cores // max(1, local_processes))
         if device_type == "cuda":
             return min(8, max(1, per_rank - 1))
-        return 0 if per_rank < 2 else max(1, per_rank // 4)
+        return 0 if per_rank < 2 else min(8, per_rank)
 
 
 def _typed(name: str, value: Any, expected: type) -> Any:

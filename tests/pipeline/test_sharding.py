@@ -44,13 +44,13 @@ def prepare(item: Item) -> int:
 
 def run_rank(source: ListSource, rank: int, world: int, workers: int, batch_size: int):
     loader = DataLoader(
-        RankShard(source, prepare, rank, world),
-        batch_size=batch_size,
+        RankShard(source, prepare, Collator(list), batch_size, rank, world),
+        batch_size=None,
         num_workers=workers,
-        collate_fn=Collator(list),
     )
     ids, failures, features = [], [], []
     for batch in loader:
+        assert 0 < len(batch.ids) + len(batch.failures) <= batch_size
         ids.extend(batch.ids)
         failures.extend(batch.failures)
         features.extend(batch.features or [])
@@ -78,6 +78,29 @@ def test_every_item_once(random_access, world, workers, batch_size):
     assert set(seen) == {f"item-{i}" for i in range(41)} - bad
     assert max(seen.values()) == 1
     assert max(per_rank) - min(per_rank) <= 1  # balanced shards
+
+
+def batch_members(source: ListSource, workers: int, skip=frozenset()) -> list[list[str]]:
+    shard = RankShard(source, prepare, Collator(list), 4, rank=1, world=2, skip_ids=skip)
+    loader = DataLoader(shard, batch_size=None, num_workers=workers)
+    number = lambda item_id: int(item_id.split("-")[1])  # noqa: E731
+    return [sorted(batch.ids + [i for i, _ in batch.failures], key=number) for batch in loader]
+
+
+@pytest.mark.parametrize("random_access", [True, False])
+def test_batches_do_not_depend_on_worker_count(random_access):
+    """Same batches → bit-identical vectors with and without loader workers."""
+    source = ListSource(23, random_access)
+    expected = [
+        ["item-1", "item-3", "item-5", "item-7"],
+        ["item-9", "item-11", "item-13", "item-15"],
+        ["item-17", "item-19", "item-21"],
+    ]
+    for workers in (0, 1, 2, 3):
+        assert batch_members(source, workers) == expected
+    # already-done items only thin their batch out, the others stay where they were
+    thinned = batch_members(source, 2, skip=frozenset({"item-9", "item-11", "item-13", "item-15"}))
+    assert thinned == [expected[0], expected[2]]
 
 
 def test_failure_reason_names_the_error():
