@@ -103,3 +103,43 @@ def run_embed_text() -> Callable[..., subprocess.CompletedProcess[str]]:
 def venv_bin(name: str) -> str:
     """A console script installed next to the running interpreter (accelerate, torchrun)."""
     return str(Path(sys.executable).with_name(name))
+
+
+@pytest.fixture(scope="session")
+def demo_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """What ``make demo`` writes: EfficientNet-Lite0 over the sample photos, MiniLM over their captions."""
+    root = tmp_path_factory.mktemp("demo")
+    tables = {"images": root / "images.parquet", "captions": root / "captions.parquet"}
+    embed, embed_text = (
+        cli_runner("img_search.pipeline.embed"),
+        cli_runner("img_search.pipeline.embed_text"),
+    )
+    embed(
+        "models=efficientnet_lite0",
+        "datasets=image_folder",
+        f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+        f"output_path={tables['images']}",
+    )
+    embed_text(
+        "models=minilm",
+        "text_dataset=captions_jsonl",
+        f"text_dataset.path={SAMPLE_CAPTIONS}",
+        "text_dataset.name=sample_captions",
+        f"output_path={tables['captions']}",
+    )
+    return tables
+
+
+@pytest.fixture
+def run_query() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return cli_runner("img_search.search.query")
+
+
+@pytest.fixture
+def run_build() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return cli_runner("img_search.search.build")
+
+
+@pytest.fixture
+def run_evaluate() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return cli_runner("img_search.search.evaluate")

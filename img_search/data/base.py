@@ -67,3 +67,10 @@ class ImageDataset(Source):
 
     def get(self, position: int) -> ImageItem:
         return super().get(position)
+
+    def item_ids(self) -> list[str]:
+        """Every item id in position order (after ``build``), to find an item by id.
+
+        Sources that know their ids without reading the images override this.
+        """
+        return [item.id for item in self]

@@ -176,6 +176,11 @@ class HubImageDataset(ImageDataset):
         row = self._table[row_index]
         return ImageItem(id=self._id_of(row, row_index), source=row[self.image_column])
 
+    def item_ids(self) -> list[str]:
+        if self._rows is None:
+            return super().item_ids()  # a stream: read it through
+        return [str(i) for i in self._ids_of_rows(self._table)[self._rows]]
+
     def __iter__(self) -> Iterator[ImageItem]:
         if not self.streaming:
             yield from super().__iter__()

@@ -76,5 +76,14 @@ class ImageFolderDataset(ImageDataset):
         relative = self._files[position].as_py()
         return ImageItem(id=relative, source=str(self.root / relative))
 
+    def item_ids(self) -> list[str]:
+        if self._files is None:
+            raise RuntimeError(f"dataset {self.name}: build() first")
+        return self._files.to_pylist()
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": str(self.root), "extensions": list(self.extensions)}
+        return {
+            "kind": self.kind,
+            "path": str(self.root.resolve()),
+            "extensions": list(self.extensions),
+        }

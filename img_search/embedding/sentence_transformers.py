@@ -38,7 +38,9 @@ class SentenceTransformerEncoder(Encoder):
         self.model.eval()
         if self.max_seq_length:
             self.model.max_seq_length = self.max_seq_length
-        self.dim = self.model.get_sentence_embedding_dimension()
+        dimension = getattr(self.model, "get_embedding_dimension", None)  # renamed in ST 6
+        dimension = dimension or self.model.get_sentence_embedding_dimension
+        self.dim = dimension()
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         with self.inference():

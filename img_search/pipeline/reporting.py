@@ -36,7 +36,7 @@ def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bo
         import datasets
 
         datasets.disable_progress_bars()  # per-split bars flood logs; a terminal keeps them
-    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
+    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub", "faiss"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

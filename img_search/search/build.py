@@ -1,0 +1,67 @@
+"""``python -m img_search.search.build table=<table> indexes=[...]``: build and save indexes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from img_search.pipeline.cli import user_errors_exit
+from img_search.search.indexes import SavedIndex, build_index, index_specs
+from img_search.search.tables import load_selection
+
+log = logging.getLogger("img_search")
+
+
+def build_all(
+    table: str,
+    specs: Mapping[str, Mapping[str, Any]],
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+) -> list[SavedIndex]:
+    """Every configured index of one (model, dataset) selection, each saved next to the table."""
+    selection = load_selection(table, model_name, dataset_name)
+    built = []
+    for name, (kind, params) in index_specs(specs).items():
+        saved = build_index(selection, name, kind, params)
+        log.info(
+            "built %s (%s) in %.2f s → %s", name, kind, saved.meta["build_seconds"], saved.path
+        )
+        built.append(saved)
+    return built
+
+
+def print_built(built: list[SavedIndex]) -> None:
+    table = Table(title="indexes")
+    for column in ("name", "kind", "model", "dataset", "rows", "dim", "build s", "MiB", "path"):
+        table.add_column(column)
+    for saved in built:
+        m = saved.meta
+        table.add_row(
+            m["name"],
+            m["kind"],
+            m["model_name"],
+            m["dataset_name"],
+            str(m["count"]),
+            str(m["dim"]),
+            f"{m['build_seconds']:.2f}",
+            f"{saved.index.nbytes() / 2**20:.1f}",
+            str(saved.path),
+        )
+    Console(width=200).print(table)
+
+
+@hydra.main(version_base=None, config_path="pkg://img_search.config.search", config_name="build")
+def main(cfg: DictConfig) -> None:
+    with user_errors_exit(cfg):
+        specs = OmegaConf.to_container(cfg.indexes, resolve=True)
+        print_built(build_all(cfg.table, specs, cfg.model_name, cfg.dataset_name))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""``python -m img_search.search.query index=<index or table> text=...|image=...|id=...``: top-k items."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from img_search.pipeline.cli import user_errors_exit
+from img_search.search.indexes import SavedIndex, open_index
+from img_search.search.query_encoder import (
+    encode_image_queries,
+    encode_text_queries,
+    load_query_encoder,
+)
+from img_search.search.tables import file_path_of, row_details, vector_of
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    score: float
+    path: str | None = None
+    caption: str | None = None
+    image_id: str | None = None
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def query_vector(
+    index: SavedIndex,
+    text: str | None = None,
+    image: str | None = None,
+    item_id: str | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> np.ndarray:
+    """The one query as a unit vector in the index's space (an id needs no model at all)."""
+    given = [name for name, value in (("text", text), ("image", image), ("id", item_id)) if value]
+    if len(given) != 1:
+        raise ValueError(
+            f"give exactly one of text=..., image=... or id=... (got {', '.join(given) or 'none'})"
+        )
+    if item_id is not None:
+        return vector_of(index.table, index.model_name, index.dataset_name, str(item_id))
+    encoder = load_query_encoder(
+        index.model_name,
+        index.meta.get("model_spec") or {},
+        index.meta.get("identity") or {},
+        overrides=model_overrides,
+        device=device,
+    )
+    if text is not None:
+        return encode_text_queries(encoder, [str(text)])[0]
+    return encode_image_queries(encoder, [str(image)])[0]
+
+
+def search(index: SavedIndex, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Hit]:
+    """Top-k hits with what is known of each item (file path, caption, image id)."""
+    scores, positions = index.search(vector[None, :], k + (1 if exclude is not None else 0))
+    hits = [
+        (str(index.ids[p]), float(s))
+        for s, p in zip(scores[0], positions[0], strict=True)
+        if p >= 0 and str(index.ids[p]) != exclude
+    ][:k]
+    details = row_details(index.table, index.model_name, index.dataset_name, [i for i, _ in hits])
+    dataset = index.meta.get("dataset") or {}
+    kind = index.meta.get("table_kind", "image")
+    return [
+        Hit(
+            rank=rank,
+            id=item_id,
+            score=score,
+            path=file_path_of(dataset, kind, item_id),
+            caption=details.get(item_id, {}).get("caption"),
+            image_id=details.get(item_id, {}).get("image_id"),
+        )
+        for rank, (item_id, score) in enumerate(hits, start=1)
+    ]
+
+
+def print_hits(hits: list[Hit], index: SavedIndex, as_json: bool) -> None:
+    if as_json:
+        payload = {
+            "index": str(index.path),
+            "model_name": index.model_name,
+            "dataset_name": index.dataset_name,
+            "hits": [{k: v for k, v in asdict(h).items() if v is not None} for h in hits],
+        }
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+        return
+    table = Table(title=f"{index.model_name} × {index.dataset_name} ({len(index.ids)} items)")
+    for column in ("rank", "score", "id"):
+        table.add_column(column, justify="right" if column != "id" else "left")
+    extra = [c for c in ("caption", "path") if any(getattr(h, c) for h in hits)]
+    for column in extra:
+        table.add_column(column)
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.4f}", h.id, *(getattr(h, c) or "" for c in extra))
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+
+
+@hydra.main(version_base=None, config_path="pkg://img_search.config.search", config_name="query")
+def main(cfg: DictConfig) -> None:
+    with user_errors_exit(cfg):
+        if int(cfg.k) <= 0:
+            raise ValueError(f"k must be positive, got {cfg.k}")
+        index = open_index(cfg.index, cfg.model_name, cfg.dataset_name)
+        vector = query_vector(
+            index,
+            text=cfg.text,
+            image=cfg.image,
+            item_id=None if cfg.id is None else str(cfg.id),
+            model_overrides=OmegaConf.to_container(cfg.model_overrides),
+            device=pick_device(str(cfg.device)),
+        )
+        hits = search(index, vector, int(cfg.k), exclude=None if cfg.id is None else str(cfg.id))
+        print_hits(hits, index, bool(cfg.json))
+
+
+if __name__ == "__main__":
+    main()

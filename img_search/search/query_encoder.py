@@ -1,0 +1,95 @@
+"""The query side of a search: the same model that made the vectors, rebuilt from the table's metadata.
+
+A vector is only comparable with vectors of the model that made them, so the
+query encoder is rebuilt from the spec the pipeline recorded, and its
+identity (encoder, checkpoint, revision, preprocessing) must equal the one
+recorded for the table; a different checkpoint is refused, not silently used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from img_search.data import open_image
+from img_search.embedding import Encoder, get_encoder
+
+
+class ModelMismatch(ValueError):
+    """The query model is not the model that produced the searched vectors."""
+
+
+def load_query_encoder(
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    identity: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+) -> Encoder:
+    """Load the encoder of ``model_spec`` (plus ``overrides``) and check it against ``identity``."""
+    if not model_spec:
+        raise ModelMismatch(
+            f"the table does not record how model {model_name!r} was configured; "
+            "it was not written by img_search.pipeline"
+        )
+    spec = {**model_spec, **(overrides or {})}
+    encoder = get_encoder(spec, name=model_name).load(device)
+    check_same_model(encoder, identity)
+    return encoder
+
+
+def check_same_model(encoder: Encoder, identity: Mapping[str, Any]) -> None:
+    """Refuse an encoder whose identity differs from the recorded one, naming the difference."""
+    if not identity:
+        return
+    mine = encoder.identity()
+    if mine.get("fingerprint") == identity.get("fingerprint"):
+        return
+    keys = ("encoder", "checkpoint", "revision", "image_preprocessing")
+    differences = [
+        f"{key}: index {identity.get(key)!r}, query {mine.get(key)!r}"
+        for key in keys
+        if mine.get(key) != identity.get(key)
+    ]
+    raise ModelMismatch(
+        f"the query model {encoder.name!r} is not the model that made these vectors ("
+        + ("; ".join(differences) or "different fingerprint")
+        + ")"
+    )
+
+
+def encode_text_queries(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    if not encoder.supports_texts:
+        raise ModelMismatch(
+            f"model {encoder.name!r} ({encoder.kind}) has no text side: search its images with "
+            "image=... or id=..., or search a caption table for text"
+        )
+    return encoder.encode_texts(list(texts)).cpu().numpy().astype(np.float32)
+
+
+def encode_image_queries(
+    encoder: Encoder, paths: Sequence[str | os.PathLike[str]], max_pixels: int | None = None
+) -> np.ndarray:
+    """Image files → query vectors (a missing file is named)."""
+    images = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"query image not found: {path}")
+        kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
+        images.append(open_image(str(path), **kwargs))
+    return encode_images(encoder, images)
+
+
+def encode_images(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
+    """Decoded RGB images → query vectors, through the encoder's own preprocessing."""
+    if not encoder.supports_images:
+        raise ModelMismatch(
+            f"model {encoder.name!r} ({encoder.kind}) has no image side: query it with text=..."
+        )
+    transform = encoder.image_transform()
+    batch = transform.collate([transform(image) for image in images])
+    return encoder.encode_images(batch).cpu().numpy().astype(np.float32)

@@ -1,0 +1,180 @@
+"""One (model, dataset) selection of an embedding table, with what is known about its rows.
+
+Search and evaluation always work on one model and one dataset at a time:
+vectors of two models are not comparable, and two datasets have separate id
+spaces. When a table holds a single model or dataset it is chosen without
+asking; otherwise the error lists what the table holds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from img_search.store import read_metadata
+from img_search.store import schema as S
+from img_search.store.reader import embedding_matrix
+
+CAPTION_COLUMNS = ("caption", "image_id", "image")
+
+
+class UnknownItem(ValueError):
+    """An item id that the selection does not hold."""
+
+
+@dataclass
+class TableSelection:
+    """Rows of one (model, dataset) of a table: ``ids[i]`` ↔ ``vectors[i]``."""
+
+    path: Path
+    model_name: str
+    dataset_name: str
+    kind: str  # "image" or "caption"
+    ids: np.ndarray
+    vectors: np.ndarray
+    identity: dict[str, Any]  # the model identity recorded by the pipeline
+    model_spec: dict[str, Any]  # the resolved encoder spec, to rebuild the query encoder
+    dataset: dict[str, Any]  # the dataset description recorded by the pipeline
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # caption, image_id, image
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def file_path(self, item_id: str) -> str | None:
+        return file_path_of(self.dataset, self.kind, item_id)
+
+
+def file_path_of(dataset: dict[str, Any], table_kind: str, item_id: str) -> str | None:
+    """Where an item's image file is, for sources that are folders of files (else None)."""
+    root = dataset.get("path")
+    if table_kind == "image" and dataset.get("kind") == "image_folder" and root:
+        return str(Path(root) / item_id)
+    return None
+
+
+def table_contents(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """The distinct model and dataset names of a table, without reading its vectors."""
+    table = pq.read_table(path, columns=[S.MODEL, S.DATASET])
+    return {
+        "models": sorted(pc.unique(table.column(S.MODEL)).to_pylist()),
+        "datasets": sorted(pc.unique(table.column(S.DATASET)).to_pylist()),
+    }
+
+
+def load_selection(
+    path: str | os.PathLike[str],
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+) -> TableSelection:
+    """Read one (model, dataset) of the table at ``path``; refuses an ambiguous choice."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embedding table not found: {path}")
+    metadata = read_metadata(path)
+    model_name, dataset_name = choose_selection(path, model_name, dataset_name)
+    names = pq.read_schema(path).names
+    columns = [S.ID, S.EMBEDDING, *(c for c in CAPTION_COLUMNS if c in names)]
+    table = pq.read_table(
+        path,
+        columns=columns,
+        filters=(pc.field(S.MODEL) == model_name) & (pc.field(S.DATASET) == dataset_name),
+        memory_map=True,
+    )
+    if table.num_rows == 0:
+        raise ValueError(
+            f"{path} holds no rows for model {model_name!r} and dataset {dataset_name!r}"
+        )
+    config = metadata.get("config") or {}
+    return TableSelection(
+        path=path,
+        model_name=model_name,
+        dataset_name=dataset_name,
+        kind=metadata.get("kind", "image"),
+        ids=table.column(S.ID).to_numpy(zero_copy_only=False).astype(str),
+        vectors=np.ascontiguousarray(embedding_matrix(table.column(S.EMBEDDING))),
+        identity=(metadata.get("models") or {}).get(model_name) or {},
+        model_spec=dict((config.get("models") or {}).get(model_name) or {}),
+        dataset=_dataset_description(metadata, config, dataset_name),
+        extra={
+            c: table.column(c).to_numpy(zero_copy_only=False).astype(str)
+            for c in CAPTION_COLUMNS
+            if c in table.column_names
+        },
+    )
+
+
+def choose_selection(
+    path: Path, model_name: str | None, dataset_name: str | None
+) -> tuple[str, str]:
+    """The (model, dataset) to use: as given, or the only one the table holds."""
+    contents = table_contents(path)
+    return (
+        _choose("model_name", model_name, contents["models"], path),
+        _choose("dataset_name", dataset_name, contents["datasets"], path),
+    )
+
+
+def _dataset_description(metadata: dict, config: dict, name: str) -> dict[str, Any]:
+    described = (metadata.get("datasets") or {}).get(name)
+    if described:
+        return dict(described)
+    text = config.get("text_dataset") or {}
+    return dict(text) if text.get("name") == name else {}
+
+
+def _choose(what: str, wanted: str | None, available: list[str], path: Path) -> str:
+    if wanted is not None:
+        if wanted not in available:
+            raise ValueError(
+                f"{path} has no {what} {wanted!r}; it holds {', '.join(available) or 'nothing'}"
+            )
+        return wanted
+    if len(available) == 1:
+        return available[0]
+    raise ValueError(
+        f"{path} holds several values of {what} ({', '.join(available)}): choose one with {what}=..."
+    )
+
+
+def _rows_filter(model_name: str, dataset_name: str) -> pc.Expression:
+    return (pc.field(S.MODEL) == model_name) & (pc.field(S.DATASET) == dataset_name)
+
+
+def vector_of(path: str | os.PathLike[str], model_name: str, dataset_name: str, item_id: str):
+    """The stored vector of one item (for "more like this")."""
+    table = pq.read_table(
+        path,
+        columns=[S.EMBEDDING],
+        filters=_rows_filter(model_name, dataset_name) & (pc.field(S.ID) == item_id),
+    )
+    if table.num_rows == 0:
+        raise UnknownItem(
+            f"no item with id {item_id!r} for {model_name} × {dataset_name} in {path}"
+        )
+    return embedding_matrix(table.column(S.EMBEDDING))[0]
+
+
+def row_details(
+    path: str | os.PathLike[str], model_name: str, dataset_name: str, ids: list[str]
+) -> dict[str, dict[str, str]]:
+    """Caption, image and image id of the given rows (whichever the table has), by id."""
+    names = pq.read_schema(path).names
+    columns = [c for c in CAPTION_COLUMNS if c in names]
+    if not columns or not ids:
+        return {}
+    table = pq.read_table(
+        path,
+        columns=[S.ID, *columns],
+        filters=_rows_filter(model_name, dataset_name) & pc.field(S.ID).isin(ids),
+    )
+    return {row.pop(S.ID): row for row in table.to_pylist()}

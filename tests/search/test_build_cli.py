@@ -1,0 +1,78 @@
+"""Build every index kind next to a table, reload them without rebuilding, refuse stale ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from img_search.search.indexes import StaleIndex, index_dir, load_index, open_index
+from img_search.search.tables import load_selection
+
+KINDS = ["flat", "faiss_hnsw", "faiss_ivf", "usearch"]
+
+
+@pytest.fixture(scope="module")
+def built(demo_tables, tmp_path_factory):
+    """A copy of the demo caption table with all four indexes built by the CLI."""
+    from conftest import cli_runner
+
+    table = tmp_path_factory.mktemp("build") / "captions.parquet"
+    shutil.copy(demo_tables["captions"], table)
+    result = cli_runner("img_search.search.build")(f"table={table}", f"indexes=[{','.join(KINDS)}]")
+    return table, result
+
+
+def test_each_kind_is_saved_next_to_the_table(built):
+    table, result = built
+    for kind in KINDS:
+        path = index_dir(table, "minilm", "sample_captions", kind)
+        assert path.parent == table.parent
+        library_file = "index.usearch" if kind == "usearch" else "index.faiss"
+        assert sorted(os.listdir(path)) == sorted(["ids.parquet", "index.json", library_file])
+        meta = json.loads((path / "index.json").read_text())
+        assert meta["kind"] == kind and meta["count"] == 32 and meta["dim"] == 384
+        assert (
+            meta["model_name"] == "minilm"
+            and meta["identity"]["encoder"] == "sentence_transformers"
+        )
+        assert f" {kind} " in result.stdout  # one row of the summary table per index
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reloaded_index_answers_like_exact_search(built, kind):
+    table, _ = built
+    selection = load_selection(table)
+    saved = load_index(index_dir(table, "minilm", "sample_captions", kind))
+    assert list(saved.ids) == list(selection.ids)
+    scores, positions = saved.search(selection.vectors, 5)
+    expected = np.argsort(-(selection.vectors @ selection.vectors.T), axis=1)[:, :5]
+    # every caption finds itself first; 32 items is small enough for every kind to be exact
+    assert (positions[:, 0] == np.arange(32)).all()
+    np.testing.assert_array_equal(np.sort(positions, axis=1), np.sort(expected, axis=1))
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_a_rewritten_table_makes_its_index_stale(built, tmp_path):
+    table, _ = built
+    copy = tmp_path / table.name
+    shutil.copy(table, copy)
+    first = open_index(copy)  # builds and saves flat
+    assert first.path.exists()
+    os.utime(copy, ns=(1, 1))  # the table is "rewritten"
+    with pytest.raises(StaleIndex, match="rebuild it"):
+        load_index(first.path)
+    rebuilt = open_index(copy)  # a table path rebuilds a stale index by itself
+    assert load_index(rebuilt.path).meta["table_stamp"]["mtime_ns"] == 1
+
+
+def test_unknown_index_kind_lists_the_registered_ones(demo_tables, run_build):
+    result = run_build(
+        f"table={demo_tables['captions']}", "+indexes.mine.kind=annoy", expect_ok=False
+    )
+    assert result.returncode == 2
+    assert "unknown kind 'annoy'" in result.stderr
+    assert "faiss_hnsw, faiss_ivf, flat, usearch" in result.stderr

