@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo serve browser test lint format clean
 
 install: $(STAMP)
 
@@ -28,6 +28,19 @@ demo: install
 		text_dataset.path=img_search/samples/captions.jsonl text_dataset.name=sample_captions \
 		output_path=$(DEMO_OUT)/captions.parquet
 
+# The search page and API over the demo tables, on http://127.0.0.1:8000/ (PORT=... to change).
+PORT ?= 8000
+serve: demo
+	$(PY) -m img_search.serve tables.images.table=$(DEMO_OUT)/images.parquet \
+		tables.captions.table=$(DEMO_OUT)/captions.parquet port=$(PORT)
+
+# Debian's headless Chromium for the browser test (never a browser download); where it cannot be
+# installed (no root, no apt) the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } || \
+		echo "chromium could not be installed: the browser test will be skipped"
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -36,7 +49,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint
+test: lint browser
 	$(PY) -m pytest -q
 
 clean:

@@ -1,0 +1,1 @@
+"""HTTP API and web page over embedding tables: ``python -m img_search.serve``."""

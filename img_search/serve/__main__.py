@@ -1,0 +1,43 @@
+"""``python -m img_search.serve``: load the tables once, then serve the API and the page."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from img_search.pipeline.cli import user_errors_exit
+from img_search.search.query import pick_device
+from img_search.serve.app import ServeSettings, create_app
+from img_search.serve.catalog import load_catalog
+
+log = logging.getLogger("img_search")
+
+
+@hydra.main(version_base=None, config_path="pkg://img_search.config", config_name="serve")
+def main(cfg: DictConfig) -> None:
+    import uvicorn
+
+    with user_errors_exit(cfg):
+        specs = OmegaConf.to_container(cfg.tables, resolve=True) or {}
+        catalog = load_catalog(specs, device=pick_device(str(cfg.device)))
+        settings = ServeSettings(
+            default_k=int(cfg.k),
+            max_k=int(cfg.max_k),
+            max_upload_bytes=int(cfg.max_upload_bytes),
+            max_upload_pixels=int(cfg.max_upload_pixels),
+            thumbnail_size=int(cfg.thumbnail_size),
+        )
+        app = create_app(catalog, settings)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this address can search", cfg.host)
+    host = f"[{cfg.host}]" if ":" in str(cfg.host) else cfg.host
+    print(
+        f"img_search: serving {', '.join(catalog.tables)} on http://{host}:{cfg.port}/", flush=True
+    )
+    uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

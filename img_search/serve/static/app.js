@@ -1,0 +1,160 @@
+// The search page: text, image (picker or drag-and-drop) and "more like this" over the JSON API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let tables = [];
+let defaultK = 12;
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(url, options) {
+  let response;
+  try {
+    response = await fetch(url, options);
+  } catch (err) {
+    throw new Error(`the server cannot be reached (${err.message})`);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = null;
+  }
+  if (!response.ok) {
+    const detail = body && (body.error || body.detail);
+    const text = typeof detail === "string" ? detail : JSON.stringify(detail || response.statusText);
+    throw new Error(`${response.status}: ${text}`);
+  }
+  return body;
+}
+
+function currentTable() {
+  return tables.find((t) => t.name === $("table").value) || tables[0];
+}
+
+function render(data, label) {
+  const grid = $("results");
+  grid.replaceChildren();
+  $("status").textContent =
+    `${data.results.length} results for ${label} in ${data.table} (${data.model_name}) · ` +
+    `encode ${data.took_ms.encode.toFixed(1)} ms, search ${data.took_ms.search.toFixed(1)} ms`;
+  for (const hit of data.results) {
+    const card = document.createElement("div");
+    card.className = "card";
+    card.dataset.id = hit.id;
+    card.title = "more like this";
+    if (hit.thumbnail) {
+      const img = document.createElement("img");
+      img.src = hit.thumbnail;
+      img.alt = hit.id;
+      card.appendChild(img);
+    } else {
+      const none = document.createElement("div");
+      none.className = "noimg";
+      none.textContent = "no image";
+      card.appendChild(none);
+    }
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = hit.score.toFixed(3);
+    const id = document.createElement("div");
+    id.className = "id";
+    id.textContent = `#${hit.rank} ${hit.id}`;
+    meta.append(score, id);
+    if (hit.caption) {
+      const caption = document.createElement("div");
+      caption.className = "caption";
+      caption.textContent = hit.caption;
+      meta.appendChild(caption);
+    }
+    card.appendChild(meta);
+    card.addEventListener("click", () => similar(data.table, hit.id));
+    grid.appendChild(card);
+  }
+}
+
+async function run(promise, label) {
+  showError("");
+  $("status").textContent = "searching…";
+  try {
+    render(await promise, label);
+  } catch (err) {
+    $("status").textContent = "";
+    $("results").replaceChildren();
+    showError(err.message);
+  }
+}
+
+function searchText(text) {
+  const table = currentTable();
+  const url = `/api/search/text?q=${encodeURIComponent(text)}&table=${encodeURIComponent(table.name)}&k=${defaultK}`;
+  return run(api(url), `“${text}”`);
+}
+
+function searchImage(file) {
+  let table = currentTable();
+  if (!table.image_search) {  // a caption table: search its images instead
+    table = tables.find((t) => t.name === table.image_table) || tables.find((t) => t.image_search) || table;
+  }
+  const form = new FormData();
+  form.append("file", file);
+  form.append("table", table.name);
+  form.append("k", String(defaultK));
+  return run(api("/api/search/image", { method: "POST", body: form }), file.name);
+}
+
+function similar(table, id) {
+  const url = `/api/similar?table=${encodeURIComponent(table)}&id=${encodeURIComponent(id)}&k=${defaultK}`;
+  return run(api(url), `items like ${id}`);
+}
+
+async function start() {
+  try {
+    const info = await api("/api/tables");
+    tables = info.tables;
+    defaultK = info.default_k;
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  const select = $("table");
+  for (const t of tables) {
+    const option = document.createElement("option");
+    option.value = t.name;
+    option.textContent = `${t.name} · ${t.model_name} · ${t.rows} ${t.kind === "caption" ? "captions" : "images"}`;
+    select.appendChild(option);
+  }
+  const textual = tables.find((t) => t.text_search);
+  if (textual) select.value = textual.name;
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("query").value.trim();
+    if (text) searchText(text);
+  });
+  $("file").addEventListener("change", () => {
+    if ($("file").files.length) searchImage($("file").files[0]);
+  });
+  const drop = $("drop");
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    drop.addEventListener(name, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer.files[0];
+    if (file) searchImage(file);
+  });
+}
+
+start();
