@@ -17,6 +17,7 @@ rebuilding and refuses to answer for a table that has changed since.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from abc import ABC, abstractmethod
@@ -31,6 +32,7 @@ from img_search.registry import UnknownNameError
 from img_search.search.tables import TableSelection, choose_selection, load_selection
 
 FORMAT = "img_search.index/1"
+log = logging.getLogger(__name__)
 
 
 class VectorIndex(ABC):
@@ -327,7 +329,10 @@ def build_index(
     path = index_dir(selection.path, selection.model_name, selection.dataset_name, name)
     saved = SavedIndex(path, index, meta, selection.ids)
     if save:
-        _write(saved)
+        try:
+            _write(saved)
+        except OSError as exc:  # a read-only table folder: answer from memory, rebuild next time
+            log.warning("index %s not saved (%s); it is rebuilt on every start", path, exc)
     return saved
 
 

@@ -76,3 +76,17 @@ def test_unknown_index_kind_lists_the_registered_ones(demo_tables, run_build):
     assert result.returncode == 2
     assert "unknown kind 'annoy'" in result.stderr
     assert "faiss_hnsw, faiss_ivf, flat, usearch" in result.stderr
+
+
+def test_an_unwritable_folder_still_answers(demo_tables, tmp_path, monkeypatch):
+    from img_search.search import indexes
+
+    def refuse(saved):
+        raise PermissionError(13, "Permission denied", str(saved.path))
+
+    monkeypatch.setattr(indexes, "_write", refuse)
+    table = tmp_path / "captions.parquet"
+    shutil.copy(demo_tables["captions"], table)
+    saved = open_index(table)
+    assert len(saved.ids) == 32 and not saved.path.exists()
+    assert saved.search(saved.index.vector(0)[None, :], 1)[1][0, 0] == 0
