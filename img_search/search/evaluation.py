@@ -52,20 +52,36 @@ class RetrievalResult:
         return out
 
 
-def image_of_caption(image_ids: np.ndarray, caption_image_ids: np.ndarray) -> np.ndarray:
+def image_of_caption(
+    image_ids: np.ndarray, caption_image_ids: np.ndarray, caption_images: np.ndarray | None = None
+) -> np.ndarray:
     """For each caption, the row of its image (−1 if absent).
 
-    Captions carry the image *stem* (``1000092795``); image tables carry the
-    item id, which is the stem for Flickr30k and a relative path
-    (``birds/1000092795.jpg``) for image folders, so a caption matches an
-    image whose id or id stem equals its image id.
+    Captions carry the image file (``birds/1000092795.jpg``) and its stem
+    (``1000092795``); image tables carry the item id, which is the stem for
+    Flickr30k and the relative path for image folders. A caption matches the
+    image whose id equals its file, else its stem, else whose id's stem
+    equals its stem — the last only where that stem names one image: two
+    images ``birds/1.jpg`` and ``cats/1.jpg`` are never guessed between.
     """
-    rows: dict[str, int] = {}
+    exact = {str(item): row for row, item in enumerate(image_ids)}
+    by_stem: dict[str, list[int]] = {}
     for row, item in enumerate(image_ids):
-        rows.setdefault(str(item), row)
-    for row, item in enumerate(image_ids):
-        rows.setdefault(PurePosixPath(str(item)).stem, row)
-    return np.array([rows.get(str(i), -1) for i in caption_image_ids], dtype=np.int64)
+        by_stem.setdefault(PurePosixPath(str(item)).stem, []).append(row)
+    files = caption_images if caption_images is not None else [None] * len(caption_image_ids)
+    rows, ambiguous = [], 0
+    for file, stem in zip(files, caption_image_ids, strict=True):
+        row = exact.get(str(file)) if file is not None else None
+        if row is None:
+            row = exact.get(str(stem))
+        if row is None:
+            candidates = by_stem.get(str(stem), [])
+            ambiguous += len(candidates) > 1
+            row = candidates[0] if len(candidates) == 1 else None
+        rows.append(-1 if row is None else row)
+    if ambiguous:
+        log.warning("%d captions match several images by file stem; left out", ambiguous)
+    return np.array(rows, dtype=np.int64)
 
 
 def caption_image_retrieval(
@@ -84,7 +100,7 @@ def caption_image_retrieval(
     check_same_identity(images, captions)
     if "image_id" not in captions.extra:
         raise ValueError(f"{captions.path} is not a caption table (no image_id column)")
-    owner = image_of_caption(images.ids, captions.extra["image_id"])
+    owner = image_of_caption(images.ids, captions.extra["image_id"], captions.extra.get("image"))
     kept = owner >= 0
     dropped = int((~kept).sum())
     if dropped:

@@ -111,9 +111,7 @@ class _FaissIndex(VectorIndex):
         self.count = int(self.index.ntotal)
 
     def nbytes(self) -> int:
-        import faiss
-
-        return int(faiss.serialize_index(self.index).nbytes)
+        return 4 * int(self.index.ntotal) * self.dim  # the float32 vectors
 
     def vector(self, position: int) -> np.ndarray:
         return self.index.reconstruct(int(position))
@@ -147,6 +145,11 @@ class FaissHNSWIndex(_FaissIndex):
     def _tune(self) -> None:
         self.index.hnsw.efSearch = int(self.params["ef_search"])
 
+    def nbytes(self) -> int:
+        graph = self.index.hnsw
+        links = 4 * (graph.neighbors.size() + graph.levels.size()) + 8 * graph.offsets.size()
+        return super().nbytes() + int(links)
+
 
 class FaissIVFIndex(_FaissIndex):
     kind = "faiss_ivf"
@@ -165,8 +168,14 @@ class FaissIVFIndex(_FaissIndex):
             sample = vectors[rng.choice(len(vectors), 256 * nlist, replace=False)]
         self.index.train(sample)
         self.index.add(vectors)
+        self.index.make_direct_map()  # "more like this" reads vectors back by position
         self.count = int(self.index.ntotal)
         self.params["nlist"] = nlist
+
+    def load(self, path: Path) -> None:
+        super().load(path)
+        if not self.index.direct_map.type:
+            self.index.make_direct_map()
 
     def nlist_for(self, n: int) -> int:
         """``nlist`` from the config, or auto: about 4·√n cells, at least 39 training points each."""
@@ -177,10 +186,9 @@ class FaissIVFIndex(_FaissIndex):
     def _tune(self) -> None:
         self.index.nprobe = min(int(self.params["nprobe"]), self.index.nlist)
 
-    def vector(self, position: int) -> np.ndarray:
-        if not self.index.direct_map.type:  # inverted lists need a map from position to list
-            self.index.make_direct_map()
-        return self.index.reconstruct(int(position))
+    def nbytes(self) -> int:
+        ids = 8 * int(self.index.ntotal)  # list entries and the position → list map
+        return super().nbytes() + 2 * ids + 4 * int(self.index.nlist) * self.dim
 
 
 class USearchIndex(VectorIndex):
@@ -354,23 +362,38 @@ class StaleIndex(ValueError):
     """The table changed after the index was built."""
 
 
-def load_index(path: str | os.PathLike[str]) -> SavedIndex:
-    """Reload a saved index (no rebuilding); refuses one whose table has changed."""
+def load_index(
+    path: str | os.PathLike[str], table: str | os.PathLike[str] | None = None
+) -> SavedIndex:
+    """Reload a saved index (no rebuilding); refuses one whose table has changed.
+
+    The table is ``table`` when given (the path the user named), else the one
+    recorded at build time, else — when that is gone because both were moved —
+    the table of the same name next to the index.
+    """
     path = Path(path)
     meta_file = path / "index.json"
     if not meta_file.exists():
         raise FileNotFoundError(f"not a saved index (no index.json): {path}")
     meta = json.loads(meta_file.read_text())
+    recorded = Path(meta["table"])
+    if table is not None:
+        current = Path(table)
+    elif recorded.exists():
+        current = recorded
+    else:
+        current = path.parent / recorded.name
+    if current.exists():
+        if table_stamp(current) != meta.get("table_stamp"):
+            raise StaleIndex(
+                f"{current} changed after the index {path} was built: rebuild it "
+                f"(python -m img_search.search.build table={current})"
+            )
+        meta["table"] = str(current.resolve())
     index = make_index(meta["kind"], int(meta["dim"]), **meta.get("params", {}))
     index.load(path)
     ids = pq.read_table(path / "ids.parquet").column("id").to_numpy(zero_copy_only=False)
-    table = Path(meta["table"])
-    if table.exists() and table_stamp(table) != meta.get("table_stamp"):
-        raise StaleIndex(
-            f"{table} changed after the index {path} was built: rebuild it "
-            f"(python -m img_search.search.build table={table})"
-        )
-    return SavedIndex(path, index, meta, ids.astype(str))
+    return SavedIndex(path, index, meta, ids)
 
 
 def open_index(
@@ -398,9 +421,12 @@ def open_index(
     saved = index_dir(path, model_name, dataset_name, name)
     if (saved / "index.json").exists():
         try:
-            return load_index(saved)
-        except StaleIndex:
-            pass
+            return load_index(saved, table=path)
+        except StaleIndex:  # rebuild it as it was built (its kind and parameters)
+            meta = json.loads((saved / "index.json").read_text())
+            kind, params = meta["kind"], dict(meta.get("params") or {})
+            if kind == "faiss_ivf":
+                params["nlist"] = None  # chosen again for the new row count
     selection = load_selection(path, model_name, dataset_name)
     return build_index(selection, name, kind, params or {})
 

@@ -118,6 +118,10 @@ def main(cfg: DictConfig) -> None:
     with user_errors_exit(cfg):
         if int(cfg.k) <= 0:
             raise ValueError(f"k must be positive, got {cfg.k}")
+        if isinstance(cfg.id, (bool, float)):
+            raise ValueError(
+                f"id={cfg.id!r} was read as a number: quote it as it is written, e.g. id=\"'1e3'\""
+            )
         index = open_index(cfg.index, cfg.model_name, cfg.dataset_name)
         vector = query_vector(
             index,

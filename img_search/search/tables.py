@@ -100,13 +100,14 @@ def load_selection(
         model_name=model_name,
         dataset_name=dataset_name,
         kind=metadata.get("kind", "image"),
-        ids=table.column(S.ID).to_numpy(zero_copy_only=False).astype(str),
+        # object arrays of str: a fixed-width str array pads every id to the longest
+        ids=table.column(S.ID).to_numpy(zero_copy_only=False),
         vectors=np.ascontiguousarray(embedding_matrix(table.column(S.EMBEDDING))),
         identity=(metadata.get("models") or {}).get(model_name) or {},
         model_spec=dict((config.get("models") or {}).get(model_name) or {}),
         dataset=_dataset_description(metadata, config, dataset_name),
         extra={
-            c: table.column(c).to_numpy(zero_copy_only=False).astype(str)
+            c: table.column(c).to_numpy(zero_copy_only=False)
             for c in CAPTION_COLUMNS
             if c in table.column_names
         },

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -29,6 +30,50 @@ from img_search.serve.catalog import Catalog, LoadedTable
 from img_search.serve.thumbnails import ThumbnailCache
 
 STATIC = resources.files("img_search.serve") / "static"
+#: What an upload may be (Pillow would also open EPS, which runs Ghostscript).
+UPLOAD_FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+#: Room for the multipart envelope and the other form fields around the file.
+FORM_OVERHEAD = 64 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before it is stored.
+
+    Starlette spools multipart files to disk without a size cap, so the
+    endpoint's own check would come after the whole body was written. Bodies
+    are checked by ``Content-Length`` up front and counted while they stream
+    (chunked uploads have no length).
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @property
+    def message(self) -> str:
+        return f"the upload is larger than {self.limit - FORM_OVERHEAD} bytes"
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        await JSONResponse({"error": self.message}, status_code=413)(scope, receive, send)
 
 
 @dataclass
@@ -95,7 +140,9 @@ def create_app(catalog: Catalog, settings: ServeSettings | None = None) -> FastA
                 else catalog.image_item_of_caption(table, int(position))
             )
             if image is not None and catalog.tables[image[0]].images is not None:
-                hit["thumbnail"] = app.url_path_for("thumbnail", table=image[0], item_id=image[1])
+                hit["thumbnail"] = app.url_path_for(
+                    "thumbnail", table=quote(image[0], safe=""), item_id=quote(image[1], safe="/")
+                )
                 hit["image_table"], hit["image_item"] = image
             hits.append(hit)
         return {
@@ -194,6 +241,7 @@ def create_app(catalog: Catalog, settings: ServeSettings | None = None) -> FastA
         return FileResponse(str(STATIC / "index.html"))
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
     return app
 
 
@@ -204,7 +252,7 @@ def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
+            with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
                 width, height = probe.size
     except Image.DecompressionBombError:
         raise HTTPException(413, "the image has too many pixels") from None

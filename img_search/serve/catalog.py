@@ -8,9 +8,10 @@ never comes from a request.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from img_search.data import get_dataset
 from img_search.data.base import ImageDataset
 from img_search.embedding import Encoder
+from img_search.search.evaluation import image_of_caption
 from img_search.search.indexes import SavedIndex, open_index
 from img_search.search.query_encoder import load_query_encoder
 from img_search.search.tables import CAPTION_COLUMNS, UnknownItem
@@ -35,11 +37,14 @@ class ItemImages:
     def __init__(self, dataset: ImageDataset) -> None:
         self.dataset = dataset
         self._position: dict[str, int] | None = None
+        self._lock = threading.Lock()  # the page asks for a dozen thumbnails at once
 
     def source(self, item_id: str) -> Any:
         if self._position is None:
-            self.dataset.build()
-            self._position = {i: p for p, i in enumerate(self.dataset.item_ids())}
+            with self._lock:
+                if self._position is None:
+                    self.dataset.build()
+                    self._position = {i: p for p, i in enumerate(self.dataset.item_ids())}
         position = self._position.get(item_id)
         if position is None:
             raise UnknownItem(f"no image {item_id!r} in dataset {self.dataset.name}")
@@ -161,26 +166,26 @@ class Catalog:
                 "(or +tables.<name>.table=... for more)"
             )
         self.tables = dict(tables)
-        self._image_of_stem: dict[str, dict[str, str]] = {}
-        for table in self.tables.values():
-            if table.kind == "image":
-                stems: dict[str, str] = {}
-                for item in table.index.ids:
-                    stems.setdefault(PurePosixPath(str(item)).stem, str(item))
-                self._image_of_stem[table.name] = stems
-        for table in self.tables.values():
-            if table.kind == "caption":
-                table.image_table = self._image_table_for(table)
+        #: caption table → (image table, image row of each caption row, −1 where none)
+        self._images_of: dict[str, tuple[str, np.ndarray]] = {}
+        for captions in self.tables.values():
+            if captions.kind == "caption" and "image_id" in captions.details:
+                self._link_images(captions)
 
-    def _image_table_for(self, captions: LoadedTable) -> str | None:
-        """The loaded image table that holds most of the captions' images."""
-        wanted = set(map(str, captions.details.get("image_id", [])))
-        best, best_count = None, 0
-        for name, stems in self._image_of_stem.items():
-            count = len(wanted & stems.keys())
-            if count > best_count:
-                best, best_count = name, count
-        return best
+    def _link_images(self, captions: LoadedTable) -> None:
+        """Show a caption with its image from the loaded image table that holds most of them."""
+        best: tuple[str, np.ndarray] | None = None
+        for images in self.tables.values():
+            if images.kind != "image":
+                continue
+            rows = image_of_caption(
+                images.index.ids, captions.details["image_id"], captions.details.get("image")
+            )
+            if (rows >= 0).any() and (best is None or (rows >= 0).sum() > (best[1] >= 0).sum()):
+                best = (images.name, rows)
+        if best is not None:
+            captions.image_table = best[0]
+            self._images_of[captions.name] = best
 
     def get(self, name: str | None) -> LoadedTable:
         if name is None:
@@ -191,11 +196,11 @@ class Catalog:
 
     def image_item_of_caption(self, captions: LoadedTable, row: int) -> tuple[str, str] | None:
         """(image table, item id) of a caption row's image, when a loaded image table has it."""
-        if captions.image_table is None or "image_id" not in captions.details:
+        linked = self._images_of.get(captions.name)
+        if linked is None or linked[1][row] < 0:
             return None
-        stem = str(captions.details["image_id"][row])
-        item = self._image_of_stem[captions.image_table].get(stem)
-        return None if item is None else (captions.image_table, item)
+        name, rows = linked
+        return name, str(self.tables[name].index.ids[rows[row]])
 
 
 def load_catalog(specs: Mapping[str, Mapping[str, Any]], device: str = "cpu") -> Catalog:

@@ -90,3 +90,18 @@ def test_an_unwritable_folder_still_answers(demo_tables, tmp_path, monkeypatch):
     saved = open_index(table)
     assert len(saved.ids) == 32 and not saved.path.exists()
     assert saved.search(saved.index.vector(0)[None, :], 1)[1][0, 0] == 0
+
+
+def test_a_moved_table_keeps_its_index(built, tmp_path):
+    table, _ = built
+    before = tmp_path / "before"
+    before.mkdir()
+    shutil.copy2(table, before / table.name)  # copy2 keeps the mtime: the same table
+    first = open_index(before / table.name, name="faiss_ivf", kind="faiss_ivf")
+    after = tmp_path / "after"
+    before.rename(after)
+    for path in (after / table.name, after / first.path.name):  # by the table, by the folder
+        moved = open_index(path, name="faiss_ivf", kind="faiss_ivf")
+        assert moved.table == (after / table.name).resolve()
+        assert moved.meta["build_seconds"] == first.meta["build_seconds"]  # reloaded, not rebuilt
+        np.testing.assert_allclose(moved.vector(3), first.vector(3))  # IVF reads vectors back

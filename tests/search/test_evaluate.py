@@ -261,3 +261,16 @@ def test_unknown_task_and_missing_table(run_evaluate):
 def test_recall_helper_matches_on_this_small_case():
     scores = np.array([[0.1, 0.9], [0.8, 0.2]])
     assert recall_at_k(scores, np.eye(2, dtype=bool), [1, 2]) == {1: 0.0, 2: 1.0}
+
+
+def test_captions_join_on_their_file_before_the_stem():
+    from img_search.search.evaluation import image_of_caption
+
+    images = np.array(["birds/1.jpg", "cats/1.jpg", "dogs/2.jpg", "3"], dtype=object)
+    rows = image_of_caption(
+        images,
+        caption_image_ids=np.array(["1", "1", "1", "2", "3", "4"]),
+        caption_images=np.array(["cats/1.jpg", "birds/1.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg"]),
+    )
+    # exact file first; "1.jpg" is in two folders: never guessed; "2" names one image; "3" is an id
+    assert list(rows) == [1, 0, -1, 2, 3, -1]

@@ -121,6 +121,7 @@ def test_another_checkpoint_is_refused(demo_tables, tmp_path, run_query):
         (["image=/no/such.jpg"], "query image not found: /no/such.jpg"),
         (["id=chelsea.jpg", "k=0"], "k must be positive"),
         (["id=chelsea.jpg", "model_name=clip"], "has no model_name 'clip'"),
+        (["id=1e3"], "was read as a number"),
     ],
 )
 def test_bad_queries_fail_with_one_line(args, message, demo_tables, run_query):

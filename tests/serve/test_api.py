@@ -193,3 +193,53 @@ def test_server_without_tables_or_with_a_missing_one_fails_with_one_line(tmp_pat
     result = serve(f"tables.images.table={missing}", "tables.captions.table=null", expect_ok=False)
     assert result.returncode == 2
     assert f"no saved index or embedding table at {missing}" in result.stderr
+
+
+def test_bodies_over_the_limit_are_refused_while_they_stream(client):
+    body = b"x" * 2_000_000
+    response = client.post(
+        "/api/search/image",
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert response.status_code == 413 and "larger than 400000 bytes" in response.json()["error"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(40):
+            yield b"--b\r\n" + b"y" * 50_000
+
+    response = client.post(
+        "/api/search/image",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert response.status_code == 413 and "larger than 400000 bytes" in response.json()["error"]
+
+
+def test_ids_with_url_characters_get_working_thumbnail_links(tiny_checkpoints, tmp_path):
+    from conftest import cli_runner
+
+    from img_search.testing.fixtures import synthetic_image
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    names = ["photo #1.jpg", "what?.jpg", "sub/100%.jpg", "plain.jpg"]
+    for i, name in enumerate(names):
+        synthetic_image(i, (64, 48)).save(folder / name)
+    table = tmp_path / "photos.parquet"
+    cli_runner("img_search.pipeline.embed")(
+        "models=clip",
+        f"models.clip.model_name={tiny_checkpoints['clip']}",
+        "datasets=image_folder",
+        f"datasets.image_folder.path={folder}",
+        f"output_path={table}",
+    )
+    with TestClient(create_app(load_catalog({"photos": {"table": str(table)}}))) as client:
+        hits = client.get("/api/similar", params={"id": "plain.jpg", "k": 3}).json()["results"]
+        assert sorted(h["id"] for h in hits) == sorted(names[:3])
+        for hit in hits:
+            response = client.get(hit["thumbnail"])
+            assert response.status_code == 200, (hit, response.text)
+            expected = Image.open(folder / hit["id"]).convert("RGB")
+            got = Image.open(io.BytesIO(response.content))
+            assert got.size == expected.size  # the item's own image (smaller than 256 px)
