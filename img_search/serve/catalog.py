@@ -110,8 +110,13 @@ def load_table(
     name: str,
     spec: Mapping[str, Any],
     device: str = "cpu",
+    encoders: dict[str, Encoder] | None = None,
 ) -> LoadedTable:
-    """Open (or build) the index of one configured table and load its query encoder."""
+    """Open (or build) the index of one configured table and load its query encoder.
+
+    ``encoders`` (by model fingerprint) lets tables of one model, say its
+    image and caption tables, share one loaded model.
+    """
     index = open_index(
         str(spec["table"]),
         spec.get("model_name"),
@@ -120,12 +125,14 @@ def load_table(
         kind=str(spec.get("index", "flat")),
     )
     kind = str(index.meta.get("table_kind", "image"))
-    encoder = load_query_encoder(
-        index.model_name,
-        index.meta.get("model_spec") or {},
-        index.meta.get("identity") or {},
-        device=device,
-    )
+    identity = index.meta.get("identity") or {}
+    encoders = {} if encoders is None else encoders
+    key = str(identity.get("fingerprint") or f"{index.table}:{index.model_name}")
+    if key not in encoders:
+        encoders[key] = load_query_encoder(
+            index.model_name, index.meta.get("model_spec") or {}, identity, device=device
+        )
+    encoder = encoders[key]
     names = pq.read_schema(index.table).names
     columns = [c for c in CAPTION_COLUMNS if c in names]
     details: dict[str, np.ndarray] = {}
@@ -204,10 +211,10 @@ class Catalog:
 
 
 def load_catalog(specs: Mapping[str, Mapping[str, Any]], device: str = "cpu") -> Catalog:
-    tables = {}
+    tables, encoders = {}, {}
     for name, spec in specs.items():
         if not spec or not spec.get("table"):
             continue  # tables.<name>.table=null leaves a configured table out
-        tables[name] = load_table(name, spec, device)
+        tables[name] = load_table(name, spec, device, encoders)
         log.info("loaded %s: %s", name, tables[name].describe())
     return Catalog(tables)

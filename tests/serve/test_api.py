@@ -243,3 +243,16 @@ def test_ids_with_url_characters_get_working_thumbnail_links(tiny_checkpoints, t
             expected = Image.open(folder / hit["id"]).convert("RGB")
             got = Image.open(io.BytesIO(response.content))
             assert got.size == expected.size  # the item's own image (smaller than 256 px)
+
+
+def test_tables_of_one_model_share_its_encoder(demo_tables):
+    catalog = load_catalog(
+        {
+            "a": {"table": str(demo_tables["captions"])},
+            "b": {"table": str(demo_tables["captions"])},
+            "photos": {"table": str(demo_tables["images"])},
+        }
+    )
+    assert catalog.tables["a"].encoder is catalog.tables["b"].encoder
+    assert catalog.tables["photos"].encoder is not catalog.tables["a"].encoder
+    assert catalog.tables["a"].image_table == "photos"
