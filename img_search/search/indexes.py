@@ -307,6 +307,22 @@ class SavedIndex:
     def vector(self, position: int) -> np.ndarray:
         return self.index.vector(position)
 
+    def top_k(
+        self, vector: np.ndarray, k: int, exclude: str | None = None
+    ) -> list[tuple[int, str, float]]:
+        """(position, id, score) of the ``k`` best items for one query, best first.
+
+        Padding (fewer than ``k`` items) is dropped, and so is ``exclude`` —
+        the item itself in a "more like this" query.
+        """
+        scores, positions = self.search(vector[None, :], k + (exclude is not None))
+        hits = []
+        for score, position in zip(scores[0], positions[0], strict=True):
+            if position < 0 or str(self.ids[position]) == exclude:
+                continue
+            hits.append((int(position), str(self.ids[position]), float(score)))
+        return hits[:k]
+
 
 def build_index(
     selection: TableSelection, name: str, kind: str, params: dict[str, Any], save: bool = True

@@ -70,12 +70,7 @@ def query_vector(
 
 def search(index: SavedIndex, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Hit]:
     """Top-k hits with what is known of each item (file path, caption, image id)."""
-    scores, positions = index.search(vector[None, :], k + (1 if exclude is not None else 0))
-    hits = [
-        (str(index.ids[p]), float(s))
-        for s, p in zip(scores[0], positions[0], strict=True)
-        if p >= 0 and str(index.ids[p]) != exclude
-    ][:k]
+    hits = [(item_id, score) for _, item_id, score in index.top_k(vector, k, exclude)]
     details = row_details(index.table, index.model_name, index.dataset_name, [i for i, _ in hits])
     dataset = index.meta.get("dataset") or {}
     kind = index.meta.get("table_kind", "image")

@@ -124,14 +124,11 @@ def create_app(catalog: Catalog, settings: ServeSettings | None = None) -> FastA
         exclude: str | None = None,
     ) -> dict[str, Any]:
         encoded = time.perf_counter()
-        scores, positions = table.index.search(vector[None, :], k + (exclude is not None))
+        found = table.index.top_k(vector, k, exclude)
         searched = time.perf_counter()
         hits = []
-        for score, position in zip(scores[0], positions[0], strict=True):
-            item_id = str(table.index.ids[position]) if position >= 0 else None
-            if item_id is None or item_id == exclude or len(hits) == k:
-                continue
-            hit: dict[str, Any] = {"rank": len(hits) + 1, "id": item_id, "score": float(score)}
+        for position, item_id, score in found:
+            hit: dict[str, Any] = {"rank": len(hits) + 1, "id": item_id, "score": score}
             for column, values in table.details.items():
                 hit[column] = str(values[position])
             image = (
