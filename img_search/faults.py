@@ -3,8 +3,9 @@
 ``IMG_SEARCH_FAULT=<point>[@<rank>][:<nth>]`` kills the process of rank
 ``<rank>`` (any rank if omitted) the ``<nth>`` time (default 1) it reaches
 ``<point>``. Unset — always, outside tests — this is a dictionary lookup.
-Points: ``model_build``, ``step`` (after a gathered step is written or
-sent), ``part_closed``, ``finalize`` (final file written, not yet renamed).
+Points: ``model_build``, ``step`` (after a batch's rows went to the part
+file), ``commit`` (after a shard's completion record was written),
+``finalize`` (the finished table written, not yet renamed into place).
 """
 
 from __future__ import annotations

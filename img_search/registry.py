@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -43,4 +44,27 @@ def build_from_spec(
     if unknown:
         allowed = [p for p in accepted if p not in ("self", "name")]
         raise ValueError(f"{group}.{name}: unknown option(s) {unknown}; {kind} accepts {allowed}")
-    return cls(name=name, **options)
+    instance = cls(name=name, **options)
+    instance.spec = {key: kind, **resolved_options(cls, options)}  # type: ignore[attr-defined]
+    return instance
+
+
+def resolved_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every constructor option as the instance received it: the given ones plus the defaults.
+
+    This is what a job's identity is made of, derived from the signature
+    rather than listed per class, so a new option is compared on resume
+    without anyone remembering to add it.
+    """
+    bound = inspect.signature(cls.__init__).bind_partial(**options)
+    bound.apply_defaults()
+    values: dict[str, Any] = {}
+    for parameter, value in bound.arguments.items():
+        kind = inspect.signature(cls.__init__).parameters[parameter].kind
+        if parameter in ("self", "name"):
+            continue
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            values.update(value)
+        else:
+            values[parameter] = value
+    return json.loads(json.dumps(values, default=str))

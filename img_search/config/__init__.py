@@ -1,4 +1,5 @@
-"""Hydra configs (YAML). Importing this package registers the resolvers the YAML files use.
+"""Hydra configs (YAML). Importing this package registers the resolvers the YAML files use
+and the structured config of the ``tasks`` group.
 
 Hydra imports it whenever it reads ``pkg://img_search.config``, so the
 resolvers exist before any config is composed.
@@ -10,6 +11,8 @@ import importlib
 import importlib.resources
 
 from omegaconf import OmegaConf
+
+from img_search.pipeline.settings import register as register_task_settings
 
 
 def packaged_model(module: str) -> str:
@@ -25,3 +28,5 @@ def packaged_file(package: str, relative: str) -> str:
 for _name, _resolver in (("packaged_model", packaged_model), ("packaged_file", packaged_file)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
+
+register_task_settings()

@@ -13,8 +13,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from img_search.data.base import ImageDataset, ImageItem
+from img_search.data.base import ImageDataset, ImageItem, Shard, fingerprint_arrays
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,38 @@ def looks_like_local_path(path: str) -> bool:
     )
 
 
+def load_hf_splits(
+    path: str,
+    splits: Sequence[str],
+    *,
+    streaming: bool = False,
+    revision: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> list[Any]:
+    """One 🤗 dataset per split of a Hub dataset, a local dataset folder or Parquet file(s).
+
+    ``columns`` reads only those columns where the format allows it (Parquet),
+    so listing the ids of a stream does not read its images.
+    """
+    import datasets
+
+    if looks_like_local_path(path) and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"dataset path not found: {path}")
+    local = Path(path).expanduser()
+    extra = {"columns": list(columns)} if columns else {}
+    if local.is_file() or path.endswith(".parquet"):
+        return [
+            datasets.load_dataset(
+                "parquet", data_files=str(local), split="train", streaming=streaming, **extra
+            )
+        ]
+    source = str(local) if local.exists() else path
+    return [
+        datasets.load_dataset(source, split=split, streaming=streaming, revision=revision, **extra)
+        for split in splits
+    ]
+
+
 def load_hf_dataset(
     path: str,
     splits: Sequence[str],
@@ -43,24 +77,19 @@ def load_hf_dataset(
     """Load and concatenate ``splits`` of a Hub dataset, a local dataset folder or Parquet file(s)."""
     import datasets
 
-    if looks_like_local_path(path) and not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"dataset path not found: {path}")
-    local = Path(path).expanduser()
-    if local.is_file() or path.endswith(".parquet"):
-        parts = [
-            datasets.load_dataset(
-                "parquet", data_files=str(local), split="train", streaming=streaming
-            )
-        ]
-    else:
-        source = str(local) if local.exists() else path
-        parts = [
-            datasets.load_dataset(source, split=split, streaming=streaming, revision=revision)
-            for split in splits
-        ]
+    parts = load_hf_splits(path, splits, streaming=streaming, revision=revision)
     if len(parts) == 1:
         return parts[0]
     return datasets.concatenate_datasets(parts)
+
+
+def file_shards(splits: list[Any]) -> list[Any]:
+    """A streaming dataset per data file (per 🤗 shard), splits in order: one file, one shard."""
+    return [
+        split.shard(num_shards=split.num_shards, index=i, contiguous=True)
+        for split in splits
+        for i in range(split.num_shards)
+    ]
 
 
 def read_id_list(ids: Iterable[str] | None, ids_file: str | None) -> set[str] | None:
@@ -118,29 +147,104 @@ class HubImageDataset(ImageDataset):
         self._keep = read_id_list(ids, ids_file)
         self._table: Any = None
         self._rows: np.ndarray | None = None
+        self._files: list[Any] = []  # streaming: one dataset per data file
+        self._offsets = np.zeros(0, dtype=np.int64)  # streaming: first row number of each file
+        self._stream_keep: list[np.ndarray] = []  # streaming: which rows of each file are items
+        self._stream_listing = (0, "")
         self.random_access = not streaming  # type: ignore[misc]
 
     # -- building ---------------------------------------------------------
     def build(self) -> None:
+        if self.streaming:
+            self._build_stream()
+            return
+        table = load_hf_dataset(self.path, self.splits, revision=self.revision)
+        self._check_columns(table.column_names)
+        self._table = self._image_rows(table)
+        self._rows = self._select_rows(table)
+        log.info("dataset %s: %d items from %d rows", self.name, len(self._rows), len(table))
+
+    def _image_rows(self, table: Any) -> Any:
+        """Only the image and id columns, images as undecoded ``{"bytes", "path"}``."""
         import datasets
 
-        table = load_hf_dataset(
-            self.path, self.splits, streaming=self.streaming, revision=self.revision
+        table = table.select_columns([c for c in (self.image_column, self.id_column) if c])
+        return table.cast_column(self.image_column, datasets.Image(decode=False))
+
+    def _check_columns(self, columns: list[str] | None) -> None:
+        if columns is None:
+            return
+        for column in [self.image_column, self.id_column]:
+            if column is not None and column not in columns:
+                raise ValueError(
+                    f"dataset {self.name} ({self.path}) has no column {column!r}; "
+                    f"columns are {columns}"
+                )
+
+    def _build_stream(self) -> None:
+        """One shard per data file; which rows to keep (first occurrence, wanted ids) from the ids alone.
+
+        The ids are read once, by column where the format allows, so each
+        shard then reads only its own file, and only once.
+        """
+        splits = load_hf_splits(self.path, self.splits, streaming=True, revision=self.revision)
+        self._check_columns(splits[0].column_names)
+        self._files = [self._image_rows(f) for f in file_shards(splits)]
+        id_files = self._id_files(splits)
+        ids = [self._ids_of_file(f) for f in id_files]
+        self._offsets = np.cumsum([0] + [len(i) for i in ids])[:-1].astype(np.int64)
+        if self.id_column is None:
+            ids = [
+                pa.array(np.arange(o, o + len(i)).astype(str))
+                for o, i in zip(self._offsets, ids, strict=True)
+            ]
+        everything = pa.chunked_array(ids, pa.string())
+        keep = np.ones(len(everything), dtype=bool)
+        if self.dedupe:
+            first = pa.table({"id": everything, "row": np.arange(len(everything))})
+            first = first.group_by("id", use_threads=False).aggregate([("row", "min")])
+            keep[:] = False
+            keep[first.column("row_min").to_numpy()] = True
+        if self._keep is not None:
+            keep &= pc.is_in(everything, pa.array(sorted(self._keep), pa.string())).to_numpy(
+                zero_copy_only=False
+            )
+        self._stream_keep = [keep[o : o + len(i)] for o, i in zip(self._offsets, ids, strict=True)]
+        self._stream_listing = (
+            int(keep.sum()),
+            fingerprint_arrays(everything.filter(pa.array(keep))),
         )
-        columns = table.column_names
-        if columns is not None:
-            for column in [self.image_column, self.id_column]:
-                if column is not None and column not in columns:
-                    raise ValueError(
-                        f"dataset {self.name} ({self.path}) has no column {column!r}; "
-                        f"columns are {columns}"
-                    )
-            table = table.select_columns([c for c in (self.image_column, self.id_column) if c])
-        table = table.cast_column(self.image_column, datasets.Image(decode=False))
-        self._table = table
-        if not self.streaming:
-            self._rows = self._select_rows(table)
-            log.info("dataset %s: %d items from %d rows", self.name, len(self._rows), len(table))
+        log.info(
+            "dataset %s: %d items in %d files (streaming)",
+            self.name,
+            self._stream_listing[0],
+            len(ids),
+        )
+
+    def _id_files(self, splits: list[Any]) -> list[Any]:
+        """Per file, a stream of only the id column (or of the images, to count rows, without one)."""
+        column = self.id_column or self.image_column
+        try:
+            projected = load_hf_splits(
+                self.path, self.splits, streaming=True, revision=self.revision, columns=[column]
+            )
+        except (TypeError, ValueError):  # not Parquet: read the rows, keep the column
+            projected = [split.select_columns([column]) for split in splits]
+        if self.id_column is None:
+            import datasets
+
+            projected = [p.cast_column(column, datasets.Image(decode=False)) for p in projected]
+        return file_shards(projected)
+
+    def _ids_of_file(self, stream: Any) -> pa.Array:
+        values: list[Any] = []
+        column = self.id_column or self.image_column
+        for batch in stream.iter(batch_size=1024):
+            values.extend(batch[column] if self.id_column else [None] * len(batch[column]))
+        if self.id_column is None:
+            return pa.nulls(len(values), pa.string())
+        transform = ID_TRANSFORMS[self.id_transform]
+        return pa.array([transform(v) for v in values], pa.string())
 
     def _select_rows(self, table: Any) -> np.ndarray:
         ids = self._ids_of_rows(table)
@@ -181,35 +285,37 @@ class HubImageDataset(ImageDataset):
             return super().item_ids()  # a stream: read it through
         return [str(i) for i in self._ids_of_rows(self._table)[self._rows]]
 
+    def listing(self) -> tuple[int, str]:
+        if self.streaming:
+            return self._stream_listing
+        return super().listing()
+
+    def shards(self, shard_size: int) -> list[Shard]:
+        if not self.streaming:
+            return super().shards(shard_size)
+        return [
+            Shard(i, 0, len(keep), label=f"file {i}") for i, keep in enumerate(self._stream_keep)
+        ]
+
+    def items(self, shard: Shard, start: int, stop: int) -> Iterator[tuple[int, ImageItem]]:
+        if not self.streaming:
+            yield from super().items(shard, start, stop)
+            return
+        keep, offset = self._stream_keep[shard.index], int(self._offsets[shard.index])
+        for row_index, row in enumerate(rows_of(self._files[shard.index])):
+            if row_index >= stop:
+                return
+            if row_index >= start and keep[row_index]:
+                item_id = self._id_of(row, offset + row_index)
+                yield row_index, ImageItem(id=item_id, source=row[self.image_column])
+
     def __iter__(self) -> Iterator[ImageItem]:
         if not self.streaming:
             yield from super().__iter__()
             return
-        seen: set[str] = set()
-        for row_index, row in enumerate(self._rows_of_stream()):
-            item_id = self._id_of(row, row_index)
-            if self.dedupe:
-                if item_id in seen:
-                    continue
-                seen.add(item_id)
-            if self._keep is not None and item_id not in self._keep:
-                continue
-            yield ImageItem(id=item_id, source=row[self.image_column])
-
-    def _rows_of_stream(self, batch_size: int = 64) -> Iterator[dict[str, Any]]:
-        """Every row of the stream, in order, also inside a DataLoader worker.
-
-        Iterating a streaming ``datasets.IterableDataset`` directly inside a
-        loader worker silently hands each worker only some of its shards; the
-        run machinery shards by position itself, so it needs the whole
-        stream. ``.iter()`` does not re-shard. The price: every (rank, worker)
-        reads the stream, and skips the rows that are not its own before
-        decoding them.
-        """
-        for batch in self._table.iter(batch_size=batch_size):
-            columns = list(batch)
-            for values in zip(*(batch[c] for c in columns), strict=True):
-                yield dict(zip(columns, values, strict=True))
+        for shard in self.shards(1):
+            for _, item in self.items(shard, shard.start, shard.stop):
+                yield item
 
     def _id_of(self, row: dict[str, Any], row_index: int) -> str:
         if self.id_column is None:
@@ -226,3 +332,16 @@ class HubImageDataset(ImageDataset):
             "streaming": self.streaming,
             "revision": self.revision,
         }
+
+
+def rows_of(stream: Any, batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """Every row of a streaming dataset as a dict, also inside a DataLoader worker.
+
+    Iterating a streaming ``datasets.IterableDataset`` directly inside a loader
+    worker silently hands each worker only part of it; ``.iter()`` does not
+    re-shard.
+    """
+    for batch in stream.iter(batch_size=batch_size):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            yield dict(zip(columns, values, strict=True))

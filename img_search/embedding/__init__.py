@@ -13,6 +13,7 @@ from img_search.embedding.base import Encoder, ImageTransform
 from img_search.embedding.efficientnet import EfficientNetLite0Encoder
 from img_search.embedding.jina_v4 import JinaV4Encoder
 from img_search.embedding.sentence_transformers import SentenceTransformerEncoder
+from img_search.embedding.simulated import SimulatedEncoder
 from img_search.embedding.transformers_dual import CLIPEncoder, Siglip2Encoder, SiglipEncoder
 from img_search.registry import build_from_spec
 
@@ -23,6 +24,7 @@ ENCODERS: dict[str, type[Encoder]] = {
     "jina_v4": JinaV4Encoder,
     "efficientnet_lite0": EfficientNetLite0Encoder,
     "sentence_transformers": SentenceTransformerEncoder,
+    "simulated": SimulatedEncoder,
 }
 
 
@@ -41,5 +43,6 @@ __all__ = [
     "SentenceTransformerEncoder",
     "Siglip2Encoder",
     "SiglipEncoder",
+    "SimulatedEncoder",
     "get_encoder",
 ]

@@ -46,9 +46,13 @@ class Encoder(ABC):
     kind: ClassVar[str] = ""
     supports_images: ClassVar[bool] = True
     supports_texts: ClassVar[bool] = True
+    #: Options that change where the model runs, not what its vectors are (left out of a job's identity).
+    runtime_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, model_name: str, revision: str | None = None) -> None:
         self.name = name
+        #: Every option this encoder was configured with (set by the registry).
+        self.spec: dict[str, Any] = {}
         self.model_name = str(model_name)
         self.revision = revision
         self.device = torch.device("cpu")

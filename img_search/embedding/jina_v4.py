@@ -34,6 +34,7 @@ class JinaV4Encoder(Encoder):
     """
 
     kind = "jina_v4"
+    runtime_options = ("device_map",)
 
     def __init__(
         self,

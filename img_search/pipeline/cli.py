@@ -12,8 +12,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from img_search.pipeline.distributed import BuildError, PeerLost
+from img_search.pipeline.modality import Modality
+from img_search.pipeline.plan import plan_job
 from img_search.pipeline.reporting import setup_logging
-from img_search.pipeline.runner import Modality, plan_job, run_job
+from img_search.pipeline.runner import run_job
 from img_search.pipeline.settings import ConfigError
 from img_search.registry import UnknownNameError
 
@@ -54,6 +56,6 @@ def run_cli(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any
     """Run a pipeline from its composed Hydra config and exit with its status."""
     with user_errors_exit(cfg):
         job = plan_job(cfg, modality, dataset_specs)
-        code = run_job(job, modality)
+        code = run_job(job)
     if code:
         sys.exit(code)

@@ -1,24 +1,24 @@
-"""Rank logic in one place: the Accelerator, build-on-main-first with retries, and gathering.
+"""The few moments the processes of one launch meet: building (main process first) and the end.
 
-Work is sharded by position (item ``p`` belongs to rank ``p % world``), every
-rank steps through its own loader, and at every step all ranks gather what
-they produced, with a ``done`` flag, until every rank is done. So each item is
-embedded by exactly one rank exactly once, whatever the number of items,
-processes or loader workers — without Accelerate's ``gather_for_metrics``
-padding and de-padding heuristics.
+Processes exchange no vectors and no ids; each commits its own shards
+through the filesystem (``claims``, ``commit``). What remains collective is a
+constant number of calls per model and dataset — broadcasting a build error
+or a decision of the main process, and a last gather of statistics — which
+``collective`` counts, so a run can show that coordination does not grow
+with the data.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
@@ -43,9 +43,22 @@ PEER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+@dataclass
+class CollectiveCount:
+    calls: int = 0
+    bytes: int = 0
+
+
+#: Collective calls this process made (and the pickled bytes it sent) since it started.
+COUNT = CollectiveCount()
+
+
 @contextlib.contextmanager
-def collective(what: str) -> Iterator[None]:
-    """Turn a failed collective (a peer died, or the timeout passed) into ``PeerLost``."""
+def collective(what: str, payload: Any = None) -> Iterator[None]:
+    """Count one collective call; a failed one (a peer died, or the timeout passed) becomes ``PeerLost``."""
+    COUNT.calls += 1
+    if payload is not None:
+        COUNT.bytes += len(pickle.dumps(payload))
     try:
         yield
     except PEER_ERRORS as exc:
@@ -54,7 +67,7 @@ def collective(what: str) -> Iterator[None]:
         raise PeerLost(
             f"another process of this job stopped or timed out during {what} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "finished parts are kept: rerun the same command to resume"
+            "committed shards are kept: rerun the same command to resume"
         ) from exc
 
 
@@ -83,8 +96,9 @@ def on_main(accelerator: Accelerator, work: Callable[[], T]) -> T:
             error = exc
     if accelerator.num_processes > 1:
         message = None if error is None else str(error)
-        with collective("a broadcast from the main process"):
-            result, message = broadcast_object_list([result, message], from_process=0)
+        payload = [result, message]
+        with collective("a broadcast from the main process", payload):
+            result, message = broadcast_object_list(payload, from_process=0)
         if error is None and message is not None:
             raise BuildError(message)
     if error is not None:
@@ -136,14 +150,14 @@ def build_everywhere(
     if accelerator.is_main_process:
         result, error = _attempt(build, what, retries, backoff)
     if accelerator.num_processes > 1:
-        with collective(f"building {what}"):
+        with collective(f"building {what}", [error]):
             (error,) = broadcast_object_list([error], from_process=0)
     if error is not None:
         raise BuildError(error)
     if not accelerator.is_main_process:
         result, error = _attempt(build, what, retries, backoff)
     if accelerator.num_processes > 1:
-        with collective(f"building {what}"):
+        with collective(f"building {what}", [error]):
             errors = [e for e in gather_object([error]) if e is not None]
         if errors:
             raise BuildError(errors[0])
@@ -160,64 +174,24 @@ def _attempt(
         return None, f"cannot build {what}: {exc}"
 
 
-@dataclass
-class StepResult:
-    """Everything all ranks produced in one step, as seen by every rank."""
-
-    ids: list[str] = field(default_factory=list)
-    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    vectors: np.ndarray | None = None  # (n, dim) float32, main process only
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    all_done: bool = False
-
-
-def gather_step(
-    accelerator: Accelerator,
-    ids: list[str],
-    positions: list[int],
-    vectors: torch.Tensor | None,
-    failures: list[tuple[str, str]],
-    done: bool,
-) -> StepResult:
-    """Collect one step of every rank; vectors travel as one padded tensor all-gather."""
-    dim = None if vectors is None else int(vectors.shape[1])
+def gather_to_main(accelerator: Accelerator, value: T) -> list[T]:
+    """Every process's ``value``, in rank order, on every process (used once, at the end)."""
     if accelerator.num_processes == 1:
-        return StepResult(
-            ids=list(ids),
-            positions=np.asarray(positions, dtype=np.int64),
-            vectors=None if vectors is None else vectors.float().cpu().numpy(),
-            failures=list(failures),
-            all_done=done,
-        )
-    with collective("gathering embeddings"):
-        metas = gather_object([(list(ids), list(positions), list(failures), done, dim)])
-    counts = [len(meta[0]) for meta in metas]
-    dims = {meta[4] for meta in metas if meta[4] is not None}
-    result = StepResult(all_done=all(meta[3] for meta in metas))
-    for meta in metas:
-        result.ids.extend(meta[0])
-        result.failures.extend(meta[2])
-    result.positions = np.asarray([p for meta in metas for p in meta[1]], dtype=np.int64)
-    widest = max(counts)
-    if widest == 0:
-        return result
-    if len(dims) != 1:
-        raise RuntimeError(f"ranks produced vectors of different dimensions: {sorted(dims)}")
-    (common_dim,) = dims
-    padded = torch.zeros(widest, common_dim, dtype=torch.float32, device=accelerator.device)
-    if vectors is not None and len(vectors):
-        padded[: len(vectors)] = vectors.float()
-    with collective("gathering embeddings"):
-        everything = accelerator.gather(padded)
-    if accelerator.is_main_process:
-        blocks = everything.view(accelerator.num_processes, widest, common_dim)
-        matrix = torch.cat([blocks[r, :n] for r, n in enumerate(counts)]).cpu().numpy()
-        result.vectors = matrix
-    return result
+        return [value]
+    with collective("gathering the run statistics", [value]):
+        return gather_object([value])
 
 
 def finish(accelerator: Accelerator) -> None:
     """Without a last barrier and ``end_training`` about half of gloo runs abort at exit."""
-    with collective("the final barrier"):
-        accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        with collective("the final barrier"):
+            accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def local_world_size(accelerator: Accelerator) -> int:
+    """Processes of this launch on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE)."""
+    import os
+
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))

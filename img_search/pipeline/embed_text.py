@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from img_search.data import get_text_dataset
 from img_search.embedding import Encoder
 from img_search.pipeline.cli import run_cli
-from img_search.pipeline.runner import Modality
+from img_search.pipeline.modality import Modality
 from img_search.pipeline.settings import TaskSettings
 
 

@@ -1,142 +1,107 @@
 """The run machinery shared by the image and caption pipelines.
 
-validate config (no model loaded) → Accelerator → build datasets, then each
-model, on the main process first → per (model, dataset): sharded loader with
-preprocessing in workers → batched forward → gather to the main process →
-part files → one finished Parquet table → summary.
+plan (config only; ``plan.py``) → open the output (main process: the same
+job, an append, or a refusal; ``output.py``) → build the datasets, then each
+model, on the main process first → for each (model, dataset) still to do,
+every process claims shards, embeds them and commits them itself
+(``claims.py``, ``shards.py``, ``commit.py``) → at the end, whoever finds
+every shard committed finishes the table (``finalize.py``) → summary.
+
+The processes of a launch meet only to build and at the end; processes of
+other launches (another machine, a Slurm array task, a Ray worker) share the
+same shards through the output's filesystem.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import pyarrow as pa
+import numpy as np
 import torch
 from accelerate import Accelerator
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from img_search.embedding import Encoder, get_encoder
+from img_search.embedding import Encoder
 from img_search.faults import fail_point
+from img_search.pipeline.claims import PairClaims
+from img_search.pipeline.commit import ShardCommitter
 from img_search.pipeline.distributed import (
+    COUNT,
     build_everywhere,
     finish,
-    gather_step,
+    gather_to_main,
+    local_world_size,
     make_accelerator,
     on_main,
 )
-from img_search.pipeline.reporting import RunStats, make_progress, print_summary
-from img_search.pipeline.settings import ConfigError, TaskSettings
-from img_search.pipeline.sharding import Collator, ItemSource, RankShard, yield_to_the_model
-from img_search.store import EmbeddingTableWriter, read_metadata
+from img_search.pipeline.finalize import finalize, pair_claims
+from img_search.pipeline.ledger import Ledger
+from img_search.pipeline.output import JobMismatch, Opening, open_output
+from img_search.pipeline.plan import Job, plan_job, spec_fingerprint
+from img_search.pipeline.reporting import ProcessReport, RunStats, make_progress, print_summary
+from img_search.pipeline.shards import Collator, Feeder, ShardStream, yield_to_the_model
+from img_search.store import PartWriter
 
 log = logging.getLogger(__name__)
+__all__ = ["embed_source", "plan_job", "run_job"]
 
 
-@dataclass
-class Modality:
-    """What differs between pipelines; everything else is shared."""
+def run_job(job: Job) -> int:
+    """Embed every (model, dataset) of ``job`` into its output; returns the exit code.
 
-    #: "image" or "caption": recorded in the metadata.
-    kind: str
-    #: name, spec → an unbuilt source.
-    make_source: Callable[[str, Mapping[str, Any]], ItemSource]
-    #: encoder, settings → picklable ``item → features`` run in loader workers.
-    make_prepare: Callable[[Encoder, TaskSettings], Callable[[Any], Any]]
-    #: encoder → picklable collate of a list of features.
-    make_collate: Callable[[Encoder], Callable[[list[Any]], Any]]
-    #: encoder, collated features → (n, dim) unit vectors.
-    forward: Callable[[Encoder, Any], torch.Tensor]
-    #: capability check, e.g. "has an image tower".
-    supports: Callable[[Encoder], bool]
-    extra_fields: list[pa.Field] = field(default_factory=list)
-    #: source, positions → the extra columns of those rows (main process).
-    extra_columns: Callable[[Any, list[int]], dict[str, pa.Array]] | None = None
-    #: Whether preparing an item is worth loader worker processes by default (decoding is; text is not).
-    cpu_heavy_prepare: bool = True
-
-
-@dataclass
-class Job:
-    """A validated job: everything constructed, nothing loaded."""
-
-    settings: TaskSettings
-    output_path: Path
-    encoders: dict[str, Encoder]
-    sources: dict[str, ItemSource]
-    config: dict[str, Any]
-    #: Filled by ``run_job`` on the main process: one entry per (model, dataset) pass.
-    stats: list[RunStats] = field(default_factory=list)
-
-
-def plan_job(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any]) -> Job:
-    """Check everything that can be checked without loading a model; raise ``ConfigError`` early."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(
-            f"missing value(s): {', '.join(missing)}; set on the command line, e.g. {missing[0]}=..."
-        )
-    settings = TaskSettings.from_config(cfg.get("tasks"))
-    output = cfg.get("output_path")
-    if not output:
-        raise ConfigError("output_path is not set: add output_path=<file.parquet>")
-    output_path = Path(str(output)).expanduser().resolve()
-    _check_writable(output_path.parent)
-    model_specs = cfg.get("models") or {}
-    if not model_specs:
-        raise ConfigError("no model selected: add models=<name> (or models=[a,b])")
-    if not dataset_specs:
-        raise ConfigError("no dataset selected")
-    encoders = {}
-    for key, spec in model_specs.items():
-        encoder = get_encoder(_plain(spec), name=str(key))
-        if not modality.supports(encoder):
-            raise ConfigError(f"model {key} ({encoder.kind}) cannot embed {modality.kind}s")
-        encoders[str(key)] = encoder
-    sources = {str(k): modality.make_source(str(k), _plain(v)) for k, v in dataset_specs.items()}
-    config = OmegaConf.to_container(cfg, resolve=True)
-    return Job(settings, output_path, encoders, sources, config)  # type: ignore[arg-type]
-
-
-def run_job(job: Job, modality: Modality) -> int:
-    """Embed every (model, dataset) of ``job`` into ``job.output_path``; returns the exit code.
-
-    Resumable: rows are committed in part files listed by a manifest; a rerun
-    of the same command skips the items those parts hold, whichever process
-    died and wherever.
+    Exactly once and resumable: a shard counts when its completion record
+    says so, whichever process wrote it; a rerun of the same command takes
+    over what a stopped process held.
     """
     settings = job.settings
     accelerator = make_accelerator(cpu=settings.cpu, timeout_s=settings.collective_timeout_s)
-    main = accelerator.is_main_process
     share_cpu_threads(accelerator)
-    writer = None
-    if main:
-        writer = EmbeddingTableWriter(
-            job.output_path,
-            output_dtype=settings.output_dtype,
-            extra_fields=modality.extra_fields,
-            part_rows=settings.part_rows,
-        )
-    state = on_main(accelerator, lambda: _open_output(job, modality, writer))
-    if state == "complete":
+    ledger = Ledger(job.layout.state_dir, settings.lease_s)
+    opening = on_main(accelerator, lambda: open_output(job, ledger))
+    if opening.complete:
+        if accelerator.is_main_process and opening.message:
+            print(opening.message, flush=True)
         finish(accelerator)
         return 0
+    if not accelerator.is_main_process:
+        ledger.join(spec_fingerprint(job.spec()), opening.launch, accelerator.process_index)
+    code = 0
+    try:
+        report = run_pairs(job, accelerator, ledger, opening)
+        reports = gather_to_main(accelerator, report)
+        if accelerator.is_main_process:
+            outcome = finalize(job, ledger)
+            job.report = reports
+            print_summary(reports, outcome, job.layout.path)
+            code = check_error_budget(outcome.new_errors, settings.max_errors)
+    finally:
+        ledger.leave()
+    finish(accelerator)
+    return code
+
+
+def run_pairs(
+    job: Job, accelerator: Accelerator, ledger: Ledger, opening: Opening
+) -> ProcessReport:
+    """This process's share of every pending (model, dataset) pair."""
+    settings = job.settings
     retry = {"retries": settings.build_retries, "backoff": settings.build_backoff_s}
-    for name, source in job.sources.items():
-        build_everywhere(accelerator, source.build, f"dataset {name}", **retry)
-    stats: list[RunStats] = []
-    with make_progress(enabled=main) as progress:
+    report = ProcessReport(accelerator.process_index, ledger.me.id if ledger.me else "")
+    datasets = list(dict.fromkeys(d for _, d in opening.pending))
+    for name in datasets:
+        build_everywhere(accelerator, job.sources[name].build, f"dataset {name}", **retry)
+    shard_sizes = on_main(accelerator, lambda: agree_on_listings(job, ledger, datasets))
+    with make_progress(enabled=accelerator.is_main_process) as progress:
         for key, encoder in job.encoders.items():
-            if on_main(accelerator, lambda k=key: _model_done(writer, k, job.sources)):
-                log.info("model %s: every item was embedded by an earlier run", key)
+            names = [d for m, d in opening.pending if m == key]
+            if not names:
                 continue
             fail_point("model_build")
             build_everywhere(
@@ -145,235 +110,210 @@ def run_job(job: Job, modality: Modality) -> int:
                 f"model {key} ({encoder.model_name})",
                 **retry,
             )
-            on_main(accelerator, lambda k=key, e=encoder: writer.record_identity(k, e.identity()))
-            for source in job.sources.values():
-                stats.append(
-                    embed_source(accelerator, encoder, source, modality, settings, writer, progress)
+            resumed = on_main(accelerator, lambda e=encoder, n=names: agree_on_model(ledger, e, n))
+            for name in names:
+                stats = embed_source(
+                    accelerator,
+                    encoder,
+                    job.sources[name],
+                    job,
+                    ledger,
+                    shard_sizes[name],
+                    progress,
                 )
-            _release(encoder, accelerator)
-    code = 0
-    if main:
-        assert writer is not None
-        writer.finalize(_metadata(job, modality, writer, accelerator))
-        errors_path = writer.errors_path if writer.errors else None
-        print_summary(stats, job.output_path, errors_path, sum(p.rows for p in writer.parts))
-        job.stats = stats
-        code = _check_error_budget(len(writer.errors), settings)
-    finish(accelerator)
-    return code
-
-
-def _open_output(job: Job, modality: Modality, writer: EmbeddingTableWriter | None) -> str:
-    """Main process: 'complete' (nothing to do), 'resume' or 'fresh'; refuses what must not be overwritten."""
-    assert writer is not None
-    settings = job.settings
-    if job.output_path.exists() and not settings.overwrite:
-        if not settings.resume:
-            raise ConfigError(
-                f"{job.output_path} exists: pass tasks.overwrite=true to replace it "
-                "(or tasks.resume=true to keep it)"
-            )
-        _report_existing(job.output_path)
-        return "complete"
-    description = describe_job(job, modality)
-    if settings.resume and not settings.overwrite and writer.has_partial():
-        rows = writer.resume(description)
-        log.info("resuming %s: %d rows already done", writer.partial_dir, rows)
-        return "resume"
-    writer.start(description)
-    return "fresh"
-
-
-def describe_job(job: Job, modality: Modality) -> dict[str, Any]:
-    """What the rows of this job are made of, from the config alone (no model loaded)."""
-    return {
-        "kind": modality.kind,
-        "output_dtype": job.settings.output_dtype,
-        "models": {
-            key: {"encoder": e.kind, "checkpoint": e.model_name, "revision": e.revision}
-            for key, e in job.encoders.items()
-        },
-        "datasets": {name: source.describe() for name, source in job.sources.items()},
-    }
-
-
-def _model_done(
-    writer: EmbeddingTableWriter | None, key: str, sources: Mapping[str, ItemSource]
-) -> bool:
-    """Every dataset's items already written for this model (only known for sized sources)."""
-    assert writer is not None
-    if key not in writer.identities:
-        return False
-    for name, source in sources.items():
-        total = source.length()
-        if total is None or len(writer.done_ids(key, name)) < total:
-            return False
-    return True
-
-
-def _metadata(
-    job: Job, modality: Modality, writer: EmbeddingTableWriter, accelerator: Accelerator
-) -> dict[str, Any]:
-    return {
-        "kind": modality.kind,
-        "models": {key: writer.identities.get(key) for key in job.encoders},
-        "datasets": {name: s.describe() for name, s in job.sources.items()},
-        "normalized": True,
-        "config": job.config,
-        "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "num_processes": accelerator.num_processes,
-    }
-
-
-def _check_error_budget(errors: int, settings: TaskSettings) -> int:
-    if settings.max_errors >= 0 and errors > settings.max_errors:
-        log.error(
-            "%d items could not be embedded, over the budget of %d (tasks.max_errors)",
-            errors,
-            settings.max_errors,
-        )
-        return 1
-    return 0
+                stats.resumed = resumed[name]
+                report.stats.append(stats)
+                ledger.update({"passes": [s.as_dict() for s in report.stats]})
+            release(encoder, accelerator)
+    report.collectives, report.collective_bytes = COUNT.calls, COUNT.bytes
+    ledger.update({"collectives": COUNT.calls, "collective_bytes": COUNT.bytes})
+    return report
 
 
 def embed_source(
     accelerator: Accelerator,
     encoder: Encoder,
-    source: ItemSource,
-    modality: Modality,
-    settings: TaskSettings,
-    writer: EmbeddingTableWriter | None,
+    source: Any,
+    job: Job,
+    ledger: Ledger,
+    shard_size: int,
     progress: Any,
 ) -> RunStats:
-    """One (model, dataset) pass. Every rank runs the same number of gather steps."""
-    stats = RunStats(encoder.name, source.name)
-    done = on_main(accelerator, lambda: writer.done_ids(encoder.name, source.name))
-    stats.resumed = len(done)
-    workers = settings.loader_workers(
-        accelerator.device.type, accelerator.num_processes, modality.cpu_heavy_prepare
+    """One (model, dataset) pass of this process: claim a shard, embed it, commit it, until none is left."""
+    stats = RunStats(encoder.name, source.name, rank=accelerator.process_index)
+    shards = source.shards(shard_size)
+    start_at = accelerator.process_index * len(shards) // max(1, accelerator.num_processes)
+    claims = PairClaims(ledger, encoder.name, source.name, shards, start_at)
+    feeder = Feeder(claims.claim_next, job.settings.batch_size)
+    loader = shard_loader(job, encoder, source, feeder, accelerator)
+    committer = ShardCommitter(
+        claims, part_writers(job, encoder, source), job.settings.commit_every_s, source.problems()
     )
-    shard = RankShard(
-        source,
-        modality.make_prepare(encoder, settings),
-        Collator(modality.make_collate(encoder)),
-        settings.batch_size,
-        accelerator.process_index,
-        accelerator.num_processes,
-        skip_ids=done,
-    )
-    loader = DataLoader(
-        shard,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=accelerator.device.type == "cuda",
-        prefetch_factor=settings.prefetch_factor if workers > 0 else None,
-        worker_init_fn=yield_to_the_model if accelerator.device.type == "cpu" else None,
-    )
-    task = progress.add_task(
-        f"{encoder.name} × {source.name}", total=source.length(), completed=len(done), rate=""
-    )
-    if writer is not None:
-        writer.begin_group(encoder.name, source.name)
-        _write_failures(writer, source.problems(), source, encoder, stats)
-    started = time.perf_counter()
-    batches = iter(loader)
-    done = False
-    while True:
-        tick = time.perf_counter()
-        batch = None if done else next(batches, None)
-        done = batch is None
-        got = time.perf_counter()
-        vectors = None
-        if batch is not None and batch.features is not None:
-            vectors = modality.forward(encoder, batch.features)
-        forwarded = time.perf_counter()
-        step = gather_step(
-            accelerator,
-            batch.ids if batch else [],
-            batch.positions if batch else [],
-            vectors,
-            batch.failures if batch else [],
-            done,
-        )
-        gathered = time.perf_counter()
-        if writer is not None:
-            _write_step(writer, step, source, modality, encoder, stats)
-            elapsed = time.perf_counter() - started
-            processed = stats.rows + stats.errors
-            progress.update(
-                task,
-                completed=processed + stats.resumed,
-                rate=f"{processed / max(elapsed, 1e-9):.1f} it/s",
-            )
-        written = time.perf_counter()
-        for stage, seconds in (
-            ("wait", got - tick),
-            ("forward", forwarded - got),
-            ("gather", gathered - forwarded),
-            ("write", written - gathered),
-        ):
-            stats.stages[stage] += seconds
-        fail_point("step")
-        if step.all_done:
-            break
-    stats.seconds = time.perf_counter() - started
+    bar = progress.add_task(f"{encoder.name} × {source.name}", total=source.length(), rate="")
+    clock = StageClock(stats)
+    try:
+        for batch in clock.each(loader, "wait"):
+            with clock("forward"):
+                vectors = forward(job, encoder, batch)
+            with clock("write"):
+                k = batch.task
+                extra = extra_columns(job, source, batch)
+                committer.add(k, feeder.tasks[k], len(feeder.windows[k]), batch, vectors, extra)
+            done = committer.stats.rows + committer.stats.errors
+            progress.update(bar, completed=done, rate=f"{done / clock.elapsed():.1f} it/s")
+            fail_point("step")
+    finally:
+        feeder.stop()
+        committer.close()
+    stats.seconds = clock.elapsed()
+    stats.rows, stats.errors = committer.stats.rows, committer.stats.errors
+    stats.shards, stats.commits = committer.stats.shards, committer.stats.commits
     return stats
 
 
-def _write_step(
-    writer: EmbeddingTableWriter,
-    step: Any,
-    source: Any,
-    modality: Modality,
-    encoder: Encoder,
-    stats: RunStats,
-) -> None:
-    if step.ids:
-        extra = (
-            modality.extra_columns(source, step.positions.tolist())
-            if modality.extra_columns
-            else None
-        )
-        writer.write(step.ids, step.vectors, extra)
-        stats.rows += len(step.ids)
-    _write_failures(writer, step.failures, source, encoder, stats)
-
-
-def _write_failures(
-    writer: EmbeddingTableWriter,
-    failures: list[tuple[str, str]],
-    source: Any,
-    encoder: Encoder,
-    stats: RunStats,
-) -> None:
-    if not failures:
-        return
-    writer.add_errors(encoder.name, source.name, failures)
-    stats.errors += len(failures)
-    for item_id, reason in failures:
-        log.warning("skipped %s in %s: %s", item_id, source.name, reason)
-
-
-def _report_existing(path: Path) -> None:
-    try:
-        metadata = read_metadata(path)
-        rows = metadata.get("rows")
-    except Exception:  # not ours, or unreadable: never overwrite it silently
-        raise ConfigError(
-            f"{path} exists and is not a finished img_search table; "
-            "move it away or pass tasks.overwrite=true"
-        ) from None
-    log.info(
-        "%s is already complete (%s rows): nothing to do; tasks.overwrite=true recomputes it",
-        path,
-        rows,
+def shard_loader(
+    job: Job, encoder: Encoder, source: Any, feeder: Feeder, accelerator: Accelerator
+) -> DataLoader:
+    """Loader workers (as many as this machine's share of cores allows) prepare the claimed shards."""
+    settings, modality, device = job.settings, job.modality, accelerator.device.type
+    workers = settings.loader_workers(
+        device, local_world_size(accelerator), modality.cpu_heavy_prepare
     )
-    print(f"output: {path}")
-    print(f"rows: {rows}")
+    context = multiprocessing.get_context()
+    if workers:
+        feeder.serve(workers, context)
+    stream = ShardStream(
+        source,
+        feeder,
+        modality.make_prepare(encoder, settings),
+        Collator(modality.make_collate(encoder)),
+    )
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=device == "cuda",
+        prefetch_factor=settings.prefetch_factor if workers else None,
+        worker_init_fn=yield_to_the_model if device == "cpu" else None,
+        multiprocessing_context=context if workers else None,
+    )
 
 
-def _release(encoder: Encoder, accelerator: Accelerator) -> None:
+def part_writers(job: Job, encoder: Encoder, source: Any) -> Any:
+    """Part file name → a ``PartWriter`` of this pair (plain-list vectors in a folder table)."""
+
+    def make(name: str) -> PartWriter:
+        job.layout.parts_dir.mkdir(parents=True, exist_ok=True)
+        return PartWriter(
+            job.layout.parts_dir / name,
+            encoder.name,
+            source.name,
+            output_dtype=job.settings.output_dtype,
+            extra_fields=job.modality.extra_fields,
+            fixed_size=not job.layout.is_folder,
+        )
+
+    return make
+
+
+def forward(job: Job, encoder: Encoder, batch: Any) -> np.ndarray | None:
+    if batch.features is None:
+        return None
+    return job.modality.forward(encoder, batch.features).float().cpu().numpy()
+
+
+def extra_columns(job: Job, source: Any, batch: Any) -> dict[str, Any] | None:
+    if job.modality.extra_columns is None or not batch.ids:
+        return None
+    return job.modality.extra_columns(source, batch.positions)
+
+
+class StageClock:
+    """Seconds per stage (waiting for data, forward, writing), so a slow stage shows in the summary."""
+
+    def __init__(self, stats: RunStats) -> None:
+        self.stats = stats
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.started, 1e-9)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        tick = time.perf_counter()
+        yield
+        self.stats.stages[stage] += time.perf_counter() - tick
+
+    def each(self, iterable: Any, stage: str) -> Iterator[Any]:
+        iterator = iter(iterable)
+        while True:
+            with self(stage):
+                item = next(iterator, None)
+            if item is None:
+                return
+            yield item
+
+
+def agree_on_listings(job: Job, ledger: Ledger, names: list[str]) -> dict[str, int]:
+    """Main process: every dataset lists the items the job started with; returns each one's shard size."""
+    settings, sizes = job.settings, {}
+    for name in names:
+        source = job.sources[name]
+        items, fingerprint = source.listing()
+        size = settings.shard_size_for(items)
+        value = {
+            "items": items,
+            "fingerprint": fingerprint,
+            "shard_size": size,
+            "shards": len(source.shards(size)),
+        }
+        agreed = ledger.agree(f"listing-{name}", value)
+        if (agreed.get("items"), agreed.get("fingerprint")) != (items, fingerprint):
+            raise JobMismatch(
+                f"datasets.{name}: the items differ from those this output was started with "
+                f"({agreed.get('items')} items then, {items} now, or the same number but other "
+                "ids); rerun on the same data, or pass tasks.overwrite=true to start over"
+            )
+        if settings.shard_size is not None and settings.shard_size != agreed["shard_size"]:
+            log.warning(
+                "datasets.%s keeps the shard size it started with (%d), not tasks.shard_size=%d",
+                name,
+                agreed["shard_size"],
+                settings.shard_size,
+            )
+        sizes[name] = int(agreed["shard_size"])
+    return sizes
+
+
+def agree_on_model(ledger: Ledger, encoder: Encoder, datasets: list[str]) -> dict[str, int]:
+    """Main process: the loaded model preprocesses as the job's first one did; rows already committed."""
+    identity = encoder.identity()
+    agreed = ledger.agree(f"identity-{encoder.name}", identity)
+    if agreed.get("fingerprint") != identity.get("fingerprint"):
+        changed = sorted(
+            k
+            for k in set(agreed) | set(identity)
+            if agreed.get(k) != identity.get(k) and k not in ("fingerprint", "dim", "precision")
+        )
+        raise JobMismatch(
+            f"model {encoder.name} differs from the one that started this output "
+            f"({', '.join(changed) or 'fingerprint'} changed); pass tasks.overwrite=true to start over"
+        )
+    return {name: pair_claims(ledger, encoder.name, name).committed_rows() for name in datasets}
+
+
+def check_error_budget(errors: int, max_errors: int) -> int:
+    if max_errors >= 0 and errors > max_errors:
+        log.error(
+            "%d items could not be embedded, over the budget of %d (tasks.max_errors)",
+            errors,
+            max_errors,
+        )
+        return 1
+    return 0
+
+
+def release(encoder: Encoder, accelerator: Accelerator) -> None:
     """Free one model's memory before the next model of the job loads."""
     for attribute in ("model", "processor"):
         if hasattr(encoder, attribute):
@@ -384,46 +324,9 @@ def _release(encoder: Encoder, accelerator: Accelerator) -> None:
 
 
 def share_cpu_threads(accelerator: Accelerator) -> None:
-    """On CPU, ranks of one machine split its cores instead of each spawning one thread per core."""
-    if accelerator.device.type != "cpu" or accelerator.num_processes == 1:
+    """On CPU, processes of one machine split its cores instead of each spawning one thread per core."""
+    local = local_world_size(accelerator)
+    if accelerator.device.type != "cpu" or local == 1:
         return
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    torch.set_num_threads(max(1, cores // max(1, local)))
-
-
-def _check_writable(folder: Path) -> None:
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise ConfigError(f"output directory is not writable: {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
-
-
-def _plain(node: Any) -> dict[str, Any]:
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    return dict(node)
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in (
-        "img_search",
-        "torch",
-        "transformers",
-        "accelerate",
-        "datasets",
-        "pyarrow",
-        "pillow",
-    ):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // local))

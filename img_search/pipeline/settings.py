@@ -1,90 +1,124 @@
-"""Typed, validated run knobs (the ``tasks`` config group): bad values fail before any model loads."""
+"""The ``tasks`` config group as a Hydra structured config: one dataclass is the defaults, the types and the checks.
+
+``TaskSettings`` is registered in Hydra's ConfigStore as ``tasks/default``,
+so Hydra itself refuses ``tasks.batch_size=abc`` or an unknown
+``tasks.option`` while composing, and ``__post_init__`` refuses values of the
+right type that make no sense (``tasks.batch_size=0``) before any model loads.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
-from img_search.embedding.base import PRECISIONS
 from img_search.store.schema import OUTPUT_DTYPES
+
+PRECISION_NAMES = ("fp32", "fp16", "bf16")
+
+#: Auto shard size: about 64 shards, each between these sizes.
+AUTO_SHARD_MIN, AUTO_SHARD_MAX, AUTO_SHARDS = 256, 10_000, 64
 
 
 class ConfigError(ValueError):
     """A configuration problem the user fixes on the command line; reported as one line."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class TaskSettings:
+    #: Items per forward pass.
     batch_size: int = 32
     #: Loader worker processes for decoding + preprocessing; -1 picks for the machine.
     num_workers: int = -1
     prefetch_factor: int = 2
+    #: fp32 | fp16 | bf16 (autocast on the device).
     precision: str = "fp32"
+    #: float32 | float16 in the table.
     output_dtype: str = "float32"
+    #: Continue an interrupted job, or add the new models/datasets to a finished table.
     resume: bool = True
+    #: Delete what is at the output (and its job state) and start over.
     overwrite: bool = False
+    #: Decompression-bomb guard: larger images are skipped and reported.
     max_image_pixels: int = 178_956_970
     build_retries: int = 3
     build_backoff_s: float = 2.0
-    part_rows: int = 200_000
+    #: Items per shard of a random-access source; null: about 64 shards of 256 to 10,000 items.
+    #: (A multi-file streaming source has one shard per file.)
+    shard_size: int | None = None
+    #: A shard still being embedded is also committed this often, so a crash loses at most this much.
+    commit_every_s: float = 300.0
+    #: A process whose heartbeat is older than this is presumed dead and its shards are taken over.
+    #: (On the same machine a dead process is recognised at once.)
+    lease_s: float = 120.0
     #: Force CPU even where an accelerator is visible (what ACCELERATE_USE_CPU=1 does).
     cpu: bool = False
-    #: Exit non-zero when more items than this fail (-1: never).
+    #: Exit non-zero when more items than this fail (-1: never); the table is written either way.
     max_errors: int = -1
     #: Longest wait in a collective before a run whose peer died gives up.
     collective_timeout_s: float = 1800.0
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size > 0, "tasks.batch_size must be a positive integer"),
+            (self.num_workers >= -1, "tasks.num_workers must be ≥ 0 (or -1 for auto)"),
+            (self.prefetch_factor > 0, "tasks.prefetch_factor must be ≥ 1"),
+            (
+                self.precision in PRECISION_NAMES,
+                f"tasks.precision must be one of {sorted(PRECISION_NAMES)}",
+            ),
+            (
+                self.output_dtype in OUTPUT_DTYPES,
+                f"tasks.output_dtype must be one of {sorted(OUTPUT_DTYPES)}",
+            ),
+            (self.shard_size is None or self.shard_size > 0, "tasks.shard_size must be positive"),
+            (self.commit_every_s > 0, "tasks.commit_every_s must be positive"),
+            (self.lease_s > 0, "tasks.lease_s must be positive"),
+            (self.collective_timeout_s > 0, "tasks.collective_timeout_s must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                name = message.split()[0]
+                value = getattr(self, name.removeprefix("tasks."))
+                raise ConfigError(f"{message}, got {value!r}")
+
     @classmethod
     def from_config(cls, node: DictConfig | dict[str, Any] | None) -> TaskSettings:
-        values = (
-            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-        )
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        """The validated settings of a composed ``tasks`` node (or a plain dict, for the Python API)."""
+        if isinstance(node, DictConfig):
+            try:
+                merged = OmegaConf.merge(OmegaConf.structured(cls), node)
+            except ValidationError as exc:
+                raise ConfigError(f"tasks.{exc.full_key}: {exc.msg}") from None
+            return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        values = dict(node or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ConfigError(f"unknown tasks option(s) {unknown}; known: {sorted(known)}")
-        for spec in dataclasses.fields(cls):
-            if spec.name in values:
-                values[spec.name] = _typed(spec.name, values[spec.name], type(spec.default))
-        settings = cls(**values)
-        settings.validate()
-        return settings
+            raise ConfigError(
+                f"unknown tasks option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**values)
 
-    def validate(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ConfigError(
-                f"tasks.batch_size must be a positive integer, got {self.batch_size!r}"
-            )
-        if self.num_workers < -1:
-            raise ConfigError(
-                f"tasks.num_workers must be ≥ 0 (or -1 for auto), got {self.num_workers}"
-            )
-        if self.prefetch_factor <= 0:
-            raise ConfigError(f"tasks.prefetch_factor must be ≥ 1, got {self.prefetch_factor}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"tasks.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.output_dtype not in OUTPUT_DTYPES:
-            raise ConfigError(
-                f"tasks.output_dtype must be one of {sorted(OUTPUT_DTYPES)}, got {self.output_dtype!r}"
-            )
-        if self.collective_timeout_s <= 0:
-            raise ConfigError(
-                f"tasks.collective_timeout_s must be positive, got {self.collective_timeout_s}"
-            )
-        if self.part_rows <= 0:
-            raise ConfigError(f"tasks.part_rows must be positive, got {self.part_rows}")
+    def shard_size_for(self, items: int) -> int:
+        """The shard size of a source of ``items`` items: as set, or about 64 shards (never by world size,
+        so the same listing gives the same shards however many processes run it)."""
+        if self.shard_size is not None:
+            return self.shard_size
+        return min(AUTO_SHARD_MAX, max(AUTO_SHARD_MIN, math.ceil(items / AUTO_SHARDS)))
 
     def loader_workers(self, device_type: str, local_processes: int, heavy: bool = True) -> int:
         """Auto: on GPU most cores decode; on CPU one idle-priority worker per core.
 
-        CPU workers run under ``SCHED_IDLE`` (``sharding.yield_to_the_model``), so
+        ``local_processes`` is the number of processes of this job on this
+        machine (not the job's world size: on two 8-GPU machines each GPU's
+        process gets 1/8 of its own machine's cores).
+
+        CPU workers run under ``SCHED_IDLE`` (``shards.yield_to_the_model``), so
         they take only the time the model's threads leave and never slow the
         forward pass; one per core lets them catch up in parallel when they fall
         behind. Measured on 2 cores (EfficientNet-Lite0): 1 normal worker
@@ -96,22 +130,18 @@ class TaskSettings:
             return self.num_workers
         if not heavy:
             return 0
-        cores = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
-        per_rank = max(1, cores // max(1, local_processes))
+        per_rank = max(1, usable_cores() // max(1, local_processes))
         if device_type == "cuda":
             return min(8, max(1, per_rank - 1))
         return 0 if per_rank < 2 else min(8, per_rank)
 
 
-def _typed(name: str, value: Any, expected: type) -> Any:
-    """Hydra passes what the user typed; refuse ``tasks.batch_size=abc`` with a clear line."""
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
-        return value
-    article = "an" if expected is int else "a"
-    raise ConfigError(f"tasks.{name} must be {article} {expected.__name__}, got {value!r}")
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def register() -> None:
+    """Make ``tasks/default`` this dataclass (called when Hydra imports ``img_search.config``)."""
+    ConfigStore.instance().store(group="tasks", name="default", node=TaskSettings)

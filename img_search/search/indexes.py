@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 
 from img_search.registry import UnknownNameError
 from img_search.search.tables import TableSelection, choose_selection, load_selection
+from img_search.store import TableLayout
+from img_search.store.atomic import atomic_write
 
 FORMAT = "img_search.index/1"
 log = logging.getLogger(__name__)
@@ -278,8 +280,8 @@ def index_dir(table: Path, model_name: str, dataset_name: str, name: str) -> Pat
 
 
 def table_stamp(path: Path) -> dict[str, Any]:
-    """What identifies one version of a table file: a rewritten table gets a new stamp."""
-    stat = path.stat()
+    """What identifies one version of a table: a rewritten table (or folder metadata) gets a new stamp."""
+    stat = TableLayout.of(path).metadata_file.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
@@ -362,16 +364,14 @@ def build_index(
 
 def _write(saved: SavedIndex) -> None:
     """Files go to a temporary folder first, renamed into place complete."""
-    import shutil
 
-    tmp = saved.path.with_name(saved.path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    saved.index.save(tmp)
-    pq.write_table(pa.table({"id": pa.array(saved.ids, pa.string())}), tmp / "ids.parquet")
-    (tmp / "index.json").write_text(json.dumps(saved.meta, indent=2, default=str))
-    shutil.rmtree(saved.path, ignore_errors=True)
-    os.replace(tmp, saved.path)
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        saved.index.save(tmp)
+        pq.write_table(pa.table({"id": pa.array(saved.ids, pa.string())}), tmp / "ids.parquet")
+        (tmp / "index.json").write_text(json.dumps(saved.meta, indent=2, default=str))
+
+    atomic_write(saved.path, write)
 
 
 class StaleIndex(ValueError):
@@ -422,7 +422,7 @@ def open_index(
 ) -> SavedIndex:
     """A saved index folder, or a table: its saved index ``name`` if current, else built and saved."""
     path = Path(path)
-    if path.is_dir():
+    if (path / "index.json").is_file():
         saved = load_index(path)
         for what, wanted, held in (
             ("model_name", model_name, saved.model_name),

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from img_search.store import read_metadata
+from img_search.store import read_metadata, read_table
 from img_search.store import schema as S
-from img_search.store.reader import embedding_matrix
+from img_search.store.reader import embedding_matrix, table_columns
 
 CAPTION_COLUMNS = ("caption", "image_id", "image")
 
@@ -64,7 +63,7 @@ def file_path_of(dataset: dict[str, Any], table_kind: str, item_id: str) -> str 
 
 def table_contents(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     """The distinct model and dataset names of a table, without reading its vectors."""
-    table = pq.read_table(path, columns=[S.MODEL, S.DATASET])
+    table = read_table(path, columns=[S.MODEL, S.DATASET])
     return {
         "models": sorted(pc.unique(table.column(S.MODEL)).to_pylist()),
         "datasets": sorted(pc.unique(table.column(S.DATASET)).to_pylist()),
@@ -82,14 +81,9 @@ def load_selection(
         raise FileNotFoundError(f"embedding table not found: {path}")
     metadata = read_metadata(path)
     model_name, dataset_name = choose_selection(path, model_name, dataset_name)
-    names = pq.read_schema(path).names
+    names = table_columns(path)
     columns = [S.ID, S.EMBEDDING, *(c for c in CAPTION_COLUMNS if c in names)]
-    table = pq.read_table(
-        path,
-        columns=columns,
-        filters=(pc.field(S.MODEL) == model_name) & (pc.field(S.DATASET) == dataset_name),
-        memory_map=True,
-    )
+    table = read_table(path, columns=columns, filters=_rows_filter(model_name, dataset_name))
     if table.num_rows == 0:
         raise ValueError(
             f"{path} holds no rows for model {model_name!r} and dataset {dataset_name!r}"
@@ -104,7 +98,7 @@ def load_selection(
         ids=table.column(S.ID).to_numpy(zero_copy_only=False),
         vectors=np.ascontiguousarray(embedding_matrix(table.column(S.EMBEDDING))),
         identity=(metadata.get("models") or {}).get(model_name) or {},
-        model_spec=dict((config.get("models") or {}).get(model_name) or {}),
+        model_spec=recorded_model_spec(metadata, model_name),
         dataset=_dataset_description(metadata, config, dataset_name),
         extra={
             c: table.column(c).to_numpy(zero_copy_only=False)
@@ -112,6 +106,13 @@ def load_selection(
             if c in table.column_names
         },
     )
+
+
+def recorded_model_spec(metadata: dict[str, Any], model_name: str) -> dict[str, Any]:
+    """How the model was configured: the job's resolved spec (or, for older tables, the config)."""
+    job = (metadata.get("job") or {}).get("models") or {}
+    config = (metadata.get("config") or {}).get("models") or {}
+    return dict(job.get(model_name) or config.get(model_name) or {})
 
 
 def choose_selection(
@@ -153,7 +154,7 @@ def _rows_filter(model_name: str, dataset_name: str) -> pc.Expression:
 
 def vector_of(path: str | os.PathLike[str], model_name: str, dataset_name: str, item_id: str):
     """The stored vector of one item (for "more like this")."""
-    table = pq.read_table(
+    table = read_table(
         path,
         columns=[S.EMBEDDING],
         filters=_rows_filter(model_name, dataset_name) & (pc.field(S.ID) == item_id),
@@ -169,11 +170,11 @@ def row_details(
     path: str | os.PathLike[str], model_name: str, dataset_name: str, ids: list[str]
 ) -> dict[str, dict[str, str]]:
     """Caption, image and image id of the given rows (whichever the table has), by id."""
-    names = pq.read_schema(path).names
+    names = table_columns(path)
     columns = [c for c in CAPTION_COLUMNS if c in names]
     if not columns or not ids:
         return {}
-    table = pq.read_table(
+    table = read_table(
         path,
         columns=[S.ID, *columns],
         filters=_rows_filter(model_name, dataset_name) & pc.field(S.ID).isin(ids),

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from img_search.data import get_dataset
 from img_search.data.base import ImageDataset
@@ -25,8 +24,9 @@ from img_search.search.evaluation import image_of_caption
 from img_search.search.indexes import SavedIndex, open_index
 from img_search.search.query_encoder import load_query_encoder
 from img_search.search.tables import CAPTION_COLUMNS, UnknownItem
-from img_search.store import read_metadata
+from img_search.store import read_metadata, read_table
 from img_search.store import schema as S
+from img_search.store.reader import table_columns
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,11 @@ def load_table(
             index.model_name, index.meta.get("model_spec") or {}, identity, device=device
         )
     encoder = encoders[key]
-    names = pq.read_schema(index.table).names
+    names = table_columns(index.table)
     columns = [c for c in CAPTION_COLUMNS if c in names]
     details: dict[str, np.ndarray] = {}
     if columns:
-        table = pq.read_table(
+        table = read_table(
             index.table,
             columns=[S.ID, *columns],
             filters=(

@@ -1,12 +1,24 @@
-"""Parquet embedding tables: writing (parts, then one finished file) and reading back."""
+"""Parquet embedding tables: part files, finished tables (one file or a folder), and reading back."""
 
-from img_search.store.reader import EmbeddingMatrix, read_embeddings, read_metadata
-from img_search.store.writer import EmbeddingTableWriter, vectors_to_arrow
+from img_search.store.layout import TableLayout
+from img_search.store.reader import (
+    EmbeddingMatrix,
+    is_table,
+    open_table,
+    read_embeddings,
+    read_metadata,
+    read_table,
+)
+from img_search.store.writer import PartWriter, vectors_to_arrow
 
 __all__ = [
     "EmbeddingMatrix",
-    "EmbeddingTableWriter",
+    "PartWriter",
+    "TableLayout",
+    "is_table",
+    "open_table",
     "read_embeddings",
     "read_metadata",
+    "read_table",
     "vectors_to_arrow",
 ]

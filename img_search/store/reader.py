@@ -1,18 +1,22 @@
-"""Reading embedding tables back as (ids, float32 matrix) without per-row Python."""
+"""Reading embedding tables back (one file or a folder table) as (ids, float32 matrix) without per-row Python."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pyarrow.fs import LocalFileSystem
 
 from img_search.store import schema as S
+from img_search.store.layout import TableLayout
 
 
 @dataclass
@@ -27,12 +31,54 @@ class EmbeddingMatrix:
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON the writer stored in the file's key/value metadata."""
-    schema = pq.read_schema(path)
+    """The JSON the writer stored in the table's key/value metadata (the file, or a folder's ``_common_metadata``)."""
+    layout = TableLayout.of(path)
+    if layout.is_folder and layout.path.is_dir() and not layout.finished():
+        raise ValueError(f"{path} is not a finished img_search folder table (no _common_metadata)")
+    schema = pq.read_schema(layout.metadata_file)
     raw = (schema.metadata or {}).get(S.METADATA_KEY)
     if raw is None:
         raise ValueError(f"{path} is not an img_search embedding table (no metadata)")
     return json.loads(raw)
+
+
+def is_table(path: str | os.PathLike[str]) -> bool:
+    """A finished embedding table of either form (a folder without metadata is not one)."""
+    try:
+        read_metadata(path)
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return True
+
+
+def open_table(path: str | os.PathLike[str], memory_map: bool = True) -> ds.Dataset:
+    """The table's rows as a pyarrow dataset: the file, or exactly the parts a folder's metadata lists."""
+    layout = TableLayout.of(path)
+    if not layout.path.exists():
+        raise FileNotFoundError(f"embedding table not found: {path}")
+    filesystem = LocalFileSystem(use_mmap=memory_map)
+    if not layout.is_folder:
+        return ds.dataset(str(layout.path), format="parquet", filesystem=filesystem)
+    metadata = read_metadata(layout.path)
+    files = [str(layout.path / name) for name in metadata.get("parts", [])]
+    schema = pq.read_schema(layout.metadata_file).remove_metadata()
+    return ds.dataset(files, schema=schema, format="parquet", filesystem=filesystem)
+
+
+def table_columns(path: str | os.PathLike[str]) -> list[str]:
+    layout = TableLayout.of(path)
+    return pq.read_schema(layout.metadata_file).names
+
+
+def read_table(
+    path: str | os.PathLike[str],
+    columns: Sequence[str] | None = None,
+    filters: pc.Expression | None = None,
+    memory_map: bool = True,
+) -> pa.Table:
+    return open_table(path, memory_map).to_table(
+        columns=list(columns) if columns is not None else None, filter=filters
+    )
 
 
 def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -63,6 +109,15 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
+def selection_filter(model_name: str | None, dataset_name: str | None) -> pc.Expression | None:
+    expression = None
+    for column, value in ((S.MODEL, model_name), (S.DATASET, dataset_name)):
+        if value is not None:
+            condition = pc.field(column) == value
+            expression = condition if expression is None else expression & condition
+    return expression
+
+
 def read_embeddings(
     path: str | os.PathLike[str],
     model_name: str | None = None,
@@ -70,17 +125,12 @@ def read_embeddings(
     *,
     memory_map: bool = True,
 ) -> EmbeddingMatrix:
-    """ids and vectors of one (model, dataset) selection; both filters optional."""
-    filters = []
-    if model_name is not None:
-        filters.append(pc.field(S.MODEL) == model_name)
-    if dataset_name is not None:
-        filters.append(pc.field(S.DATASET) == dataset_name)
-    expression = None
-    for condition in filters:
-        expression = condition if expression is None else expression & condition
-    table = pq.read_table(
-        path, columns=[S.ID, S.EMBEDDING], filters=expression, memory_map=memory_map
+    """ids and vectors of one (model, dataset) selection of a table of either form; both filters optional."""
+    table = read_table(
+        path,
+        columns=[S.ID, S.EMBEDDING],
+        filters=selection_filter(model_name, dataset_name),
+        memory_map=memory_map,
     )
     ids = table.column(S.ID).to_numpy(zero_copy_only=False)
     return EmbeddingMatrix(ids=ids, vectors=embedding_matrix(table.column(S.EMBEDDING)))

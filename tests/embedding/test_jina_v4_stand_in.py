@@ -129,7 +129,7 @@ def test_jina_v4_stand_in_through_the_pipeline(stand_in, tmp_path, monkeypatch):
             ],
         )
     job = plan_job(cfg, IMAGES, image_dataset_specs(cfg))
-    assert run_job(job, IMAGES) == 0
+    assert run_job(job) == 0
     table = pq.read_table(out)
     assert table.num_rows == 8
     assert table.schema.field("embedding").type.list_size == DIM

@@ -1,7 +1,8 @@
 """Crash safety: SIGKILL at several points, 1 and 2 ranks; the rerun finishes with exactly-once rows.
 
 The kills come from fail points (``img_search.faults``): the process sends
-itself SIGKILL at a named place, so each crash is reproducible.
+itself SIGKILL at a named place, so each crash is reproducible. 41 images in
+shards of 8 (6 shards), batches of 4.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from conftest import accelerate_two_ranks, run_module
 
 from img_search.store import read_embeddings
 
-POINTS_1_RANK = ["model_build", "part_closed:2", "step:7", "finalize"]
-POINTS_2_RANKS = ["model_build@0", "step@1:5", "part_closed@0:2", "finalize@0"]
+POINTS_1_RANK = ["model_build", "commit:2", "step:7", "finalize"]
+POINTS_2_RANKS = ["model_build@0", "step@1:5", "commit@0:2", "finalize@0"]
 
 
 def job_args(checkpoint, data, out) -> list[str]:
@@ -28,7 +29,7 @@ def job_args(checkpoint, data, out) -> list[str]:
         f"datasets.inquire.path={data}",
         f"output_path={out}",
         "tasks.batch_size=4",
-        "tasks.part_rows=8",
+        "tasks.shard_size=8",
         "tasks.num_workers=1",
         "tasks.cpu=true",
         "tasks.collective_timeout_s=60",
@@ -84,8 +85,22 @@ def test_one_rank_killed_then_rerun(fault, clean_table, tiny_checkpoints, inquir
     out = tmp_path / "out.parquet"
     resumed = crash_then_resume(job_args(tiny_checkpoints["clip"], root, out), out, fault)
     assert_same_table(read_embeddings(out), clean_table)
-    if fault.startswith("part_closed"):
-        assert "resumed: 16 rows" in resumed.stdout
+    if fault == "commit:2":
+        assert "resumed: 16 rows" in resumed.stdout  # two shards of 8 were committed
+    if fault == "step:7":
+        assert "resumed: 24 rows" in resumed.stdout  # 7 batches of 4: shards 0-2 committed
+
+
+@pytest.mark.slow
+def test_a_long_shard_commits_as_it_goes(clean_table, tiny_checkpoints, inquire_dir, tmp_path):
+    """``tasks.commit_every_s``: a crash in the middle of a shard loses at most that much work."""
+    root, _ = inquire_dir
+    out = tmp_path / "out.parquet"
+    args = [*job_args(tiny_checkpoints["clip"], root, out), "tasks.commit_every_s=0.001"]
+    args[args.index("tasks.shard_size=8")] = "tasks.shard_size=40"
+    resumed = crash_then_resume(args, out, "step:5")
+    assert "resumed: 20 rows" in resumed.stdout  # 5 batches of 4 inside the first shard of 40
+    assert_same_table(read_embeddings(out), clean_table)
 
 
 @pytest.mark.slow
@@ -103,12 +118,13 @@ def test_two_ranks_one_killed_then_rerun(
 def test_resume_refuses_another_checkpoint(tiny_checkpoints, inquire_dir, tmp_path):
     root, _ = inquire_dir
     out = tmp_path / "out.parquet"
-    assert run(job_args(tiny_checkpoints["clip"], root, out), fault="part_closed:1").returncode != 0
+    assert run(job_args(tiny_checkpoints["clip"], root, out), fault="commit:1").returncode != 0
     other = job_args(tiny_checkpoints["siglip"], root, out)
     other[0], other[1] = "models=clip", f"models.clip.model_name={tiny_checkpoints['siglip']}"
     refused = run(other)
     assert refused.returncode == 2
-    assert "models.clip.checkpoint" in refused.stderr and "tasks.overwrite=true" in refused.stderr
+    assert f"models.clip.model_name: '{tiny_checkpoints['clip']}' then" in refused.stderr
+    assert "tasks.overwrite=true" in refused.stderr
     assert not out.exists()
     started_over = run([*other, "tasks.overwrite=true"])
     assert started_over.returncode == 0 and "rows: 41" in started_over.stdout
@@ -120,7 +136,7 @@ def test_resume_refuses_changed_preprocessing(tiny_checkpoints, inquire_dir, tmp
     shutil.copytree(tiny_checkpoints["clip"], checkpoint)
     out = tmp_path / "out.parquet"
     args = job_args(checkpoint, root, out)
-    assert run(args, fault="part_closed:1").returncode != 0
+    assert run(args, fault="commit:1").returncode != 0
     config_file = checkpoint / "processor_config.json"  # transformers v5 keeps it here
     config = json.loads(config_file.read_text())
     config["image_processor"]["image_mean"] = [0.5, 0.5, 0.5]

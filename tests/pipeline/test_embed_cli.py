@@ -165,9 +165,17 @@ def test_two_ranks_equal_one_rank(
         f"models.siglip2.model_name={tiny_checkpoints['siglip2']}",
         *inquire_args(root, out, batch_size=4, workers=1),
         "tasks.cpu=true",
+        "tasks.shard_size=8",
         launcher=LAUNCHERS[launcher](),
     )
-    assert read_metadata(out)["num_processes"] == 2
+    metadata = read_metadata(out)
+    assert metadata["num_processes"] == 2
+    shards = [
+        p["shards"].get(f"{m}/inquire", []) for p in metadata["run"]["processes"] for m in ("clip",)
+    ]
+    assert sorted(s for rank in shards for s in rank) == list(
+        range(6)
+    )  # 41 items, 6 shards, each once
     for family in ("clip", "siglip2"):
         ranks = read_embeddings(out, model_name=family)
         single = read_embeddings(two_model_run, model_name=family)
@@ -247,7 +255,10 @@ def test_cfg_job_shows_overrides(run_embed):
 
 def test_help_lists_config_groups(run_embed):
     result = run_embed("--help")
-    assert "models: clip, efficientnet_lite0, jina_v4, minilm, siglip, siglip2" in result.stdout
+    assert (
+        "models: clip, efficientnet_lite0, jina_v4, minilm, siglip, siglip2, simulated"
+        in result.stdout
+    )
     assert "datasets: flickr30k, hf_images, image_folder, inquire" in result.stdout
 
 
@@ -284,10 +295,12 @@ def test_multirun_sweeps_batch_size(tiny_checkpoints, inquire_dir, tmp_path, run
         (["datasets=image_folder"], "datasets.image_folder.path"),
         (["datasets.image_folder.path=/does/not/exist"], "/does/not/exist"),
         (["datasets.image_folder.path=.", "tasks.batch_size=0"], "tasks.batch_size"),
-        (
+        (  # Hydra checks the types of the tasks structured config while composing
             ["datasets.image_folder.path=.", "tasks.num_workers=two"],
-            "tasks.num_workers must be an int",
+            "'two' of type 'str' could not be converted to Integer",
         ),
+        (["datasets.image_folder.path=.", "tasks.part_rows=5"], "Key 'part_rows' not in"),
+        (["datasets.image_folder.path=.", "tasks.shard_size=0"], "tasks.shard_size must be"),
         (["datasets.image_folder.path=.", "tasks.precision=fp8"], "tasks.precision must be one of"),
         (
             ["datasets.image_folder.path=.", "models.efficientnet_lite0.model=nope"],

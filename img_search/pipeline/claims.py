@@ -1,0 +1,131 @@
+"""Shards of one (model, dataset): who embeds which, and what is done — on the filesystem, no coordinator.
+
+- A *claim* is a file ``claims/<model>/<dataset>/<shard>.<generation>``,
+  created exclusively (``Ledger.take``): of several processes trying, exactly
+  one gets generation 0 of a shard. A claim whose owner is dead is taken over
+  by creating the next generation, again exclusively, so a shard has one
+  owner at a time however many processes race for it.
+- A *completion record* ``records/<model>/<dataset>/<shard>.json`` is the
+  commit point of a shard: the part files that hold its rows, the position
+  ranges they cover, its errors, and whether the shard is finished. It is
+  replaced atomically at every commit (every ``tasks.commit_every_s`` for a
+  long shard), so what is done is known by position range, and a part file
+  no record names does not count.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from img_search.data.base import Shard
+from img_search.pipeline.ledger import Ledger, read_json
+from img_search.store.atomic import atomic_write_text
+
+
+@dataclass
+class ShardTask:
+    """A claimed shard and what an earlier run already committed of it."""
+
+    shard: Shard
+    generation: int
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> list[list[int]]:
+        return [list(r) for r in self.record.get("done", [])]
+
+
+def merge_ranges(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
+    merged: list[list[int]] = []
+    for start, stop in sorted((int(a), int(b)) for a, b in ranges if b > a):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    return merged
+
+
+class PairClaims:
+    """Claims and completion records of one (model, dataset) pair."""
+
+    def __init__(
+        self, ledger: Ledger, model: str, dataset: str, shards: Sequence[Shard], start_at: int = 0
+    ) -> None:
+        self.ledger, self.model, self.dataset = ledger, model, dataset
+        self.shards = list(shards)
+        if any(shard.index != i for i, shard in enumerate(self.shards)):
+            raise ValueError("shards must be numbered 0, 1, 2, … in order")
+        self.records_dir = ledger.path("records", model, dataset)
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        count = len(self.shards)
+        self._order = [(start_at + i) % count for i in range(count)] if count else []
+        self._cursor = 0
+        self._held_by_others: list[int] = []
+        self._second_pass = False
+
+    # -- records ------------------------------------------------------------------
+    def record_path(self, index: int) -> Path:
+        return self.records_dir / f"{index:06d}.json"
+
+    def record(self, index: int) -> dict[str, Any]:
+        return read_json(self.record_path(index)) or {}
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for shard in self.shards:
+            record = self.record(shard.index)
+            if record:
+                yield record
+
+    def committed_rows(self) -> int:
+        return sum(int(r.get("rows", 0)) for r in self.records())
+
+    def unfinished(self) -> list[int]:
+        return [s.index for s in self.shards if not self.record(s.index).get("final")]
+
+    def write_record(self, task: ShardTask, record: dict[str, Any]) -> bool:
+        """Commit ``record`` for ``task``'s shard, unless another process took the shard over."""
+        if not self.still_mine(task):
+            return False
+        atomic_write_text(self.record_path(task.shard.index), json.dumps(record, default=str))
+        task.record = record
+        return True
+
+    # -- claims -------------------------------------------------------------------
+    def claim_name(self, index: int) -> str:
+        return f"{self.model}/{self.dataset}/{index:06d}"
+
+    def still_mine(self, task: ShardTask) -> bool:
+        return self.ledger.holds(self.claim_name(task.shard.index), task.generation)
+
+    def claim_next(self) -> ShardTask | None:
+        """The next shard nobody alive holds and nobody finished, claimed for this process.
+
+        Starts at ``start_at`` (ranks of one launch spread out) and wraps, so a
+        fast process goes on taking shards where the slower ones have not got
+        to; shards held by others are looked at once more at the end, in case
+        their owner died meanwhile.
+        """
+        while True:
+            if self._cursor < len(self._order):
+                index = self._order[self._cursor]
+                self._cursor += 1
+            elif not self._second_pass and self._held_by_others:
+                self._order, self._cursor = self._held_by_others, 0
+                self._held_by_others, self._second_pass = [], True
+                continue
+            else:
+                return None
+            if self.record(index).get("final"):
+                continue
+            generation = self.ledger.take(self.claim_name(index))
+            if generation is None:
+                if not self._second_pass:
+                    self._held_by_others.append(index)
+                continue
+            record = self.record(index)  # read after the claim: the previous holder's last commit
+            if not record.get("final"):
+                return ShardTask(self.shards[index], generation, record)

@@ -1,0 +1,165 @@
+"""Committing shards: the process that embedded a shard writes its part file(s) and its completion record.
+
+A shard's rows stream into a part file as batches come back from the model;
+the shard is committed when its last window is in, and also every
+``tasks.commit_every_s`` while it runs (each commit closes the current part,
+renames it into place, then replaces the shard's record, which names the
+parts, the position ranges done and the errors so far). A part file that no
+record names — its writer died before the record was written — is ignored
+and deleted with the job state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from img_search.faults import fail_point
+from img_search.pipeline.claims import PairClaims, ShardTask, merge_ranges
+from img_search.pipeline.shards import Batch
+from img_search.store import PartWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenShard:
+    task: ShardTask
+    windows_left: int
+    done: list[list[int]]
+    errors: list[list[str]]
+    parts: list[str]
+    rows: int
+    writer: PartWriter | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class CommitStats:
+    shards: list[int] = field(default_factory=list)  # shards this process finished
+    commits: int = 0
+    rows: int = 0
+    errors: int = 0
+    lost: list[int] = field(default_factory=list)  # shards another process took over
+
+
+class ShardCommitter:
+    """The open shards of one (model, dataset) pass of this process, and their commits."""
+
+    def __init__(
+        self,
+        claims: PairClaims,
+        make_writer: Any,
+        commit_every_s: float,
+        problems: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.claims = claims
+        self.make_writer = make_writer  # (part file name) → PartWriter
+        self.commit_every_s = commit_every_s
+        self.problems = [list(p) for p in problems]  # build-time problems belong to shard 0
+        self.open: dict[int, OpenShard] = {}
+        self.stats = CommitStats()
+        self._last_commit = time.monotonic()
+
+    def add(
+        self,
+        k: int,
+        task: ShardTask,
+        n_windows: int,
+        batch: Batch,
+        vectors: np.ndarray | None,
+        extra: dict[str, Any] | None,
+    ) -> None:
+        """Take one window's results; commit the shard when it was the last one."""
+        shard = self.open.get(k) or self._open(k, task, n_windows)
+        if batch.ids:
+            if shard.writer is None:
+                shard.writer = self.make_writer(self._part_name(shard))
+            shard.writer.write(batch.ids, vectors, extra)
+            self.stats.rows += len(batch.ids)
+        self._add_errors(shard, batch.failures)
+        shard.done = merge_ranges([*shard.done, list(batch.window)])
+        shard.windows_left -= 1
+        if shard.windows_left == 0:
+            self._commit(k, final=True)
+        elif time.monotonic() - self._last_commit >= self.commit_every_s:
+            for open_k in list(self.open):
+                self._commit(open_k, final=False)
+
+    def close(self) -> None:
+        """End of the pass: anything still open (a lost shard) is discarded."""
+        for shard in self.open.values():
+            if shard.writer is not None:
+                shard.writer.abort()
+        self.open.clear()
+
+    def _open(self, k: int, task: ShardTask, n_windows: int) -> OpenShard:
+        record = task.record
+        shard = OpenShard(
+            task=task,
+            windows_left=n_windows,
+            done=merge_ranges(record.get("done", [])),
+            errors=[list(e) for e in record.get("errors", [])],
+            parts=list(record.get("parts", [])),
+            rows=int(record.get("rows", 0)),
+        )
+        if not record and task.shard.index == 0:
+            self._add_errors(shard, self.problems)
+        self.open[k] = shard
+        return shard
+
+    def _add_errors(self, shard: OpenShard, failures: Sequence[Sequence[str]]) -> None:
+        shard.errors.extend([list(f) for f in failures])
+        self.stats.errors += len(failures)
+        for item_id, reason in failures:
+            log.warning("skipped %s in %s: %s", item_id, self.claims.dataset, reason)
+
+    def _part_name(self, shard: OpenShard) -> str:
+        claims, task = self.claims, shard.task
+        return (
+            f"part-{claims.model}-{claims.dataset}-{task.shard.index:06d}"
+            f"-{task.generation:02d}-{len(shard.parts):03d}.parquet"
+        )
+
+    def _commit(self, k: int, final: bool) -> None:
+        shard = self.open[k]
+        if shard.writer is not None:
+            rows = shard.writer.close()
+            shard.parts.append(shard.writer.path.name)
+            shard.rows += rows
+            shard.writer = None
+        task = shard.task
+        record = {
+            "shard": task.shard.index,
+            "start": task.shard.start,
+            "stop": task.shard.stop,
+            "label": task.shard.label,
+            "done": shard.done,
+            "final": final,
+            "rows": shard.rows,
+            "parts": shard.parts,
+            "errors": shard.errors,
+            "owner": self.claims.ledger.me.id if self.claims.ledger.me else None,
+            "generation": task.generation,
+        }
+        self._last_commit = time.monotonic()
+        if not self.claims.write_record(task, record):
+            log.warning(
+                "shard %d of %s × %s was taken over by another process; this copy is dropped",
+                task.shard.index,
+                self.claims.model,
+                self.claims.dataset,
+            )
+            self.stats.lost.append(task.shard.index)
+            del self.open[k]
+            return
+        self.stats.commits += 1
+        if final:
+            self.stats.shards.append(task.shard.index)
+            del self.open[k]
+        fail_point("commit")

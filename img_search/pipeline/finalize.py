@@ -1,0 +1,260 @@
+"""Finish the table once every shard of every pair is committed: errors first, then the table, then tidy up.
+
+Whichever process finds the job complete (the main process of the last
+launch to finish, or a rerun) takes the one ``_finalize`` hold and:
+
+1. writes the errors table (the earlier table's errors, then every shard
+   record's), under a temporary name and renamed;
+2. assembles the table: one ``.parquet`` file (the earlier table's rows,
+   then the parts, in pair and shard order), or the parts renamed into the
+   folder and its ``_common_metadata`` written last;
+3. deletes the job state.
+
+A crash at any step leaves the job state, and a rerun does the steps again.
+The errors file is renamed before the table, so a finished table never comes
+with missing or stale errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from img_search.pipeline.claims import PairClaims
+from img_search.pipeline.ledger import Ledger
+from img_search.pipeline.plan import Job
+from img_search.store import read_metadata
+from img_search.store import schema as S
+from img_search.store.atomic import remove
+from img_search.store.writer import (
+    assemble_file,
+    publish_folder,
+    read_errors,
+    table_schema,
+    with_metadata,
+    write_errors,
+)
+
+log = logging.getLogger(__name__)
+FINALIZE = "_finalize"
+
+
+@dataclass
+class Outcome:
+    """What the end of a launch found: the finished table, or why it is not finished yet."""
+
+    finished: bool
+    rows: int = 0
+    new_errors: int = 0
+    errors_path: Path | None = None
+    waiting: str = ""
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pair_claims(ledger: Ledger, model: str, dataset: str) -> PairClaims:
+    """The claims of a pair, with its shards as the job agreed on them (by count)."""
+    from img_search.data.base import Shard
+
+    listing = ledger.agreed(f"listing-{dataset}") or {}
+    count = int(listing.get("shards", 0))
+    return PairClaims(ledger, model, dataset, [Shard(i, 0, 0) for i in range(count)])
+
+
+def finalize(job: Job, ledger: Ledger) -> Outcome:
+    record = ledger.read_job()
+    if record is None:
+        if job.layout.finished():
+            return Outcome(True, rows=int(read_metadata(job.layout.path).get("rows", 0)))
+        return Outcome(False, waiting="the job state is gone: rerun to start again")
+    todo = [tuple(p) for p in record["todo"]]
+    records: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for model, dataset in todo:
+        claims = pair_claims(ledger, model, dataset)
+        unfinished = claims.unfinished()
+        if unfinished:
+            return Outcome(False, waiting=_waiting_text(ledger, claims, unfinished))
+        records[(model, dataset)] = list(claims.records())
+    if ledger.take(FINALIZE) is None:
+        return Outcome(False, waiting="another process is assembling the table")
+    return _assemble(job, ledger, record, records)
+
+
+def _waiting_text(ledger: Ledger, claims: PairClaims, unfinished: list[int]) -> str:
+    holders = sorted({ledger.holder(claims.claim_name(i)) or "nobody" for i in unfinished})
+    return (
+        f"{len(unfinished)} shard(s) of {claims.model} × {claims.dataset} are not committed yet "
+        f"(held by {', '.join(holders)}); the last process to finish assembles the table, "
+        "and a rerun of the same command takes over what a stopped process held"
+    )
+
+
+def _assemble(
+    job: Job,
+    ledger: Ledger,
+    record: dict[str, Any],
+    records: dict[tuple[str, str], list[dict[str, Any]]],
+) -> Outcome:
+    layout = job.layout
+    for leftover in (layout.path, layout.errors_path):  # a finaliser killed while writing
+        for stale in leftover.parent.glob(f".{leftover.name}.tmp-*"):
+            remove(stale)
+    earlier = read_metadata(layout.path) if layout.finished() else None
+    parts: list[Path] = []
+    errors: list[tuple[str, str, str, str]] = []
+    pairs = []
+    for (model, dataset), shard_records in records.items():
+        pair_parts = [layout.locate_part(p) for r in shard_records for p in r.get("parts", [])]
+        pair_errors = [(e[0], dataset, model, e[1]) for r in shard_records for e in r["errors"]]
+        parts += pair_parts
+        errors += pair_errors
+        rows = sum(int(r.get("rows", 0)) for r in shard_records)
+        pairs.append({"model": model, "dataset": dataset, "rows": rows, "errors": len(pair_errors)})
+    dims = {**(_earlier_dims(earlier)), **_part_dims(parts)}
+    metadata = _metadata(job, ledger, record, earlier, pairs, dims, records)
+    write_errors(
+        layout.errors_path, read_errors(layout.errors_path) + errors if earlier else errors
+    )
+    dim = next(iter(set(dims.values()))) if len(set(dims.values())) == 1 else None
+    extra = job.modality.extra_fields
+    if layout.is_folder:
+        metadata["parts"] = [*(earlier or {}).get("parts", []), *(p.name for p in parts)]
+        schema = table_schema(None, job.settings.output_dtype, extra)
+        publish_folder(layout, with_metadata(schema, metadata), parts)
+    else:
+        schema = table_schema(dim, job.settings.output_dtype, extra)
+        base = layout.path if earlier else None
+        assemble_file(layout.path, with_metadata(schema, metadata), parts, earlier=base)
+    ledger.leave()
+    remove(layout.state_dir)
+    return Outcome(
+        True,
+        rows=metadata["rows"],
+        new_errors=len(errors),
+        errors_path=layout.errors_path if layout.errors_path.exists() else None,
+        pairs=pairs,
+    )
+
+
+def _part_dims(parts: list[Path]) -> dict[str, int]:
+    """Each model's dimension, from the first of its part files."""
+    dims: dict[str, int] = {}
+    for part in parts:
+        file = pq.ParquetFile(part)
+        if file.metadata.num_rows == 0:
+            continue
+        model = file.read_row_group(0, columns=[S.MODEL]).column(0)[0].as_py()
+        if model in dims:
+            continue
+        embedding = file.schema_arrow.field(S.EMBEDDING).type
+        if pa.types.is_fixed_size_list(embedding):
+            dims[model] = embedding.list_size
+        else:
+            dims[model] = len(file.read_row_group(0, columns=[S.EMBEDDING]).column(0)[0])
+    return dims
+
+
+def _earlier_dims(earlier: dict[str, Any] | None) -> dict[str, int]:
+    models = (earlier or {}).get("models") or {}
+    return {name: int(info["dim"]) for name, info in models.items() if info.get("dim")}
+
+
+def _metadata(
+    job: Job,
+    ledger: Ledger,
+    record: dict[str, Any],
+    earlier: dict[str, Any] | None,
+    pairs: list[dict[str, Any]],
+    dims: dict[str, int],
+    records: dict[tuple[str, str], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    earlier = earlier or {}
+    models = dict(earlier.get("models") or {})
+    for model in {m for m, _ in records}:
+        identity = dict(ledger.agreed(f"identity-{model}") or {})
+        identity["dim"] = dims.get(model, identity.get("dim"))
+        models[model] = identity
+    datasets = dict(earlier.get("datasets") or {})
+    listings = dict(earlier.get("listings") or {})
+    for dataset in {d for _, d in records}:
+        datasets[dataset] = job.sources[dataset].describe()
+        listings[dataset] = ledger.agreed(f"listing-{dataset}") or {}
+    config = dict(job.config)
+    for group in ("models", "datasets"):
+        if group in config or group in (earlier.get("config") or {}):
+            config[group] = {
+                **((earlier.get("config") or {}).get(group) or {}),
+                **(config.get(group) or {}),
+            }
+    all_pairs = [*(earlier.get("pairs") or []), *pairs]
+    processes = _processes(ledger, records)
+    run = {
+        "processes": processes,
+        "collective_calls": sum(p.get("collectives", 0) for p in processes),
+    }
+    return {
+        "format": S.FORMAT,
+        "kind": job.modality.kind,
+        "output_dtype": job.settings.output_dtype,
+        "normalized": True,
+        "models": models,
+        "datasets": datasets,
+        "listings": listings,
+        "job": record["spec"],
+        "pairs": all_pairs,
+        "rows": sum(int(p["rows"]) for p in all_pairs),
+        "errors": sum(int(p.get("errors", 0)) for p in all_pairs),
+        "config": config,
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_processes": len(processes),
+        "run": run,
+        "earlier_runs": [
+            *earlier.get("earlier_runs", []),
+            *([earlier["run"]] if "run" in earlier else []),
+        ],
+    }
+
+
+def _processes(
+    ledger: Ledger, records: dict[tuple[str, str], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Every process that worked on this job (dead ones too), with the shards it committed."""
+    committed: dict[str, dict[str, list[int]]] = {}
+    for (model, dataset), shard_records in records.items():
+        for r in shard_records:
+            owner = str(r.get("owner"))
+            committed.setdefault(owner, {}).setdefault(f"{model}/{dataset}", []).append(r["shard"])
+    processes = []
+    for data, _ in ledger.members():
+        data = dict(data)
+        data["shards"] = committed.pop(str(data.get("id")), {})
+        processes.append(data)
+    for owner, shards in committed.items():  # a process whose file is gone
+        processes.append({"id": owner, "shards": shards})
+    return processes
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in (
+        "img_search",
+        "torch",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "pyarrow",
+        "pillow",
+    ):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found

@@ -1,0 +1,254 @@
+"""The job's state on the (shared) filesystem: who works on the output, and what the job is.
+
+Everything lives in ``<output>.partial/`` and is plain files, so processes of
+one launch, of two launches on two machines, of a Slurm array or of a Ray
+cluster coordinate through the filesystem alone:
+
+- ``processes/<host>-<pid>.json``: one per process, its heartbeat (the file's
+  mtime, refreshed by a thread) and its statistics;
+- ``job.json``: the job's spec and its (model, dataset) pairs;
+- ``agreed/<what>.json``: values every process must agree on once known
+  (a source's listing, a model's preprocessing): the first to know writes
+  it, the others compare.
+
+A process is alive while its heartbeat is fresher than ``lease_s``; on its
+own machine a dead process is recognised at once (its pid is gone, or now
+belongs to a process that started later).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from img_search.store.atomic import HOST, atomic_write_text, create_exclusive, is_temporary
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, started: str | None) -> bool:
+    if os.path.isdir("/proc"):
+        return process_start_time(pid) is not None and process_start_time(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@dataclass
+class Member:
+    """A process that works (or worked) on the output."""
+
+    id: str
+    host: str
+    pid: int
+    started: str | None
+    spec_fingerprint: str
+    launch: str  # the launch (one torchrun / accelerate / array task) it belongs to
+    rank: int
+
+    def describe(self) -> str:
+        return f"host {self.host}, pid {self.pid}"
+
+
+class Ledger:
+    def __init__(self, state_dir: str | os.PathLike[str], lease_s: float = 120.0) -> None:
+        self.state_dir = Path(state_dir)
+        self.lease_s = lease_s
+        self.me: Member | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- files --------------------------------------------------------------------
+    @property
+    def job_file(self) -> Path:
+        return self.state_dir / "job.json"
+
+    @property
+    def processes_dir(self) -> Path:
+        return self.state_dir / "processes"
+
+    def path(self, *parts: str) -> Path:
+        return self.state_dir.joinpath(*parts)
+
+    def exists(self) -> bool:
+        return self.job_file.is_file()
+
+    # -- processes ------------------------------------------------------------------
+    def join(self, spec_fingerprint: str, launch: str, rank: int) -> Member:
+        """Register this process and keep its heartbeat fresh until ``leave()``."""
+        pid = os.getpid()
+        self.me = Member(
+            id=f"{HOST}-{pid}",
+            host=HOST,
+            pid=pid,
+            started=process_start_time(pid),
+            spec_fingerprint=spec_fingerprint,
+            launch=launch,
+            rank=rank,
+        )
+        self.processes_dir.mkdir(parents=True, exist_ok=True)
+        self.update({"joined": time.time()})
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="img_search-heartbeat", daemon=True)
+        self._thread.start()
+        return self.me
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Merge ``values`` into this process's file (its statistics), which also beats the heart."""
+        assert self.me is not None
+        path = self.processes_dir / f"{self.me.id}.json"
+        current = read_json(path) or {}
+        current.update(self.me.__dict__)
+        current.update(values)
+        atomic_write_text(path, json.dumps(current, default=str))
+
+    def leave(self) -> None:
+        """Stop the heartbeat (the process file stays: it holds this process's statistics)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def depart(self) -> None:
+        """Leave without a trace: this process did nothing here (a refusal, or nothing to do)."""
+        self.leave()
+        if self.me is not None:
+            (self.processes_dir / f"{self.me.id}.json").unlink(missing_ok=True)
+        if not self.exists():
+            with contextlib.suppress(OSError):
+                self.processes_dir.rmdir()
+                self.state_dir.rmdir()
+
+    def _beat(self) -> None:
+        assert self.me is not None
+        path = self.processes_dir / f"{self.me.id}.json"
+        while not self._stop.wait(max(1.0, self.lease_s / 8)):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    def members(self) -> Iterator[tuple[dict[str, Any], float]]:
+        """Every process file and its heartbeat time."""
+        if not self.processes_dir.is_dir():
+            return
+        for path in sorted(self.processes_dir.glob("*.json")):
+            if is_temporary(path.name):
+                continue
+            data = read_json(path)
+            with contextlib.suppress(FileNotFoundError):
+                if data is not None:
+                    yield data, path.stat().st_mtime
+
+    def now(self) -> float:
+        """The filesystem's clock (the heartbeat files' mtimes come from it, not from ours)."""
+        if self.me is not None:
+            path = self.processes_dir / f"{self.me.id}.json"
+            with contextlib.suppress(OSError):
+                os.utime(path)
+                return path.stat().st_mtime
+        return time.time()
+
+    def is_alive(self, member_id: str) -> bool:
+        if self.me is not None and member_id == self.me.id:
+            return True
+        data = read_json(self.processes_dir / f"{member_id}.json")
+        if data is None:
+            return False
+        if data.get("host") == HOST:
+            return pid_alive(int(data["pid"]), data.get("started"))
+        try:
+            beat = (self.processes_dir / f"{member_id}.json").stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return self.now() - beat < self.lease_s
+
+    def live_members(self) -> list[dict[str, Any]]:
+        return [data for data, _ in self.members() if self.is_alive(str(data.get("id")))]
+
+    # -- exclusive holds -----------------------------------------------------------
+    def take(self, name: str) -> int | None:
+        """Hold ``name`` (a shard, the right to finish the table) for this process.
+
+        Returns the generation of the hold, or None while a live process holds
+        it (or won the race). A dead holder's generation ``g`` is taken over by
+        creating generation ``g + 1`` exclusively, so one process wins.
+        """
+        assert self.me is not None
+        generation = self.generation(name)
+        if generation is not None:
+            holder = (read_json(self._hold_path(name, generation)) or {}).get("owner", "")
+            if self.is_alive(holder):
+                return None
+        generation = 0 if generation is None else generation + 1
+        path = self._hold_path(name, generation)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        owner = json.dumps({"owner": self.me.id, "rank": self.me.rank})
+        return generation if create_exclusive(path, owner) else None
+
+    def holder(self, name: str) -> str | None:
+        """Who holds ``name`` now (``host-pid``), if anyone ever took it."""
+        generation = self.generation(name)
+        if generation is None:
+            return None
+        return (read_json(self._hold_path(name, generation)) or {}).get("owner")
+
+    def holds(self, name: str, generation: int) -> bool:
+        """Still ours: nobody took ``name`` over since."""
+        return not self._hold_path(name, generation + 1).exists()
+
+    def generation(self, name: str) -> int | None:
+        generation = None
+        while self._hold_path(name, 0 if generation is None else generation + 1).exists():
+            generation = 0 if generation is None else generation + 1
+        return generation
+
+    def _hold_path(self, name: str, generation: int) -> Path:
+        return self.path("claims", f"{name}.{generation}")
+
+    # -- the job record -------------------------------------------------------------
+    def read_job(self) -> dict[str, Any] | None:
+        return read_json(self.job_file)
+
+    def write_job(self, record: dict[str, Any]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.job_file, json.dumps(record, indent=1, default=str))
+
+    def agreed(self, what: str) -> dict[str, Any] | None:
+        """The recorded value of ``what``, if any process recorded one."""
+        return read_json(self.path("agreed", f"{what}.json"))
+
+    def agree(self, what: str, value: dict[str, Any]) -> dict[str, Any]:
+        """The value of ``what`` every process of the job uses: the first one recorded."""
+        path = self.path("agreed", f"{what}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if create_exclusive(path, json.dumps(value, default=str)):
+            return value
+        recorded = read_json(path)
+        if recorded is None:  # written by a killed process without content: replace it
+            atomic_write_text(path, json.dumps(value, default=str))
+            return value
+        return recorded

@@ -1,0 +1,259 @@
+"""Claimed shards → prepared batches, inside DataLoader workers.
+
+The process's main thread claims shards (``Feeder``, on demand) and every
+loader worker walks the same sequence of claimed shards. A shard is cut into
+*windows* of ``batch_size`` positions counted from its start; window ``j``
+(counted over every shard this process took) is prepared by worker
+``j % workers``, and the DataLoader's in-order round robin hands the windows
+to the model in order. So:
+
+- every worker is busy on every shard, small or large;
+- a batch is the same whatever the number of workers (and so are the
+  vectors, to the bit);
+- rows reach the writer in position order, shard by shard.
+
+Decoding and the encoder's preprocessing run in the workers; a failing item
+becomes a ``Failed`` record instead of an exception, so it reaches the errors
+table and the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from img_search.pipeline.claims import ShardTask, merge_ranges
+
+
+@dataclass
+class Prepared:
+    position: int
+    id: str
+    features: Any
+
+
+@dataclass
+class Failed:
+    position: int
+    id: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    """The prepared items of one window of one claimed shard, and the items that failed."""
+
+    task: int = 0  # which of this process's claimed shards
+    window: tuple[int, int] = (0, 0)  # positions covered, failed and skipped ones included
+    ids: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    features: Any = None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:
+        self.features = _pin(self.features)
+        return self
+
+
+def _pin(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory()
+    if isinstance(value, dict):
+        return {k: _pin(v) for k, v in value.items()}
+    return value
+
+
+def windows(task: ShardTask, batch_size: int) -> list[tuple[int, int]]:
+    """The position windows of a shard still to embed: batch-sized from its start, minus what is done.
+
+    A shard with nothing left still has one empty window, so that its
+    completion is committed like any other.
+    """
+    shard, done = task.shard, merge_ranges(task.done)
+    result = []
+    for start in range(shard.start, shard.stop, batch_size):
+        stop = min(start + batch_size, shard.stop)
+        for gap in _gaps(start, stop, done):
+            result.append(gap)
+    return result or [(shard.stop, shard.stop)]
+
+
+def _gaps(start: int, stop: int, done: list[list[int]]) -> Iterator[tuple[int, int]]:
+    cursor = start
+    for a, b in done:
+        if b <= cursor or a >= stop:
+            continue
+        if a > cursor:
+            yield cursor, a
+        cursor = max(cursor, b)
+    if cursor < stop:
+        yield cursor, stop
+
+
+class Feeder:
+    """The shards this process claimed, in order; the ``k``-th is claimed when first asked for.
+
+    Loader workers ask through queues, answered by a thread of the main
+    process, so claims (and their heartbeats) belong to the process that
+    commits the shards.
+    """
+
+    def __init__(self, claim: Callable[[], ShardTask | None], batch_size: int) -> None:
+        self._claim = claim
+        self.batch_size = batch_size
+        self.tasks: list[ShardTask] = []
+        self.windows: list[list[tuple[int, int]]] = []
+        self.exhausted = False
+        self._lock = threading.Lock()
+        self._requests: Any = None
+        self._answers: list[Any] = []
+        self._thread: threading.Thread | None = None
+
+    def task(self, k: int) -> tuple[ShardTask, list[tuple[int, int]]] | None:
+        with self._lock:
+            while len(self.tasks) <= k and not self.exhausted:
+                task = self._claim()
+                if task is None:
+                    self.exhausted = True
+                else:
+                    self.tasks.append(task)
+                    self.windows.append(windows(task, self.batch_size))
+            if k < len(self.tasks):
+                return self.tasks[k], self.windows[k]
+            return None
+
+    # -- serving loader workers ------------------------------------------------------
+    def serve(self, workers: int, context: Any) -> None:
+        self._requests = context.Queue()
+        self._answers = [context.Queue() for _ in range(workers)]
+        self._thread = threading.Thread(target=self._answer, name="img_search-feeder", daemon=True)
+        self._thread.start()
+
+    def _answer(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            worker, k = request
+            try:
+                self._answers[worker].put(self.task(k))
+            except Exception as exc:  # reaches the worker, which raises it in the loader
+                self._answers[worker].put(exc)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._requests.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def ask(self, worker: int | None, k: int) -> tuple[ShardTask, list[tuple[int, int]]] | None:
+        """From a loader worker (``worker`` ≥ 0) through the queues, else directly."""
+        if worker is None or self._requests is None:
+            return self.task(k)
+        self._requests.put((worker, k))
+        while True:
+            try:
+                answer = self._answers[worker].get(timeout=5)
+                break
+            except queue.Empty:
+                if os.getppid() == 1:  # the main process is gone
+                    return None
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_claim=None, _lock=None, _thread=None, tasks=[], windows=[])
+        return state
+
+
+class ShardStream(IterableDataset):
+    """Batches of every shard the feeder hands out, each made by the worker that owns its window.
+
+    Use with ``DataLoader(stream, batch_size=None)``: batching happens here.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        feeder: Feeder,
+        prepare: Callable[[Any], Any],
+        collate: Callable[[list[Prepared | Failed]], Batch],
+    ) -> None:
+        super().__init__()
+        self.source, self.feeder, self.prepare, self.collate = source, feeder, prepare, collate
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        served = None if info is None else worker
+        window_number, k = 0, 0
+        while (answer := self.feeder.ask(served, k)) is not None:
+            task, task_windows = answer
+            for window in task_windows:
+                if window_number % workers == worker:
+                    yield self._batch(k, task, window)
+                window_number += 1
+            k += 1
+
+    def _batch(self, k: int, task: ShardTask, window: tuple[int, int]) -> Batch:
+        records = [
+            self._prepare(position, item)
+            for position, item in self.source.items(task.shard, window[0], window[1])
+        ]
+        batch = self.collate(records)
+        batch.task, batch.window = k, window
+        return batch
+
+    def _prepare(self, position: int, item: Any) -> Prepared | Failed:
+        try:
+            return Prepared(position, item.id, self.prepare(item))
+        except Exception as exc:
+            return Failed(position, item.id, f"{type(exc).__name__}: {exc}")
+
+
+def yield_to_the_model(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` for CPU runs: loader workers only take idle CPU time.
+
+    On a CPU the model's threads and the decoders share the cores; a decoder
+    preempting one of the model's threads stalls all of them at the next
+    barrier, which costs twice the decoding time. Under ``SCHED_IDLE`` the
+    workers run in the gaps between the model's parallel regions, and when
+    they fall behind the main process blocks on the queue, which gives them
+    the cores back.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not permitted: be nice instead
+        with contextlib.suppress(OSError):
+            os.nice(19)
+
+
+class Collator:
+    """Picklable collate_fn: splits failures off, collates the rest with the encoder's own collate."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, records: Sequence[Prepared | Failed]) -> Batch:
+        batch = Batch()
+        good = []
+        for record in records:
+            if isinstance(record, Failed):
+                batch.failures.append((record.id, record.reason))
+            else:
+                batch.ids.append(record.id)
+                batch.positions.append(record.position)
+                good.append(record.features)
+        if good:
+            batch.features = self.collate(good)
+        return batch

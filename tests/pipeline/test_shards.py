@@ -1,0 +1,246 @@
+"""Shards, claims and loader batches: every item reaches exactly one batch, whoever claims what."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from torch.utils.data import DataLoader
+
+from img_search.data.base import Shard, position_shards
+from img_search.pipeline.claims import PairClaims, ShardTask, merge_ranges
+from img_search.pipeline.distributed import with_retries
+from img_search.pipeline.ledger import Ledger
+from img_search.pipeline.shards import Collator, Feeder, ShardStream, windows
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    source: int
+
+
+class ListSource:
+    """A stand-in random-access dataset."""
+
+    name = "list"
+
+    def __init__(self, n: int) -> None:
+        self.all = [Item(f"item-{i}", i) for i in range(n)]
+
+    def items(self, shard: Shard, start: int, stop: int):
+        for position in range(start, stop):
+            yield position, self.all[position]
+
+
+def prepare(item: Item) -> int:
+    if item.source % 10 == 7:
+        raise ValueError(f"bad item {item.id}")
+    return item.source * 2
+
+
+def tasks_of(shards: list[Shard]):
+    queue = [ShardTask(shard, 0) for shard in shards]
+    return lambda: queue.pop(0) if queue else None
+
+
+def run_stream(source: ListSource, shards: list[Shard], workers: int, batch_size: int):
+    feeder = Feeder(tasks_of(shards), batch_size)
+    context = multiprocessing.get_context()
+    if workers:
+        feeder.serve(workers, context)
+    stream = ShardStream(source, feeder, prepare, Collator(list))
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        multiprocessing_context=context if workers else None,
+    )
+    try:
+        return list(loader), feeder
+    finally:
+        feeder.stop()
+
+
+def test_position_shards_cover_the_source_once():
+    shards = position_shards(41, 8)
+    assert [(s.index, s.start, s.stop) for s in shards][-2:] == [(4, 32, 40), (5, 40, 41)]
+    assert sum(len(s) for s in shards) == 41
+    assert position_shards(0, 8) == []
+
+
+@pytest.mark.parametrize(("workers", "batch_size"), [(0, 4), (1, 3), (2, 4), (3, 5)])
+def test_every_item_once_in_position_order(workers, batch_size):
+    source = ListSource(41)
+    batches, feeder = run_stream(source, position_shards(41, 9), workers, batch_size)
+    ids = [i for b in batches for i in b.ids]
+    failed = [i for b in batches for i, _ in b.failures]
+    bad = [f"item-{i}" for i in range(41) if i % 10 == 7]
+    assert failed == bad
+    assert ids == [f"item-{i}" for i in range(41) if i % 10 != 7]  # in order, each once
+    assert all(
+        f == int(i.split("-")[1]) * 2
+        for b in batches
+        for i, f in zip(b.ids, b.features or [], strict=True)
+    )
+    # the windows of each claimed shard arrive in order and each exactly once
+    per_task = Counter(b.task for b in batches)
+    assert per_task == Counter({k: len(w) for k, w in enumerate(feeder.windows)})
+    assert [b.window for b in batches] == [w for ws in feeder.windows for w in ws]
+
+
+def test_batches_do_not_depend_on_worker_count():
+    """Same windows → same batches → bit-identical vectors with and without loader workers."""
+    source = ListSource(23)
+    shards = position_shards(23, 10)
+    expected = None
+    for workers in (0, 1, 2, 3):
+        batches, _ = run_stream(source, shards, workers, 4)
+        members = [(b.task, b.window, b.ids + [i for i, _ in b.failures]) for b in batches]
+        expected = expected or members
+        assert members == expected
+    assert [w for _, w, _ in expected] == [
+        (0, 4),
+        (4, 8),
+        (8, 10),
+        (10, 14),
+        (14, 18),
+        (18, 20),
+        (20, 23),
+    ]
+
+
+def test_windows_skip_what_is_done():
+    shard = Shard(3, 100, 120)
+    assert windows(ShardTask(shard, 0), 8) == [(100, 108), (108, 116), (116, 120)]
+    resumed = ShardTask(shard, 1, {"done": [[100, 108], [116, 118]]})
+    assert windows(resumed, 8) == [(108, 116), (118, 120)]
+    finished = ShardTask(shard, 1, {"done": [[100, 120]]})
+    assert windows(finished, 8) == [(120, 120)]  # one empty window: its completion is committed
+
+
+def test_merge_ranges():
+    assert merge_ranges([[5, 8], [0, 3], [3, 5], [10, 10], [9, 12]]) == [[0, 8], [9, 12]]
+
+
+def make_ledger(state: Path, lease_s: float = 120.0) -> Ledger:
+    ledger = Ledger(state, lease_s)
+    ledger.join("spec", "launch", rank=0)
+    return ledger
+
+
+def test_claims_are_exclusive_and_records_end_them(tmp_path):
+    ledger = make_ledger(tmp_path / "state")
+    try:
+        shards = position_shards(30, 10)
+        first = PairClaims(ledger, "clip", "photos", shards)
+        second = PairClaims(ledger, "clip", "photos", shards, start_at=1)
+        a = first.claim_next()
+        b = second.claim_next()
+        assert (a.shard.index, b.shard.index) == (0, 1)
+        # the same live process holds shard 0 already: the other claimant cannot take it
+        assert second.claim_next().shard.index == 2
+        assert second.claim_next() is None
+        assert first.write_record(a, {"shard": 0, "final": True, "rows": 10})
+        assert first.unfinished() == [1, 2]
+        assert first.committed_rows() == 10
+    finally:
+        ledger.leave()
+
+
+def test_a_dead_owners_shard_is_taken_over_with_its_progress(tmp_path):
+    state = tmp_path / "state"
+    shards = position_shards(20, 10)
+    # a process that claims shard 0, commits half of it, and is killed
+    script = (
+        "import os, signal, sys\n"
+        "from img_search.data.base import position_shards\n"
+        "from img_search.pipeline.claims import PairClaims\n"
+        "from img_search.pipeline.ledger import Ledger\n"
+        f"ledger = Ledger({str(state)!r}); ledger.join('spec', 'other', 0)\n"
+        "claims = PairClaims(ledger, 'clip', 'photos', position_shards(20, 10))\n"
+        "task = claims.claim_next()\n"
+        "claims.write_record(task, {'shard': 0, 'done': [[0, 5]], 'final': False, 'rows': 5, 'parts': ['p0']})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=False)
+    ledger = make_ledger(state)
+    try:
+        claims = PairClaims(ledger, "clip", "photos", shards)
+        task = claims.claim_next()
+        assert task.shard.index == 0 and task.generation == 1  # the next generation of the claim
+        assert task.done == [[0, 5]] and task.record["parts"] == ["p0"]
+        assert windows(task, 4) == [(5, 8), (8, 10)]
+        assert claims.still_mine(task)
+        assert ledger.holder("clip/photos/000000") == ledger.me.id
+    finally:
+        ledger.leave()
+
+
+def test_a_live_process_keeps_its_shard_and_a_lost_claim_cannot_commit(tmp_path):
+    ledger = make_ledger(tmp_path / "state")
+    try:
+        claims = PairClaims(ledger, "clip", "photos", position_shards(10, 10))
+        task = claims.claim_next()
+        # another process took the shard over (as after a lease expiry): the old owner's commit is refused
+        (claims.ledger.path("claims", "clip", "photos", "000000.1")).write_text('{"owner": "x"}')
+        assert not claims.still_mine(task)
+        assert not claims.write_record(task, {"shard": 0, "final": True})
+        assert claims.record(0) == {}
+    finally:
+        ledger.leave()
+
+
+def test_liveness_by_pid_on_this_host_and_by_heartbeat_elsewhere(tmp_path):
+    ledger = make_ledger(tmp_path / "state", lease_s=60)
+    try:
+        processes = ledger.processes_dir
+        me = ledger.me
+        assert ledger.is_alive(me.id)
+        (processes / "vm-dead.json").write_text(
+            f'{{"id": "vm-dead", "host": "{me.host}", "pid": 999999, "started": "1"}}'
+        )
+        assert not ledger.is_alive("vm-dead")
+        remote = processes / "far-1.json"
+        remote.write_text('{"id": "far-1", "host": "another-machine", "pid": 1}')
+        assert ledger.is_alive("far-1")  # fresh heartbeat
+        old = ledger.now() - 61
+        os.utime(remote, (old, old))
+        assert not ledger.is_alive("far-1")  # silent for longer than the lease
+        assert [m["id"] for m in ledger.live_members()] == [me.id]
+    finally:
+        ledger.leave()
+
+
+def test_with_retries_retries_transient_errors_only():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("hub unreachable")
+        return "ok"
+
+    assert with_retries(flaky, "thing", retries=3, backoff=0.0) == "ok"
+    assert len(calls) == 3
+
+    def missing():
+        calls.append(1)
+        raise FileNotFoundError("/nope")
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        with_retries(missing, "thing", retries=3, backoff=0.0)
+    assert len(calls) == 1
+
+    def always():
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        with_retries(always, "thing", retries=2, backoff=0.0)
