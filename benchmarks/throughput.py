@@ -5,7 +5,7 @@ For each model it prints images/s of
     (same batch size and precision, warmed up, median of ``--repeats`` runs,
     alternated with the pipeline runs so both see the same machine);
   - preprocess-only: decode + the encoder's transform, one process;
-  - pipeline: the real ``run_job`` (loader workers, gather, Parquet writing),
+  - pipeline: the real ``run_job`` (loader workers, shard claims, commits, Parquet),
     measured by the run machinery itself (model loading excluded), median run;
 then the pipeline/model-only ratio and the pipeline's per-stage seconds.
 Finally the peak RSS (process tree) of the CLI embedding ``--rss-small`` vs
@@ -124,8 +124,8 @@ def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: in
     with initialize_config_module("img_search.config", version_base=None):
         cfg = compose("embed_config", overrides=overrides)
     job = plan_job(cfg, IMAGES, image_dataset_specs(cfg))
-    run_job(job, IMAGES)
-    (stats,) = job.stats
+    run_job(job)
+    ((stats,),) = [report.stats for report in job.report]
     return stats
 
 
@@ -176,7 +176,6 @@ def rss_check(work: Path, small: int, large: int) -> tuple[float, float]:
             f"output_path={out}",
             "tasks.batch_size=256",
             "tasks.overwrite=true",
-            "tasks.part_rows=20000",
         ]
         results.append(peak_rss_of(command))
     return results[0], results[1]

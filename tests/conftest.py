@@ -67,10 +67,11 @@ def run_module(
     launcher: list[str] | None = None,
     cwd: Path | None = None,
     timeout: float = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m module args`` (or ``launcher -m module args``) the way a user would."""
     command = [*(launcher or [sys.executable]), "-m", module, *args]
-    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", **(env or {})}
     return subprocess.run(
         command, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
     )

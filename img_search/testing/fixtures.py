@@ -148,3 +148,22 @@ def write_flickr30k_like(root: str | Path, n_images: int = 12, seed: int = 1) ->
         rows["filename"].append(f"{stem}.jpg")
     _write_split(Path(root), "test", rows, features)
     return stems
+
+
+def write_photo_folder(
+    root: str | Path, count: int, size: tuple[int, int] = (32, 24), per_folder: int = 500
+) -> list[str]:
+    """``count`` small distinct JPEGs under ``root`` (subfolders of ``per_folder``); returns their ids.
+
+    Ids are what ``image_folder`` makes of them: the path relative to ``root``.
+    """
+    root = Path(root)
+    ids = []
+    for i in range(count):
+        relative = f"{i // per_folder:03d}/{i:06d}.jpg"
+        path = root / relative
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(jpeg_bytes(synthetic_image(i, size), quality=85))
+        ids.append(relative)
+    return ids

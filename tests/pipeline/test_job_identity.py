@@ -1,0 +1,239 @@
+"""What a table is made of is compared on resume and against a finished table: same, added, or refused."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from conftest import OFFLINE, REPO, SAMPLE_PHOTOS
+from hydra import compose, initialize_config_module
+
+from img_search.store import read_metadata, read_table
+from img_search.testing.fixtures import write_flickr30k_like, write_photo_folder
+from img_search.testing.jina_stand_in import StandInJina
+
+
+def words(log: str) -> str:
+    """A log with rich's line wrapping undone."""
+    return " ".join(log.split())
+
+
+def clip_rows(path, model: str) -> dict[str, bytes]:
+    """id → the raw bytes of the stored vector: "unchanged" means to the bit."""
+    table = read_table(path, columns=["id", "embedding"], filters=pc.field("model_name") == model)
+    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    return {
+        i: v.astype(np.float32).tobytes()
+        for i, v in zip(table.column("id").to_pylist(), vectors, strict=True)
+    }
+
+
+@pytest.mark.parametrize("form", ["file", "folder"])
+def test_adding_a_model_to_a_finished_table_embeds_only_the_new_pairs(
+    form, tiny_checkpoints, inquire_dir, tmp_path, run_embed
+):
+    root, expected_ids = inquire_dir
+    out = tmp_path / ("table.parquet" if form == "file" else "table")
+    common = [
+        f"models.clip.model_name={tiny_checkpoints['clip']}",
+        "datasets=inquire",
+        f"datasets.inquire.path={root}",
+        f"output_path={out}",
+        "tasks.batch_size=8",
+    ]
+    run_embed("models=clip", *common)
+    before = clip_rows(out, "clip")
+    parts_before = {p.name: p.stat().st_ino for p in out.glob("part-*")} if form == "folder" else {}
+    added = run_embed(
+        "models=[clip,siglip2]", f"models.siglip2.model_name={tiny_checkpoints['siglip2']}", *common
+    )
+    assert "appending siglip2 × inquire" in words(added.stderr)
+    assert "rows: 82" in added.stdout
+    summary = added.stderr.split("embedding summary")[1]
+    assert "│ siglip2 " in summary and "│ clip " not in summary  # clip is not embedded again
+    assert clip_rows(out, "clip") == before  # the first model's rows, bit for bit
+    assert sorted(clip_rows(out, "siglip2")) == sorted(expected_ids)
+    metadata = read_metadata(out)
+    assert [(p["model"], p["dataset"], p["rows"]) for p in metadata["pairs"]] == [
+        ("clip", "inquire", 41),
+        ("siglip2", "inquire", 41),
+    ]
+    assert set(metadata["models"]) == {"clip", "siglip2"} and metadata["rows"] == 82
+    assert len(metadata["earlier_runs"]) == 1
+    if form == "folder":  # earlier parts are left where they were, not copied
+        assert {
+            n: i
+            for n, i in ((p.name, p.stat().st_ino) for p in out.glob("part-*"))
+            if n in parts_before
+        } == parts_before
+    again = run_embed(
+        "models=[clip,siglip2]", f"models.siglip2.model_name={tiny_checkpoints['siglip2']}", *common
+    )
+    assert "already complete" in words(again.stderr) and "rows: 82" in again.stdout
+    changed = run_embed("models=clip", *common, "models.clip.revision=other", expect_ok=False)
+    assert changed.returncode == 2
+    assert "models.clip.revision: None then, 'other' now" in words(changed.stderr)
+
+
+def test_a_changed_ids_file_is_refused_on_resume(tiny_checkpoints, tmp_path, run_embed):
+    stems = write_flickr30k_like(tmp_path / "flickr", n_images=12)
+    first, other = tmp_path / "first.txt", tmp_path / "other.txt"
+    first.write_text("\n".join(stems[:8]) + "\n")
+    other.write_text("\n".join(stems[4:]) + "\n")
+    out = tmp_path / "f30k.parquet"
+
+    def args(ids_file):
+        return [
+            "models=clip",
+            f"models.clip.model_name={tiny_checkpoints['clip']}",
+            "datasets=flickr30k",
+            f"datasets.flickr30k.path={tmp_path / 'flickr'}",
+            f"datasets.flickr30k.ids_file={ids_file}",
+            f"output_path={out}",
+            "tasks.batch_size=2",
+            "tasks.shard_size=4",
+        ]
+
+    killed = run_embed(*args(first), expect_ok=False, env={"IMG_SEARCH_FAULT": "commit:1"})
+    assert killed.returncode != 0 and not out.exists()
+    refused = run_embed(*args(other), expect_ok=False)
+    assert refused.returncode == 2
+    assert f"datasets.flickr30k.ids_file: '{first}' then, '{other}' now" in words(refused.stderr)
+    assert "Traceback" not in refused.stderr
+    first.write_text("\n".join(stems[:7]) + "\n")  # same file, other content
+    refused = run_embed(*args(first), expect_ok=False)
+    assert refused.returncode == 2
+    assert "datasets.flickr30k: the items differ" in words(
+        refused.stderr
+    ) and "8 items then, 7 now" in words(refused.stderr)
+    first.write_text("\n".join(stems[:8]) + "\n")
+    resumed = run_embed(*args(first))
+    assert "resumed: 4 rows" in resumed.stdout and "rows: 8" in resumed.stdout
+
+
+def test_a_changed_jina_task_is_refused_against_the_finished_table(tmp_path, monkeypatch):
+    """Jina v4's ``task`` picks its adapter: another task is another job (stand-in model)."""
+    import transformers
+
+    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.output import JobMismatch
+    from img_search.pipeline.runner import plan_job, run_job
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *a, **k: StandInJina())
+    out = tmp_path / "jina.parquet"
+
+    def job(*extra):
+        with initialize_config_module("img_search.config", version_base=None):
+            cfg = compose(
+                "embed_config",
+                overrides=[
+                    "models=jina_v4",
+                    "datasets=image_folder",
+                    f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+                    f"output_path={out}",
+                    "tasks.num_workers=0",
+                    *extra,
+                ],
+            )
+        return plan_job(cfg, IMAGES, image_dataset_specs(cfg))
+
+    assert run_job(job()) == 0
+    assert run_job(job("models.jina_v4.device_map=auto")) == 0  # where it runs is not what it is
+    with pytest.raises(
+        JobMismatch, match=re.escape("models.jina_v4.task: 'retrieval' then, 'text-matching' now")
+    ):
+        run_job(job("models.jina_v4.task=text-matching"))
+    with pytest.raises(
+        JobMismatch, match=re.escape("models.jina_v4.truncate_dim: None then, 128 now")
+    ):
+        run_job(job("models.jina_v4.truncate_dim=128"))
+    assert read_metadata(out)["job"]["models"]["jina_v4"]["task"] == "retrieval"
+
+
+def test_an_unfinished_job_refuses_fewer_pairs_and_takes_more(
+    tiny_checkpoints, inquire_dir, tmp_path, run_embed
+):
+    root, _ = inquire_dir
+    out = tmp_path / "t.parquet"
+    siglip = f"models.siglip.model_name={tiny_checkpoints['siglip']}"
+    common = [
+        f"models.clip.model_name={tiny_checkpoints['clip']}",
+        "datasets=inquire",
+        f"datasets.inquire.path={root}",
+        f"output_path={out}",
+        "tasks.shard_size=8",
+    ]
+    killed = run_embed(
+        "models=[clip,siglip]",
+        siglip,
+        *common,
+        expect_ok=False,
+        env={"IMG_SEARCH_FAULT": "commit:2"},
+    )
+    assert killed.returncode != 0
+    fewer = run_embed("models=clip", *common, expect_ok=False)
+    assert fewer.returncode == 2 and "also embeds siglip × inquire" in words(fewer.stderr)
+    more = run_embed(
+        "models=[clip,siglip,siglip2]",
+        siglip,
+        f"models.siglip2.model_name={tiny_checkpoints['siglip2']}",
+        *common,
+    )
+    assert "added to the unfinished job: siglip2 × inquire" in words(more.stderr)
+    assert "resumed: 16 rows" in more.stdout and "rows: 123" in more.stdout
+
+
+def test_a_different_job_is_refused_while_one_runs_and_a_killed_one_blocks_nothing(
+    tmp_path, run_embed
+):
+    folder = tmp_path / "photos"
+    write_photo_folder(folder, 200)
+    out = tmp_path / "busy.parquet"
+    job = [
+        "models=simulated",
+        "datasets=image_folder",
+        f"datasets.image_folder.path={folder}",
+        f"output_path={out}",
+        "tasks.batch_size=4",
+        "tasks.num_workers=0",
+    ]
+    slow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "img_search.pipeline.embed",
+            *job,
+            "models.simulated.batch_seconds=0.5",
+        ],
+        cwd=REPO,
+        env={**os.environ, **OFFLINE},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        records = out.with_name(out.name + ".partial") / "agreed"
+        deadline = time.time() + 120
+        while not any(records.glob("identity-*.json")) and time.time() < deadline:
+            time.sleep(0.2)  # the slow job is embedding now
+        other = run_embed(*job, "models.simulated.dim=32", expect_ok=False)
+        assert other.returncode == 2
+        assert (
+            f"is being written by a different job (host {os.uname().nodename}, pid {slow.pid})"
+            in words(other.stderr)
+        )
+        assert "Traceback" not in other.stderr
+        overwrite = run_embed(*job, "tasks.overwrite=true", expect_ok=False)
+        assert overwrite.returncode == 2 and f"pid {slow.pid}" in words(overwrite.stderr)
+    finally:
+        slow.send_signal(signal.SIGKILL)
+        slow.wait()
+    assert not out.exists()
+    rerun = run_embed(*job, "models.simulated.batch_seconds=0")  # the device time is not the job
+    assert "rows: 200" in rerun.stdout
