@@ -27,13 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
+from memory import sampled
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,28 +131,11 @@ def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: in
 def peak_rss_of(command: list[str]) -> float:
     """Peak resident memory (MiB) of a command and all its children, sampled every 50 ms."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parent = psutil.Process(process.pid)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            try:
-                tree = [parent, *parent.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    code = process.wait()
-    done.set()
-    thread.join()
+    with sampled(process.pid) as peaks:
+        code = process.wait()
     if code != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {code}")
-    return peak / 2**20
+    return peaks.tree / 2**20
 
 
 def rss_check(work: Path, small: int, large: int) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,33 @@ from img_search.data.base import ImageDataset, ImageItem, Shard, fingerprint_arr
 
 log = logging.getLogger(__name__)
 
-ID_TRANSFORMS = {
-    "none": lambda value: str(value),
-    "stem": lambda value: PurePosixPath(str(value)).stem,
-}
+ID_TRANSFORMS = ("none", "stem")
+
+
+def transform_ids(values: pa.Array | pa.ChunkedArray, transform: str) -> pa.ChunkedArray:
+    """Ids as strings, in Arrow (no Python object per item, 5M ids or not).
+
+    ``stem``: the file name without folders and its last suffix, as
+    ``PurePosixPath(value).stem`` gives (``train/1000092795.jpg`` → ``1000092795``).
+    """
+    ids = pc.cast(values, pa.string())
+    if transform == "stem":
+        name = pc.replace_substring_regex(ids, pattern=r"^.*/", replacement="")
+        ids = pc.replace_substring_regex(name, pattern=r"^(.+)\.[^.]+$", replacement=r"\1")
+    return ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids])
+
+
+def rows_to_keep(ids: pa.ChunkedArray, dedupe: bool, wanted: set[str] | None) -> np.ndarray:
+    """Which rows are items: the first row of each id (``dedupe``), and only ``wanted`` ids."""
+    keep = np.ones(len(ids), dtype=bool)
+    if dedupe and len(ids):
+        rows = pa.table({"id": ids, "row": np.arange(len(ids))})
+        first = rows.group_by("id", use_threads=False).aggregate([("row", "min")])
+        keep[:] = False
+        keep[first.column("row_min").to_numpy()] = True
+    if wanted is not None:
+        keep &= pc.is_in(ids, pa.array(sorted(wanted), pa.string())).to_numpy(zero_copy_only=False)
+    return keep
 
 
 def looks_like_local_path(path: str) -> bool:
@@ -150,6 +173,8 @@ class HubImageDataset(ImageDataset):
         self._files: list[Any] = []  # streaming: one dataset per data file
         self._offsets = np.zeros(0, dtype=np.int64)  # streaming: first row number of each file
         self._stream_keep: list[np.ndarray] = []  # streaming: which rows of each file are items
+        self._stream_ids: list[pa.ChunkedArray] = []  # streaming: the id of each row of each file
+        self._ids = pa.chunked_array([], pa.string())  # the id of each row (not streaming)
         self._stream_listing = (0, "")
         self.random_access = not streaming  # type: ignore[misc]
 
@@ -190,39 +215,24 @@ class HubImageDataset(ImageDataset):
         splits = load_hf_splits(self.path, self.splits, streaming=True, revision=self.revision)
         self._check_columns(splits[0].column_names)
         self._files = [self._image_rows(f) for f in file_shards(splits)]
-        id_files = self._id_files(splits)
-        ids = [self._ids_of_file(f) for f in id_files]
-        self._offsets = np.cumsum([0] + [len(i) for i in ids])[:-1].astype(np.int64)
-        if self.id_column is None:
-            ids = [
-                pa.array(np.arange(o, o + len(i)).astype(str))
-                for o, i in zip(self._offsets, ids, strict=True)
-            ]
-        everything = pa.chunked_array(ids, pa.string())
-        keep = np.ones(len(everything), dtype=bool)
-        if self.dedupe:
-            first = pa.table({"id": everything, "row": np.arange(len(everything))})
-            first = first.group_by("id", use_threads=False).aggregate([("row", "min")])
-            keep[:] = False
-            keep[first.column("row_min").to_numpy()] = True
-        if self._keep is not None:
-            keep &= pc.is_in(everything, pa.array(sorted(self._keep), pa.string())).to_numpy(
-                zero_copy_only=False
-            )
-        self._stream_keep = [keep[o : o + len(i)] for o, i in zip(self._offsets, ids, strict=True)]
-        self._stream_listing = (
-            int(keep.sum()),
-            fingerprint_arrays(everything.filter(pa.array(keep))),
-        )
+        counts, ids = self._ids_of_files(splits)
+        self._offsets = np.cumsum([0, *counts])[:-1].astype(np.int64)
+        keep = rows_to_keep(ids, self.dedupe, self._keep)
+        bounds = list(zip(self._offsets, counts, strict=True))
+        self._stream_keep = [keep[o : o + n] for o, n in bounds]
+        self._stream_ids = [ids.slice(o, n) for o, n in bounds]
+        self._stream_listing = (int(keep.sum()), fingerprint_arrays(ids.filter(pa.array(keep))))
         log.info(
             "dataset %s: %d items in %d files (streaming)",
             self.name,
             self._stream_listing[0],
-            len(ids),
+            len(counts),
         )
 
-    def _id_files(self, splits: list[Any]) -> list[Any]:
-        """Per file, a stream of only the id column (or of the images, to count rows, without one)."""
+    def _ids_of_files(self, splits: list[Any]) -> tuple[list[int], pa.ChunkedArray]:
+        """Rows per file, and every row's id, reading only the id column where the format allows."""
+        import datasets
+
         column = self.id_column or self.image_column
         try:
             projected = load_hf_splits(
@@ -230,42 +240,31 @@ class HubImageDataset(ImageDataset):
             )
         except (TypeError, ValueError):  # not Parquet: read the rows, keep the column
             projected = [split.select_columns([column]) for split in splits]
-        if self.id_column is None:
-            import datasets
-
+        if self.id_column is None:  # only counted, not decoded
             projected = [p.cast_column(column, datasets.Image(decode=False)) for p in projected]
-        return file_shards(projected)
-
-    def _ids_of_file(self, stream: Any) -> pa.Array:
-        values: list[Any] = []
-        column = self.id_column or self.image_column
-        for batch in stream.iter(batch_size=1024):
-            values.extend(batch[column] if self.id_column else [None] * len(batch[column]))
+        counts, chunks = [], []
+        for stream in file_shards(projected):
+            values = [v for batch in stream.iter(batch_size=1024) for v in batch[column]]
+            counts.append(len(values))
+            if self.id_column is not None:
+                chunks.append(transform_ids(pa.array(values), self.id_transform))
         if self.id_column is None:
-            return pa.nulls(len(values), pa.string())
-        transform = ID_TRANSFORMS[self.id_transform]
-        return pa.array([transform(v) for v in values], pa.string())
+            return counts, pa.chunked_array([pa.array(np.arange(sum(counts)).astype(str))])
+        return counts, pa.chunked_array([c for chunk in chunks for c in chunk.chunks], pa.string())
 
     def _select_rows(self, table: Any) -> np.ndarray:
-        ids = self._ids_of_rows(table)
-        if self.dedupe:
-            _, first = np.unique(ids, return_index=True)
-            rows = np.sort(first)
-        else:
-            rows = np.arange(len(ids))
+        self._ids = self._ids_of_rows(table)
+        rows = np.flatnonzero(rows_to_keep(self._ids, self.dedupe, self._keep))
         if self._keep is not None:
-            rows = rows[np.isin(ids[rows], np.array(sorted(self._keep), dtype=object))]
             missing = len(self._keep) - len(rows)
             if missing > 0:
                 log.warning("dataset %s: %d requested ids are not in the data", self.name, missing)
         return rows.astype(np.int64)
 
-    def _ids_of_rows(self, table: Any) -> np.ndarray:
+    def _ids_of_rows(self, table: Any) -> pa.ChunkedArray:
         if self.id_column is None:
-            return np.array([str(i) for i in range(len(table))], dtype=object)
-        raw = table.data.column(self.id_column).to_pylist()
-        transform = ID_TRANSFORMS[self.id_transform]
-        return np.array([transform(v) for v in raw], dtype=object)
+            return pa.chunked_array([pa.array(np.arange(len(table)).astype(str))])
+        return transform_ids(table.data.column(self.id_column), self.id_transform)
 
     # -- access -------------------------------------------------------------
     def length(self) -> int | None:
@@ -278,17 +277,22 @@ class HubImageDataset(ImageDataset):
             raise RuntimeError(f"dataset {self.name}: build() first")
         row_index = int(self._rows[position])
         row = self._table[row_index]
-        return ImageItem(id=self._id_of(row, row_index), source=row[self.image_column])
+        return ImageItem(id=self._ids[row_index].as_py(), source=row[self.image_column])
 
     def item_ids(self) -> list[str]:
         if self._rows is None:
             return super().item_ids()  # a stream: read it through
-        return [str(i) for i in self._ids_of_rows(self._table)[self._rows]]
+        return self._selected_ids().to_pylist()
 
     def listing(self) -> tuple[int, str]:
         if self.streaming:
             return self._stream_listing
-        return super().listing()
+        if self._rows is None:
+            raise RuntimeError(f"dataset {self.name}: build() first")
+        return len(self._rows), fingerprint_arrays(self._selected_ids())
+
+    def _selected_ids(self) -> pa.ChunkedArray:
+        return self._ids.take(pa.array(self._rows))
 
     def shards(self, shard_size: int) -> list[Shard]:
         if not self.streaming:
@@ -301,12 +305,12 @@ class HubImageDataset(ImageDataset):
         if not self.streaming:
             yield from super().items(shard, start, stop)
             return
-        keep, offset = self._stream_keep[shard.index], int(self._offsets[shard.index])
+        keep, ids = self._stream_keep[shard.index], self._stream_ids[shard.index]
         for row_index, row in enumerate(rows_of(self._files[shard.index])):
             if row_index >= stop:
                 return
             if row_index >= start and keep[row_index]:
-                item_id = self._id_of(row, offset + row_index)
+                item_id = ids[row_index].as_py()
                 yield row_index, ImageItem(id=item_id, source=row[self.image_column])
 
     def __iter__(self) -> Iterator[ImageItem]:
@@ -316,11 +320,6 @@ class HubImageDataset(ImageDataset):
         for shard in self.shards(1):
             for _, item in self.items(shard, shard.start, shard.stop):
                 yield item
-
-    def _id_of(self, row: dict[str, Any], row_index: int) -> str:
-        if self.id_column is None:
-            return str(row_index)
-        return ID_TRANSFORMS[self.id_transform](row[self.id_column])
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from img_search.data.base import ImageDataset, ImageItem
+from img_search.data.base import ImageDataset, ImageItem, fingerprint_arrays
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -75,6 +75,11 @@ class ImageFolderDataset(ImageDataset):
             raise RuntimeError(f"dataset {self.name}: build() first")
         relative = self._files[position].as_py()
         return ImageItem(id=relative, source=str(self.root / relative))
+
+    def listing(self) -> tuple[int, str]:
+        if self._files is None:
+            raise RuntimeError(f"dataset {self.name}: build() first")
+        return len(self._files), fingerprint_arrays(self._files)
 
     def item_ids(self) -> list[str]:
         if self._files is None:

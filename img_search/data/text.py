@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 
 import pyarrow as pa
 
-from img_search.data.base import Source
+from img_search.data.base import Source, fingerprint_arrays
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,13 @@ class CaptionTable(TextDataset):
 
     def length(self) -> int | None:
         return None if self._table is None else self._table.num_rows
+
+    def listing(self) -> tuple[int, str]:
+        """The caption ids and texts in order: another text under the same id is another job."""
+        if self._table is None:
+            raise RuntimeError(f"dataset {self.name}: build() first")
+        table = self._table
+        return table.num_rows, fingerprint_arrays(table.column("id"), table.column("caption"))
 
     def get_record(self, index: int) -> CaptionRecord:
         if self._table is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,9 +34,10 @@ def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bo
     root.addHandler(handler)
     root.setLevel(level.upper() if is_main else "WARNING")
     if not sys.stderr.isatty() and level.upper() != "DEBUG":
-        import datasets
-
-        datasets.disable_progress_bars()  # per-split bars flood logs; a terminal keeps them
+        # per-split bars flood logs (a terminal keeps them); read when 🤗 datasets is imported
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
     for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub", "faiss"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 

@@ -196,20 +196,41 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         served = None if info is None else worker
-        window_number, k = 0, 0
+        first_window, k = 0, 0
         while (answer := self.feeder.ask(served, k)) is not None:
             task, task_windows = answer
-            for window in task_windows:
-                if window_number % workers == worker:
-                    yield self._batch(k, task, window)
-                window_number += 1
+            mine = [j for j in range(len(task_windows)) if (first_window + j) % workers == worker]
+            if mine:
+                yield from self._task_batches(k, task, task_windows, mine)
+            first_window += len(task_windows)
             k += 1
 
-    def _batch(self, k: int, task: ShardTask, window: tuple[int, int]) -> Batch:
-        records = [
-            self._prepare(position, item)
-            for position, item in self.source.items(task.shard, window[0], window[1])
-        ]
+    def _task_batches(
+        self, k: int, task: ShardTask, task_windows: list[tuple[int, int]], mine: list[int]
+    ) -> Iterator[Batch]:
+        if getattr(self.source, "random_access", True):  # read only this worker's windows
+            for j in mine:
+                items = self.source.items(task.shard, *task_windows[j])
+                yield self._batch(k, task_windows[j], [self._prepare(p, i) for p, i in items])
+            return
+        # a stream is read once per shard; the other workers' items are skipped undecoded
+        wanted, records, j = set(mine), [], 0
+        items = self.source.items(task.shard, task_windows[0][0], task_windows[-1][1])
+        for position, item in items:
+            while j < len(task_windows) and position >= task_windows[j][1]:
+                if j in wanted:
+                    yield self._batch(k, task_windows[j], records)
+                records, j = [], j + 1
+            if j == len(task_windows):
+                break
+            if j in wanted and position >= task_windows[j][0]:
+                records.append(self._prepare(position, item))
+        for rest in range(j, len(task_windows)):
+            if rest in wanted:
+                yield self._batch(k, task_windows[rest], records)
+            records = []
+
+    def _batch(self, k: int, window: tuple[int, int], records: list[Prepared | Failed]) -> Batch:
         batch = self.collate(records)
         batch.task, batch.window = k, window
         return batch

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyarrow.fs import LocalFileSystem
 
@@ -51,8 +50,10 @@ def is_table(path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def open_table(path: str | os.PathLike[str], memory_map: bool = True) -> ds.Dataset:
-    """The table's rows as a pyarrow dataset: the file, or exactly the parts a folder's metadata lists."""
+def open_table(path: str | os.PathLike[str], memory_map: bool = True) -> Any:
+    """The table's rows as a ``pyarrow.dataset.Dataset``: the file, or exactly the parts a folder's metadata lists."""
+    import pyarrow.dataset as ds  # (imports pandas: half a second every pipeline process can skip)
+
     layout = TableLayout.of(path)
     if not layout.path.exists():
         raise FileNotFoundError(f"embedding table not found: {path}")

@@ -18,13 +18,16 @@ from conftest import accelerate_two_ranks, run_module
 from img_search.store import read_embeddings
 
 POINTS_1_RANK = ["model_build", "commit:2", "step:7", "finalize"]
-POINTS_2_RANKS = ["model_build@0", "step@1:5", "commit@0:2", "finalize@0"]
+POINTS_2_RANKS = ["model_build@0", "step@1:2", "commit@0:2", "finalize@0"]
 
 
-def job_args(checkpoint, data, out) -> list[str]:
+#: The crash tests are about the run machinery: a model without weights keeps them quick.
+SIMULATED = ["models=simulated", "models.simulated.batch_seconds=0.05"]
+
+
+def job_args(data, out, model=SIMULATED) -> list[str]:
     return [
-        "models=clip",
-        f"models.clip.model_name={checkpoint}",
+        *model,
         "datasets=inquire",
         f"datasets.inquire.path={data}",
         f"output_path={out}",
@@ -49,10 +52,10 @@ def run(args, fault=None, launcher=None):
 
 
 @pytest.fixture(scope="module")
-def clean_table(tiny_checkpoints, inquire_dir, tmp_path_factory):
+def clean_table(inquire_dir, tmp_path_factory):
     root, _ = inquire_dir
     out = tmp_path_factory.mktemp("clean") / "clean.parquet"
-    result = run(job_args(tiny_checkpoints["clip"], root, out))
+    result = run(job_args(root, out))
     assert result.returncode == 0, result.stderr
     return read_embeddings(out)
 
@@ -80,10 +83,10 @@ def crash_then_resume(args, out, fault, launcher=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", POINTS_1_RANK)
-def test_one_rank_killed_then_rerun(fault, clean_table, tiny_checkpoints, inquire_dir, tmp_path):
+def test_one_rank_killed_then_rerun(fault, clean_table, inquire_dir, tmp_path):
     root, _ = inquire_dir
     out = tmp_path / "out.parquet"
-    resumed = crash_then_resume(job_args(tiny_checkpoints["clip"], root, out), out, fault)
+    resumed = crash_then_resume(job_args(root, out), out, fault)
     assert_same_table(read_embeddings(out), clean_table)
     if fault == "commit:2":
         assert "resumed: 16 rows" in resumed.stdout  # two shards of 8 were committed
@@ -92,11 +95,11 @@ def test_one_rank_killed_then_rerun(fault, clean_table, tiny_checkpoints, inquir
 
 
 @pytest.mark.slow
-def test_a_long_shard_commits_as_it_goes(clean_table, tiny_checkpoints, inquire_dir, tmp_path):
+def test_a_long_shard_commits_as_it_goes(clean_table, inquire_dir, tmp_path):
     """``tasks.commit_every_s``: a crash in the middle of a shard loses at most that much work."""
     root, _ = inquire_dir
     out = tmp_path / "out.parquet"
-    args = [*job_args(tiny_checkpoints["clip"], root, out), "tasks.commit_every_s=0.001"]
+    args = [*job_args(root, out), "tasks.commit_every_s=0.001"]
     args[args.index("tasks.shard_size=8")] = "tasks.shard_size=40"
     resumed = crash_then_resume(args, out, "step:5")
     assert "resumed: 20 rows" in resumed.stdout  # 5 batches of 4 inside the first shard of 40
@@ -105,12 +108,10 @@ def test_a_long_shard_commits_as_it_goes(clean_table, tiny_checkpoints, inquire_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", POINTS_2_RANKS)
-def test_two_ranks_one_killed_then_rerun(
-    fault, clean_table, tiny_checkpoints, inquire_dir, tmp_path
-):
+def test_two_ranks_one_killed_then_rerun(fault, clean_table, inquire_dir, tmp_path):
     root, _ = inquire_dir
     out = tmp_path / "out.parquet"
-    args = job_args(tiny_checkpoints["clip"], root, out)
+    args = job_args(root, out)
     crash_then_resume(args, out, fault, launcher=accelerate_two_ranks())
     assert_same_table(read_embeddings(out), clean_table)
 
@@ -118,9 +119,11 @@ def test_two_ranks_one_killed_then_rerun(
 def test_resume_refuses_another_checkpoint(tiny_checkpoints, inquire_dir, tmp_path):
     root, _ = inquire_dir
     out = tmp_path / "out.parquet"
-    assert run(job_args(tiny_checkpoints["clip"], root, out), fault="commit:1").returncode != 0
-    other = job_args(tiny_checkpoints["siglip"], root, out)
-    other[0], other[1] = "models=clip", f"models.clip.model_name={tiny_checkpoints['siglip']}"
+    clip = ["models=clip", f"models.clip.model_name={tiny_checkpoints['clip']}"]
+    assert run(job_args(root, out, clip), fault="commit:1").returncode != 0
+    other = job_args(
+        root, out, ["models=clip", f"models.clip.model_name={tiny_checkpoints['siglip']}"]
+    )
     refused = run(other)
     assert refused.returncode == 2
     assert f"models.clip.model_name: '{tiny_checkpoints['clip']}' then" in refused.stderr
@@ -135,7 +138,7 @@ def test_resume_refuses_changed_preprocessing(tiny_checkpoints, inquire_dir, tmp
     checkpoint = tmp_path / "clip"
     shutil.copytree(tiny_checkpoints["clip"], checkpoint)
     out = tmp_path / "out.parquet"
-    args = job_args(checkpoint, root, out)
+    args = job_args(root, out, ["models=clip", f"models.clip.model_name={checkpoint}"])
     assert run(args, fault="commit:1").returncode != 0
     config_file = checkpoint / "processor_config.json"  # transformers v5 keeps it here
     config = json.loads(config_file.read_text())

@@ -35,54 +35,68 @@ def clip_rows(path, model: str) -> dict[str, bytes]:
     }
 
 
+def simulated(key: str, seed: int = 0) -> list[str]:
+    """Another model key of the simulated model (its seed makes other vectors)."""
+    return [
+        f"+models.{key}.model=simulated",
+        f"+models.{key}.seed={seed}",
+        f"+models.{key}.batch_seconds=0",
+    ]
+
+
 @pytest.mark.parametrize("form", ["file", "folder"])
 def test_adding_a_model_to_a_finished_table_embeds_only_the_new_pairs(
     form, tiny_checkpoints, inquire_dir, tmp_path, run_embed
 ):
+    """One file: CLIP, then SigLIP2 added (the file is rewritten); a folder: parts are only added."""
     root, expected_ids = inquire_dir
     out = tmp_path / ("table.parquet" if form == "file" else "table")
-    common = [
-        f"models.clip.model_name={tiny_checkpoints['clip']}",
-        "datasets=inquire",
-        f"datasets.inquire.path={root}",
-        f"output_path={out}",
-        "tasks.batch_size=8",
-    ]
-    run_embed("models=clip", *common)
-    before = clip_rows(out, "clip")
-    parts_before = {p.name: p.stat().st_ino for p in out.glob("part-*")} if form == "folder" else {}
-    added = run_embed(
-        "models=[clip,siglip2]", f"models.siglip2.model_name={tiny_checkpoints['siglip2']}", *common
-    )
-    assert "appending siglip2 × inquire" in words(added.stderr)
+    common = ["datasets=inquire", f"datasets.inquire.path={root}", f"output_path={out}"]
+    if form == "file":
+        a, b = "clip", "siglip2"
+        first = ["models=clip", f"models.clip.model_name={tiny_checkpoints['clip']}"]
+        both = [
+            "models=[clip,siglip2]",
+            first[1],
+            f"models.siglip2.model_name={tiny_checkpoints['siglip2']}",
+        ]
+        changed = [*first, "models.clip.revision=other"]
+        difference = "models.clip.revision: None then, 'other' now"
+    else:
+        a, b = "simulated", "other"
+        first = ["models=simulated", "models.simulated.batch_seconds=0", "tasks.shard_size=8"]
+        both = [*first, *simulated("other", seed=1)]
+        changed = [*first, "models.simulated.seed=5"]
+        difference = "models.simulated.seed: 0 then, 5 now"
+    run_embed(*first, *common)
+    before = clip_rows(out, a)
+    parts_before = {p.name: p.stat().st_ino for p in out.glob("part-*")}
+    added = run_embed(*both, *common)
+    assert f"appending {b} × inquire" in words(added.stderr)
     assert "rows: 82" in added.stdout
     summary = added.stderr.split("embedding summary")[1]
-    assert "│ siglip2 " in summary and "│ clip " not in summary  # clip is not embedded again
-    assert clip_rows(out, "clip") == before  # the first model's rows, bit for bit
-    assert sorted(clip_rows(out, "siglip2")) == sorted(expected_ids)
+    assert (
+        f"│ {b} " in summary and f"│ {a} " not in summary
+    )  # the first model is not embedded again
+    assert clip_rows(out, a) == before  # the first model's rows, bit for bit
+    assert sorted(clip_rows(out, b)) == sorted(expected_ids)
     metadata = read_metadata(out)
     assert [(p["model"], p["dataset"], p["rows"]) for p in metadata["pairs"]] == [
-        ("clip", "inquire", 41),
-        ("siglip2", "inquire", 41),
+        (a, "inquire", 41),
+        (b, "inquire", 41),
     ]
-    assert set(metadata["models"]) == {"clip", "siglip2"} and metadata["rows"] == 82
+    assert set(metadata["models"]) == {a, b} and metadata["rows"] == 82
     assert len(metadata["earlier_runs"]) == 1
-    if form == "folder":  # earlier parts are left where they were, not copied
-        assert {
-            n: i
-            for n, i in ((p.name, p.stat().st_ino) for p in out.glob("part-*"))
-            if n in parts_before
-        } == parts_before
-    again = run_embed(
-        "models=[clip,siglip2]", f"models.siglip2.model_name={tiny_checkpoints['siglip2']}", *common
-    )
+    after = {p.name: p.stat().st_ino for p in out.glob("part-*")}
+    assert {n: i for n, i in after.items() if n in parts_before} == parts_before  # not copied
+    again = run_embed(*both, *common)
     assert "already complete" in words(again.stderr) and "rows: 82" in again.stdout
-    changed = run_embed("models=clip", *common, "models.clip.revision=other", expect_ok=False)
-    assert changed.returncode == 2
-    assert "models.clip.revision: None then, 'other' now" in words(changed.stderr)
+    refused = run_embed(*changed, *common, expect_ok=False)
+    assert refused.returncode == 2
+    assert difference in words(refused.stderr)
 
 
-def test_a_changed_ids_file_is_refused_on_resume(tiny_checkpoints, tmp_path, run_embed):
+def test_a_changed_ids_file_is_refused_on_resume(tmp_path, run_embed):
     stems = write_flickr30k_like(tmp_path / "flickr", n_images=12)
     first, other = tmp_path / "first.txt", tmp_path / "other.txt"
     first.write_text("\n".join(stems[:8]) + "\n")
@@ -91,8 +105,8 @@ def test_a_changed_ids_file_is_refused_on_resume(tiny_checkpoints, tmp_path, run
 
     def args(ids_file):
         return [
-            "models=clip",
-            f"models.clip.model_name={tiny_checkpoints['clip']}",
+            "models=simulated",
+            "models.simulated.batch_seconds=0",
             "datasets=flickr30k",
             f"datasets.flickr30k.path={tmp_path / 'flickr'}",
             f"datasets.flickr30k.ids_file={ids_file}",
@@ -157,36 +171,25 @@ def test_a_changed_jina_task_is_refused_against_the_finished_table(tmp_path, mon
     assert read_metadata(out)["job"]["models"]["jina_v4"]["task"] == "retrieval"
 
 
-def test_an_unfinished_job_refuses_fewer_pairs_and_takes_more(
-    tiny_checkpoints, inquire_dir, tmp_path, run_embed
-):
+def test_an_unfinished_job_refuses_fewer_pairs_and_takes_more(inquire_dir, tmp_path, run_embed):
     root, _ = inquire_dir
     out = tmp_path / "t.parquet"
-    siglip = f"models.siglip.model_name={tiny_checkpoints['siglip']}"
     common = [
-        f"models.clip.model_name={tiny_checkpoints['clip']}",
+        "models=simulated",
+        "models.simulated.batch_seconds=0",
         "datasets=inquire",
         f"datasets.inquire.path={root}",
         f"output_path={out}",
         "tasks.shard_size=8",
     ]
     killed = run_embed(
-        "models=[clip,siglip]",
-        siglip,
-        *common,
-        expect_ok=False,
-        env={"IMG_SEARCH_FAULT": "commit:2"},
+        *common, *simulated("second", 1), expect_ok=False, env={"IMG_SEARCH_FAULT": "commit:2"}
     )
     assert killed.returncode != 0
-    fewer = run_embed("models=clip", *common, expect_ok=False)
-    assert fewer.returncode == 2 and "also embeds siglip × inquire" in words(fewer.stderr)
-    more = run_embed(
-        "models=[clip,siglip,siglip2]",
-        siglip,
-        f"models.siglip2.model_name={tiny_checkpoints['siglip2']}",
-        *common,
-    )
-    assert "added to the unfinished job: siglip2 × inquire" in words(more.stderr)
+    fewer = run_embed(*common, expect_ok=False)
+    assert fewer.returncode == 2 and "also embeds second × inquire" in words(fewer.stderr)
+    more = run_embed(*common, *simulated("second", 1), *simulated("third", 2))
+    assert "added to the unfinished job: third × inquire" in words(more.stderr)
     assert "resumed: 16 rows" in more.stdout and "rows: 123" in more.stdout
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import queue
 import subprocess
 import sys
 from collections import Counter
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 from img_search.data.base import Shard, position_shards
 from img_search.pipeline.claims import PairClaims, ShardTask, merge_ranges
@@ -37,6 +39,25 @@ class ListSource:
     def items(self, shard: Shard, start: int, stop: int):
         for position in range(start, stop):
             yield position, self.all[position]
+
+
+class StreamSource(ListSource):
+    """A stream whose shards are read front to back; positions divisible by 5 hold no item."""
+
+    random_access = False
+
+    def __init__(self, n: int, reads: object) -> None:
+        super().__init__(n)
+        self.reads = reads
+
+    def items(self, shard: Shard, start: int, stop: int):
+        info = get_worker_info()  # (a queue: workers are other processes)
+        self.reads.put((None if info is None else info.id, shard.index, start, stop))
+        for position in range(shard.start, shard.stop):  # from the front, like a file
+            if position >= stop:
+                return
+            if position >= start and position % 5:
+                yield position, self.all[position]
 
 
 def prepare(item: Item) -> int:
@@ -114,6 +135,23 @@ def test_batches_do_not_depend_on_worker_count():
         (18, 20),
         (20, 23),
     ]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_is_read_once_per_shard_and_worker(workers):
+    reads = multiprocessing.get_context().Queue()
+    source = StreamSource(30, reads)
+    batches, feeder = run_stream(source, position_shards(30, 12), workers, 4)
+    expected = [f"item-{i}" for i in range(30) if i % 5 and i % 10 != 7]
+    assert [i for b in batches for i in b.ids] == expected
+    assert [b.window for b in batches] == [w for ws in feeder.windows for w in ws]
+    calls = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            calls.append(reads.get(timeout=1))
+    # each worker reads each shard once (a worker with no window of a shard does not read it)
+    assert len(calls) == len({(w, shard) for w, shard, _, _ in calls}) <= 3 * max(1, workers)
+    assert {shard for _, shard, _, _ in calls} == {0, 1, 2}
 
 
 def test_windows_skip_what_is_done():
