@@ -23,6 +23,7 @@ def test_readme_marks_blocks():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("launch")
 @pytest.mark.parametrize("number", range(len(marked_blocks())))
 def test_readme_block_runs(number, tmp_path):
     """In a fresh folder that has the repository's samples at the same relative path."""

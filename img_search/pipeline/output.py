@@ -37,8 +37,6 @@ class Opening:
     launch: str
     #: The (model, dataset) pairs this job still has to embed; empty: nothing to do.
     todo: list[tuple[str, str]] = field(default_factory=list)
-    #: Rows of the finished table this job appends to (0 for a new table).
-    appending_to: int = 0
     message: str = ""
     #: The pairs of ``todo`` with shards left to embed (the others wait only to be assembled).
     pending: list[tuple[str, str]] = field(default_factory=list)
@@ -78,7 +76,8 @@ def _committed(ledger: Ledger, model: str, dataset: str) -> bool:
 def _open(job: Job, ledger: Ledger, launch: str) -> Opening:
     settings = job.settings
     spec = job.spec()
-    _refuse_other_jobs(ledger, spec, launch, any_spec=settings.overwrite)
+    # starting over (overwrite, or resume=false) would pull the state from under any live process
+    _refuse_other_jobs(ledger, spec, launch, any_spec=settings.overwrite or not settings.resume)
     if settings.overwrite:
         _start_over(job, ledger)
         ledger.join(spec_fingerprint(spec), launch, rank=0)
@@ -166,11 +165,8 @@ def _continue(job: Job, ledger: Ledger, recorded: dict[str, Any], launch: str) -
         recorded["todo"] = [*recorded["todo"], *comparison.new_pairs]
         ledger.write_job(recorded)
         log.info("added to the unfinished job: %s", _pairs_text(comparison.new_pairs))
-    base = recorded.get("base") or {}
     log.info("resuming the unfinished job in %s", ledger.state_dir)
-    return Opening(
-        launch, todo=[tuple(p) for p in recorded["todo"]], appending_to=base.get("rows", 0)
-    )
+    return Opening(launch, todo=[tuple(p) for p in recorded["todo"]])
 
 
 def _append_or_nothing(job: Job, ledger: Ledger, finished: dict[str, Any], launch: str) -> Opening:
@@ -214,7 +210,7 @@ def _append_or_nothing(job: Job, ledger: Ledger, finished: dict[str, Any], launc
         }
     )
     log.info("%s is finished; appending %s", layout.path, _pairs_text(comparison.new_pairs))
-    return Opening(launch, todo=comparison.new_pairs, appending_to=finished.get("rows", 0))
+    return Opening(launch, todo=comparison.new_pairs)
 
 
 def recorded_pairs(metadata: dict[str, Any]) -> list[tuple[str, str]]:

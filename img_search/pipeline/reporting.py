@@ -25,12 +25,24 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bool = False) -> None:
-    """Rich log lines on the main process; other ranks only warn, to keep the terminal readable."""
+    """Rich log lines on the main process; other ranks only warn, to keep the terminal readable.
+
+    Off a terminal (a file, a Slurm log, a pipe) every message is one plain
+    line, never wrapped: what a user greps for stays on one line.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = RichHandler(console=console, show_path=False, rich_tracebacks=rich_tracebacks)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(
+            console=console, show_path=False, rich_tracebacks=rich_tracebacks
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        )
     root.addHandler(handler)
     root.setLevel(level.upper() if is_main else "WARNING")
     if not sys.stderr.isatty() and level.upper() != "DEBUG":

@@ -107,6 +107,7 @@ def test_a_long_shard_commits_as_it_goes(clean_table, inquire_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("launch")
 @pytest.mark.parametrize("fault", POINTS_2_RANKS)
 def test_two_ranks_one_killed_then_rerun(fault, clean_table, inquire_dir, tmp_path):
     root, _ = inquire_dir

@@ -152,6 +152,7 @@ LAUNCHERS = {
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("launch")
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_ranks_equal_one_rank(
     launcher, two_model_run, tiny_checkpoints, inquire_dir, tmp_path, run_embed

@@ -155,6 +155,7 @@ def test_minilm_puts_paraphrases_together(three_model_table):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("launch")
 def test_two_ranks_equal_one_rank_on_odd_count(tiny_checkpoints, tmp_path, run_embed_text):
     lines = [
         line for line in SAMPLE_CAPTIONS.read_text(encoding="utf-8").splitlines() if line.strip()

@@ -13,12 +13,20 @@ from fastapi.testclient import TestClient
 from img_search.store import read_embeddings, read_metadata
 from img_search.testing.fixtures import jpeg_bytes, synthetic_image
 
+#: Two models of different dimensions; the simulated model has an image and a text side.
+MODELS = [
+    "models=simulated",
+    "models.simulated.batch_seconds=0",
+    "+models.other.model=simulated",
+    "+models.other.dim=32",
+    "+models.other.seed=1",
+    "+models.other.batch_seconds=0",
+]
 
-def clip_args(checkpoints, root, out, *extra) -> list[str]:
+
+def job_args(root, out, *extra) -> list[str]:
     return [
-        "models=[clip,siglip2]",
-        f"models.clip.model_name={checkpoints['clip']}",
-        f"models.siglip2.model_name={checkpoints['siglip2']}",
+        *MODELS,
         "datasets=inquire",
         f"datasets.inquire.path={root}",
         f"output_path={out}",
@@ -29,13 +37,13 @@ def clip_args(checkpoints, root, out, *extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tables(tiny_checkpoints, inquire_dir, tmp_path_factory):
+def tables(inquire_dir, tmp_path_factory):
     """The same job into a folder table and into one file."""
     root, _ = inquire_dir
     work = tmp_path_factory.mktemp("folder_table")
     made = {}
     for form, out in (("folder", work / "inquire"), ("file", work / "inquire.parquet")):
-        result = run_module("img_search.pipeline.embed", *clip_args(tiny_checkpoints, root, out))
+        result = run_module("img_search.pipeline.embed", *job_args(root, out))
         assert result.returncode == 0, result.stderr[-3000:]
         assert "rows: 82" in result.stdout
         made[form] = out
@@ -56,7 +64,7 @@ def test_folder_holds_parts_and_metadata_only(tables):
 
 def test_folder_rows_equal_the_single_file(tables, inquire_dir):
     _, expected_ids = inquire_dir
-    for model in ("clip", "siglip2"):
+    for model in ("simulated", "other"):
         folder = read_embeddings(tables["folder"], model_name=model)
         single = read_embeddings(tables["file"], model_name=model)
         assert list(folder.ids) == list(single.ids) == expected_ids  # dataset order, shard by shard
@@ -80,12 +88,13 @@ def test_folder_opens_in_common_readers(tables, tmp_path):
         f"select model_name, count(*), min(len(embedding)), max(len(embedding)) "
         f"from read_parquet('{folder}/*.parquet') group by model_name order by model_name"
     ).fetchall()
-    assert counts == [("clip", 41, 32, 32), ("siglip2", 41, 32, 32)]
+    assert counts == [("other", 41, 32, 32), ("simulated", 41, 64, 64)]
     hf = datasets.load_dataset(
         "parquet", data_dir=str(folder), split="train", cache_dir=str(tmp_path / "hf")
     )
     assert hf.num_rows == 82
-    row = hf.filter(lambda r: r["model_name"] == "clip" and r["id"] == single["id"][0].as_py())[0]
+    first = single["id"][0].as_py()
+    row = hf.filter(lambda r: r["model_name"] == "simulated" and r["id"] == first)[0]
     np.testing.assert_allclose(row["embedding"], single["embedding"][0].as_py(), rtol=1e-6)
 
 
@@ -95,7 +104,7 @@ def test_search_query_and_build_take_a_folder(tables, inquire_dir):
     result = run_module(
         "img_search.search.query",
         f"index={folder}",
-        "model_name=clip",
+        "model_name=simulated",
         f"id={expected_ids[3]}",
         "k=5",
         "json=true",
@@ -103,15 +112,15 @@ def test_search_query_and_build_take_a_folder(tables, inquire_dir):
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)["hits"]
     assert len(hits) == 5 and expected_ids[3] not in [h["id"] for h in hits]
-    table = read_embeddings(folder, model_name="clip")
+    table = read_embeddings(folder, model_name="simulated")
     scores = table.vectors @ table.vectors[3]
     scores[3] = -np.inf
     assert [h["id"] for h in hits] == list(table.ids[np.argsort(-scores)[:5]])
     built = run_module(
-        "img_search.search.build", f"table={folder}", "model_name=siglip2", "indexes=[faiss_hnsw]"
+        "img_search.search.build", f"table={folder}", "model_name=other", "indexes=[faiss_hnsw]"
     )
     assert built.returncode == 0, built.stderr
-    assert folder.with_name("inquire.siglip2.inquire.faiss_hnsw.index").is_dir()
+    assert folder.with_name("inquire.other.inquire.faiss_hnsw.index").is_dir()
 
 
 def test_serve_answers_from_a_folder(tables, inquire_dir):
@@ -119,10 +128,10 @@ def test_serve_answers_from_a_folder(tables, inquire_dir):
     from img_search.serve.catalog import load_catalog
 
     _, expected_ids = inquire_dir
-    catalog = load_catalog({"images": {"table": str(tables["folder"]), "model_name": "siglip2"}})
+    catalog = load_catalog({"images": {"table": str(tables["folder"]), "model_name": "other"}})
     with TestClient(create_app(catalog, ServeSettings(default_k=4))) as client:
         tables_info = client.get("/api/tables").json()["tables"]
-        assert tables_info[0]["rows"] == 41 and tables_info[0]["model_name"] == "siglip2"
+        assert tables_info[0]["rows"] == 41 and tables_info[0]["model_name"] == "other"
         text = client.get("/api/search/text", params={"q": "a bird", "k": 4}).json()
         assert len(text["results"]) == 4 and {h["id"] for h in text["results"]} <= set(expected_ids)
         similar = client.get("/api/similar", params={"id": expected_ids[0], "k": 3}).json()
@@ -131,7 +140,7 @@ def test_serve_answers_from_a_folder(tables, inquire_dir):
         assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
 
 
-def test_folder_table_killed_while_finishing_then_rerun(tiny_checkpoints, tmp_path, run_embed):
+def test_folder_table_killed_while_finishing_then_rerun(tmp_path, run_embed):
     """Bad items and a crash during the last renames: the rerun finishes, the errors come with it."""
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -140,8 +149,7 @@ def test_folder_table_killed_while_finishing_then_rerun(tiny_checkpoints, tmp_pa
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "photos_table"
     args = [
-        "models=clip",
-        f"models.clip.model_name={tiny_checkpoints['clip']}",
+        *MODELS[:2],
         "datasets=image_folder",
         f"datasets.image_folder.path={photos}",
         f"output_path={out}",
@@ -154,7 +162,7 @@ def test_folder_table_killed_while_finishing_then_rerun(tiny_checkpoints, tmp_pa
     assert "rows: 9" in rerun.stdout and "errors: 1" in rerun.stdout
     assert sorted(read_embeddings(out).ids) == [f"{i}.jpg" for i in range(9)]
     errors = pq.read_table(tmp_path / "photos_table.errors.parquet").to_pylist()
-    assert [(e["id"], e["model_name"]) for e in errors] == [("broken.jpg", "clip")]
+    assert [(e["id"], e["model_name"]) for e in errors] == [("broken.jpg", "simulated")]
     assert "cannot decode" in errors[0]["reason"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "photos",

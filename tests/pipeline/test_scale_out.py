@@ -18,7 +18,8 @@ from conftest import OFFLINE, REPO, run_module, venv_bin
 from img_search.store import read_embeddings, read_metadata
 from img_search.testing.fixtures import write_photo_folder
 
-pytestmark = pytest.mark.slow
+#: Launchers listen on ports: the tests that start them run one at a time (pytest -n 2).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("launch")]
 
 
 def torchrun(ranks: int) -> list[str]:
