@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -14,6 +16,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALL
 os.environ.update(OFFLINE)
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 SAMPLE_PHOTOS = REPO / "img_search" / "samples" / "photos"
 SAMPLE_CAPTIONS = REPO / "img_search" / "samples" / "captions.jsonl"
 
@@ -35,6 +38,28 @@ def accelerate_two_ranks() -> list[str]:
     ]
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]
+) -> T:
+    """``build(folder)`` once per test session, whatever the number of pytest-xdist workers.
+
+    Workers share the parent of their temporary folders; the first to get the
+    lock builds, the others reuse its result.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / f"shared-{name}"
+    result = folder / "result.json"
+    with FileLock(str(folder) + ".lock"):
+        if not result.exists():
+            folder.mkdir(exist_ok=True)
+            value = build(folder)
+            result.write_text(json.dumps(value, default=str))
+    return json.loads(result.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Random-weight CLIP, SigLIP and SigLIP2 saved with ``save_pretrained`` (projection dim 32)."""
@@ -44,12 +69,15 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         build_tiny_siglip2,
     )
 
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {
-        "clip": build_tiny_clip(root / "clip"),
-        "siglip": build_tiny_siglip(root / "siglip"),
-        "siglip2": build_tiny_siglip2(root / "siglip2"),
-    }
+    def build(root: Path) -> dict[str, str]:
+        return {
+            "clip": str(build_tiny_clip(root / "clip")),
+            "siglip": str(build_tiny_siglip(root / "siglip")),
+            "siglip2": str(build_tiny_siglip2(root / "siglip2")),
+        }
+
+    built = built_once(tmp_path_factory, "checkpoints", build)
+    return {name: Path(path) for name, path in built.items()}
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +85,12 @@ def inquire_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
     """An INQUIRE-Rerank-shaped local copy: 41 distinct images over 54 (query, image) rows."""
     from img_search.testing.fixtures import write_inquire_like
 
-    root = tmp_path_factory.mktemp("inquire")
-    return root, write_inquire_like(root, n_images=41)
+    built = built_once(
+        tmp_path_factory,
+        "inquire",
+        lambda root: {"root": str(root), "ids": write_inquire_like(root, n_images=41)},
+    )
+    return Path(built["root"]), built["ids"]
 
 
 def run_module(
@@ -109,26 +141,26 @@ def venv_bin(name: str) -> str:
 @pytest.fixture(scope="session")
 def demo_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """What ``make demo`` writes: EfficientNet-Lite0 over the sample photos, MiniLM over their captions."""
-    root = tmp_path_factory.mktemp("demo")
-    tables = {"images": root / "images.parquet", "captions": root / "captions.parquet"}
-    embed, embed_text = (
-        cli_runner("img_search.pipeline.embed"),
-        cli_runner("img_search.pipeline.embed_text"),
-    )
-    embed(
-        "models=efficientnet_lite0",
-        "datasets=image_folder",
-        f"datasets.image_folder.path={SAMPLE_PHOTOS}",
-        f"output_path={tables['images']}",
-    )
-    embed_text(
-        "models=minilm",
-        "text_dataset=captions_jsonl",
-        f"text_dataset.path={SAMPLE_CAPTIONS}",
-        "text_dataset.name=sample_captions",
-        f"output_path={tables['captions']}",
-    )
-    return tables
+
+    def build(root: Path) -> dict[str, str]:
+        tables = {"images": root / "images.parquet", "captions": root / "captions.parquet"}
+        cli_runner("img_search.pipeline.embed")(
+            "models=efficientnet_lite0",
+            "datasets=image_folder",
+            f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+            f"output_path={tables['images']}",
+        )
+        cli_runner("img_search.pipeline.embed_text")(
+            "models=minilm",
+            "text_dataset=captions_jsonl",
+            f"text_dataset.path={SAMPLE_CAPTIONS}",
+            "text_dataset.name=sample_captions",
+            f"output_path={tables['captions']}",
+        )
+        return {name: str(path) for name, path in tables.items()}
+
+    built = built_once(tmp_path_factory, "demo", build)
+    return {name: Path(path) for name, path in built.items()}
 
 
 @pytest.fixture
