@@ -23,6 +23,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,7 @@ class Ledger:
         """Register this process and keep its heartbeat fresh until ``leave()``."""
         pid = os.getpid()
         self.me = Member(
-            id=f"{HOST}-{pid}",
+            id=f"{HOST}-{pid}-{uuid.uuid4().hex[:6]}",  # a reused pid is another process
             host=HOST,
             pid=pid,
             started=process_start_time(pid),

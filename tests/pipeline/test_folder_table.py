@@ -98,7 +98,7 @@ def test_folder_opens_in_common_readers(tables, tmp_path):
     np.testing.assert_allclose(row["embedding"], single["embedding"][0].as_py(), rtol=1e-6)
 
 
-def test_search_query_and_build_take_a_folder(tables, inquire_dir):
+def test_search_query_build_and_evaluate_take_a_folder(tables, inquire_dir):
     _, expected_ids = inquire_dir
     folder = tables["folder"]
     result = run_module(
@@ -121,6 +121,18 @@ def test_search_query_and_build_take_a_folder(tables, inquire_dir):
     )
     assert built.returncode == 0, built.stderr
     assert folder.with_name("inquire.other.inquire.faiss_hnsw.index").is_dir()
+    evaluated = run_module(
+        "img_search.search.evaluate",
+        "task=inquire",
+        f"images={folder}",
+        "model_name=simulated",
+        f"inquire.path={inquire_dir[0]}",
+        "json=true",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    splits = json.loads(evaluated.stdout)["splits"]
+    assert sorted(splits) == ["test", "validation"]
+    assert all(s["missing_candidates"] == 0 for s in splits.values())
 
 
 def test_serve_answers_from_a_folder(tables, inquire_dir):
