@@ -49,10 +49,10 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Two pytest workers: most tests wait on one single-threaded process start-up at a time. Tests
+# Three pytest workers on two cores: most tests wait on a single-threaded process start-up. Tests
 # that start launchers (torchrun, accelerate) share the group "launch", so they run one at a time.
 test: lint browser
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 3 --dist loadgroup
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -48,6 +48,7 @@ auto workers were slower on a busy 2-core machine (resumed run 12.4 s vs 6.6 s).
     python benchmarks/resume_memory.py                               # 1M items resumed at 90% vs 10k fresh
     python benchmarks/resume_memory.py --items 20000 --fresh 2000    # a quick check (~1 min)
     python benchmarks/resume_memory.py --workers -1                  # the pipeline's own worker count
+    python benchmarks/resume_memory.py --streaming                   # the table as 100 Parquet files, streamed
 
 Tables, the Arrow cache, outputs and logs (``logs/<phase>.stdout|stderr``)
 live under ``--work`` (default ``$TMPDIR/img_search_resume_memory``; kept, so
@@ -105,7 +106,7 @@ def tiny_pngs(count: int) -> list[bytes]:
     return images
 
 
-def write_table(path: Path, items: int) -> Path:
+def write_table(path: Path, items: int, first: int = 0) -> Path:
     """A Parquet table of ``items`` tiny images with unique ids, written chunk by chunk; cached."""
     if path.exists() and pq.ParquetFile(path).metadata.num_rows == items:
         return path
@@ -113,8 +114,8 @@ def write_table(path: Path, items: int) -> Path:
     pngs = pa.array(tiny_pngs(DISTINCT_IMAGES), pa.binary())
     tmp = path.with_name(f".{path.name}.tmp")
     with pq.ParquetWriter(tmp, SCHEMA) as writer:
-        for start in range(0, items, CHUNK_ROWS):
-            stop = min(start + CHUNK_ROWS, items)
+        for start in range(first, first + items, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, first + items)
             numbers = np.arange(start, stop)
             images = pa.StructArray.from_arrays(
                 [
@@ -129,6 +130,15 @@ def write_table(path: Path, items: int) -> Path:
             writer.write_table(pa.table([images, keys], schema=SCHEMA), row_group_size=10_000)
     os.replace(tmp, path)
     return path
+
+
+def write_files(folder: Path, items: int, files: int) -> Path:
+    """The same table as ``files`` Parquet files in the Hub layout (``data/train-…-of-….parquet``)."""
+    per_file = math.ceil(items / files)
+    for number, first in enumerate(range(0, items, per_file)):
+        name = f"train-{number:05d}-of-{files:05d}.parquet"
+        write_table(folder / "data" / name, min(per_file, items - first), first)
+    return folder
 
 
 # -- measured runs ------------------------------------------------------------------------
@@ -188,7 +198,7 @@ def failed(run: Run, why: str) -> None:
 
 
 def embed_command(
-    table: Path, out: Path, shard_size: int, batch_size: int, workers: int
+    table: Path, out: Path, shard_size: int, batch_size: int, workers: int, streaming: bool
 ) -> list[str]:
     return [
         sys.executable,
@@ -199,6 +209,7 @@ def embed_command(
         "datasets=hf_images",
         f"datasets.hf_images.path={table}",
         "datasets.hf_images.id_column=key",
+        f"datasets.hf_images.streaming={str(streaming).lower()}",
         f"output_path={out}",
         f"tasks.batch_size={batch_size}",
         f"tasks.shard_size={shard_size}",
@@ -261,6 +272,11 @@ def main() -> None:
         help="tasks.num_workers of both runs (-1: the pipeline's auto)",
     )
     parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="the tables as --shards Parquet files each (one shard per file), read streaming",
+    )
+    parser.add_argument(
         "--work", type=Path, default=Path(tempfile.gettempdir()) / "img_search_resume_memory"
     )
     args = parser.parse_args()
@@ -291,12 +307,17 @@ def main() -> None:
     )
 
     started = time.perf_counter()
-    big = write_table(work / "data" / f"images-{args.items}.parquet", args.items)
-    small = write_table(work / "data" / f"images-{args.fresh}.parquet", args.fresh)
+    if args.streaming:
+        big = write_files(work / "data" / f"files-{args.items}", args.items, shards)
+        small = write_files(work / "data" / f"files-{args.fresh}", args.fresh, 1)
+    else:
+        big = write_table(work / "data" / f"images-{args.items}.parquet", args.items)
+        small = write_table(work / "data" / f"images-{args.fresh}.parquet", args.fresh)
     generated = time.perf_counter() - started
-    converted = convert(small, env) + convert(big, env)
+    converted = 0.0 if args.streaming else convert(small, env) + convert(big, env)
+    size = sum(p.stat().st_size for p in ([big] if big.is_file() else big.rglob("*.parquet")))
     print(
-        f"[prepare] tables {generated:.1f} s ({big.stat().st_size / 2**20:.1f} MiB for "
+        f"[prepare] tables {generated:.1f} s ({size / 2**20:.1f} MiB for "
         f"{args.items:,} items), Arrow cache {converted:.1f} s",
         flush=True,
     )
@@ -305,7 +326,7 @@ def main() -> None:
     clear_output(fresh_out)
     fresh = measure(
         "fresh",
-        embed_command(small, fresh_out, shard_size, args.batch_size, args.workers),
+        embed_command(small, fresh_out, shard_size, args.batch_size, args.workers, args.streaming),
         env,
         logs,
     )
@@ -315,7 +336,9 @@ def main() -> None:
 
     resume_out = work / "out" / "resume.parquet"
     clear_output(resume_out)
-    command = embed_command(big, resume_out, shard_size, args.batch_size, args.workers)
+    command = embed_command(
+        big, resume_out, shard_size, args.batch_size, args.workers, args.streaming
+    )
     interrupted = measure(
         "interrupted", command, {**env, "IMG_SEARCH_FAULT": f"commit:{kill_after}"}, logs
     )

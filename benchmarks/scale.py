@@ -14,7 +14,7 @@ coordination (waiting for the slowest rank, collectives, the main process
 writing for everyone), not to compute. The two designs:
 
   - shards: the working tree, where every process claims shards, embeds and
-    commits them itself (``tasks.shard_size=100``);
+    commits them itself (``tasks.shard_size=48``: 6 batches, 84 shards);
   - lockstep: the old design of commit ``dc228a6`` (checked out into a
     temporary ``git worktree`` and imported with ``PYTHONPATH``), where every
     step all-gathers ids and vectors to the main process, which writes.
@@ -414,7 +414,11 @@ def main() -> None:
     )
     parser.add_argument("--jitter", type=float, default=0.3, help="± fraction of --batch-seconds")
     parser.add_argument(
-        "--shard-size", type=int, default=100, help="tasks.shard_size of the shards design"
+        "--shard-size",
+        type=int,
+        default=48,
+        help="tasks.shard_size of the shards design (whole batches; small, so that the end of a "
+        "run this short is not one rank finishing a long shard alone)",
     )
     parser.add_argument("--old-commit", default=OLD_COMMIT, help="the lockstep design's commit")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per launch")

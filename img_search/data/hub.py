@@ -40,10 +40,13 @@ def rows_to_keep(ids: pa.ChunkedArray, dedupe: bool, wanted: set[str] | None) ->
     """Which rows are items: the first row of each id (``dedupe``), and only ``wanted`` ids."""
     keep = np.ones(len(ids), dtype=bool)
     if dedupe and len(ids):
-        rows = pa.table({"id": ids, "row": np.arange(len(ids))})
-        first = rows.group_by("id", use_threads=False).aggregate([("row", "min")])
-        keep[:] = False
-        keep[first.column("row_min").to_numpy()] = True
+        # a stable sort puts each id's first row first among its equals (no hash table of
+        # millions of strings, which Arrow's allocator would keep after use)
+        order = pc.array_sort_indices(ids).to_numpy()
+        ranked = ids.take(pa.array(order))
+        repeated = pc.equal(ranked.slice(1), ranked.slice(0, len(ranked) - 1))
+        later = np.flatnonzero(repeated.to_numpy(zero_copy_only=False)) + 1
+        keep[order[later]] = False
     if wanted is not None:
         keep &= pc.is_in(ids, pa.array(sorted(wanted), pa.string())).to_numpy(zero_copy_only=False)
     return keep

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,8 @@ class Job:
     encoders: dict[str, Encoder]
     sources: dict[str, Any]
     config: dict[str, Any]
-    #: Filled by ``run_job``: what this launch did (see ``reporting.LaunchReport``).
+    #: Filled by ``run_job`` on the main process: each process's ``reporting.ProcessReport``.
     report: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def output_path(self) -> Path:
-        return self.layout.path
 
     def spec(self) -> dict[str, Any]:
         """What the rows of this job are made of, from the config alone."""

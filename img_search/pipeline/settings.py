@@ -48,7 +48,8 @@ class TaskSettings:
     max_image_pixels: int = 178_956_970
     build_retries: int = 3
     build_backoff_s: float = 2.0
-    #: Items per shard of a random-access source; null: about 64 shards of 256 to 10,000 items.
+    #: Items per shard of a random-access source; null: about 64 shards of 256 to 10,000 items
+    #: (whole batches).
     #: (A multi-file streaming source has one shard per file.)
     shard_size: int | None = None
     #: A shard still being embedded is also committed this often, so a crash loses at most this much.
@@ -105,11 +106,16 @@ class TaskSettings:
         return cls(**values)
 
     def shard_size_for(self, items: int) -> int:
-        """The shard size of a source of ``items`` items: as set, or about 64 shards (never by world size,
-        so the same listing gives the same shards however many processes run it)."""
+        """The shard size of a source of ``items`` items: as set, or about 64 shards.
+
+        Never from the number of processes, so the same listing gives the same
+        shards however many run it. Auto sizes are whole batches: a shard's last
+        batch is not a small one that costs a full forward pass.
+        """
         if self.shard_size is not None:
             return self.shard_size
-        return min(AUTO_SHARD_MAX, max(AUTO_SHARD_MIN, math.ceil(items / AUTO_SHARDS)))
+        size = min(AUTO_SHARD_MAX, max(AUTO_SHARD_MIN, math.ceil(items / AUTO_SHARDS)))
+        return math.ceil(size / self.batch_size) * self.batch_size
 
     def loader_workers(self, device_type: str, local_processes: int, heavy: bool = True) -> int:
         """Auto: on GPU most cores decode; on CPU one idle-priority worker per core.
