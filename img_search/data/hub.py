@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from img_search.data.base import ImageDataset, ImageItem, Shard, fingerprint_arrays
+from img_search.data.mapped_pages import release_pages
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,19 @@ def load_hf_dataset(
     streaming: bool = False,
     revision: str | None = None,
 ) -> Any:
-    """Load and concatenate ``splits`` of a Hub dataset, a local dataset folder or Parquet file(s)."""
+    """Load and concatenate ``splits`` of a Hub dataset, a local dataset folder or Parquet file(s).
+
+    The pages of the Arrow cache that opening it touched are handed back
+    (``mapped_pages``): the process's memory does not start at the size of
+    the dataset.
+    """
     import datasets
 
     parts = load_hf_splits(path, splits, streaming=streaming, revision=revision)
-    if len(parts) == 1:
-        return parts[0]
-    return datasets.concatenate_datasets(parts)
+    table = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if not streaming:
+        release_pages(f["filename"] for f in table.cache_files)
+    return table
 
 
 def file_shards(splits: list[Any]) -> list[Any]:
@@ -177,7 +184,7 @@ class HubImageDataset(ImageDataset):
         self._offsets = np.zeros(0, dtype=np.int64)  # streaming: first row number of each file
         self._stream_keep: list[np.ndarray] = []  # streaming: which rows of each file are items
         self._stream_ids: list[pa.ChunkedArray] = []  # streaming: the id of each row of each file
-        self._ids = pa.chunked_array([], pa.string())  # the id of each row (not streaming)
+        self._ids = pa.chunked_array([], pa.string())  # the id of each item (not streaming)
         self._stream_listing = (0, "")
         self.random_access = not streaming  # type: ignore[misc]
 
@@ -190,6 +197,8 @@ class HubImageDataset(ImageDataset):
         self._check_columns(table.column_names)
         self._table = self._image_rows(table)
         self._rows = self._select_rows(table)
+        # the items' ids are a copy; reading them touched every record batch of the mapped cache
+        release_pages(f["filename"] for f in table.cache_files)
         log.info("dataset %s: %d items from %d rows", self.name, len(self._rows), len(table))
 
     def _image_rows(self, table: Any) -> Any:
@@ -256,8 +265,10 @@ class HubImageDataset(ImageDataset):
         return counts, pa.chunked_array([c for chunk in chunks for c in chunk.chunks], pa.string())
 
     def _select_rows(self, table: Any) -> np.ndarray:
-        self._ids = self._ids_of_rows(table)
-        rows = np.flatnonzero(rows_to_keep(self._ids, self.dedupe, self._keep))
+        """The rows that are items, and their ids (``take`` copies them out of the mapped cache)."""
+        ids = self._ids_of_rows(table)
+        rows = np.flatnonzero(rows_to_keep(ids, self.dedupe, self._keep))
+        self._ids = ids.take(pa.array(rows))
         if self._keep is not None:
             missing = len(self._keep) - len(rows)
             if missing > 0:
@@ -280,22 +291,19 @@ class HubImageDataset(ImageDataset):
             raise RuntimeError(f"dataset {self.name}: build() first")
         row_index = int(self._rows[position])
         row = self._table[row_index]
-        return ImageItem(id=self._ids[row_index].as_py(), source=row[self.image_column])
+        return ImageItem(id=self._ids[position].as_py(), source=row[self.image_column])
 
     def item_ids(self) -> list[str]:
         if self._rows is None:
             return super().item_ids()  # a stream: read it through
-        return self._selected_ids().to_pylist()
+        return self._ids.to_pylist()
 
     def listing(self) -> tuple[int, str]:
         if self.streaming:
             return self._stream_listing
         if self._rows is None:
             raise RuntimeError(f"dataset {self.name}: build() first")
-        return len(self._rows), fingerprint_arrays(self._selected_ids())
-
-    def _selected_ids(self) -> pa.ChunkedArray:
-        return self._ids.take(pa.array(self._rows))
+        return len(self._rows), fingerprint_arrays(self._ids)
 
     def shards(self, shard_size: int) -> list[Shard]:
         if not self.streaming:
