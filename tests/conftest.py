@@ -14,6 +14,9 @@ import pytest
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 os.environ.update(OFFLINE)
+# Tests run three at a time on two cores: one OpenMP thread per process (pytest's and every
+# CLI run's), so that no thread spins waiting for a core another test holds.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

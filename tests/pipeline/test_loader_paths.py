@@ -20,35 +20,28 @@ def args(checkpoints, data, out, *extra):
     ]
 
 
-def test_workers_and_in_process_give_identical_rows(
+def test_workers_give_identical_rows_and_float16_round_trips(
     tiny_checkpoints, inquire_dir, tmp_path, run_embed
 ):
     root, _ = inquire_dir
-    tables = {}
-    for workers in (0, 1, 2):
-        out = tmp_path / f"w{workers}.parquet"
-        run_embed(*args(tiny_checkpoints, root, out, f"tasks.num_workers={workers}"))
-        tables[workers] = read_embeddings(out)
-    base = tables[0]
-    order = np.argsort(base.ids)
-    for workers in (1, 2):
-        other = tables[workers]
-        assert sorted(other.ids) == sorted(base.ids)
-        # same batches whatever the worker count, so bit-identical, not merely close
-        np.testing.assert_array_equal(other.vectors[np.argsort(other.ids)], base.vectors[order])
-
-
-def test_float16_output_round_trips(tiny_checkpoints, inquire_dir, tmp_path, run_embed):
-    root, _ = inquire_dir
-    full, half = tmp_path / "f32.parquet", tmp_path / "f16.parquet"
-    run_embed(*args(tiny_checkpoints, root, full, "tasks.num_workers=0"))
+    base_out, workers_out, half_out = (tmp_path / f"{n}.parquet" for n in ("w0", "w2", "f16"))
+    run_embed(*args(tiny_checkpoints, root, base_out, "tasks.num_workers=0"))
+    run_embed(*args(tiny_checkpoints, root, workers_out, "tasks.num_workers=2"))
     run_embed(
-        *args(tiny_checkpoints, root, half, "tasks.num_workers=0", "tasks.output_dtype=float16")
+        *args(tiny_checkpoints, root, half_out, "tasks.num_workers=0", "tasks.output_dtype=float16")
     )
-    assert str(pq.read_schema(half).field("embedding").type.value_type) == "halffloat"
-    assert read_metadata(half)["output_dtype"] == "float16"
-    a, b = read_embeddings(full), read_embeddings(half)
-    assert b.vectors.dtype == np.float32  # the reader hands out float32 either way
-    assert list(a.ids) == list(b.ids)
-    np.testing.assert_array_equal(b.vectors, a.vectors.astype(np.float16).astype(np.float32))
-    np.testing.assert_allclose(b.vectors, a.vectors, atol=1e-3, rtol=1e-3)
+    base, other = read_embeddings(base_out), read_embeddings(workers_out)
+    assert sorted(other.ids) == sorted(base.ids)
+    # same batches whatever the worker count (window j of a shard goes to worker j % 2), so
+    # bit-identical, not merely close
+    np.testing.assert_array_equal(
+        other.vectors[np.argsort(other.ids)], base.vectors[np.argsort(base.ids)]
+    )
+
+    assert str(pq.read_schema(half_out).field("embedding").type.value_type) == "halffloat"
+    assert read_metadata(half_out)["output_dtype"] == "float16"
+    half = read_embeddings(half_out)
+    assert half.vectors.dtype == np.float32  # the reader hands out float32 either way
+    assert list(base.ids) == list(half.ids)
+    np.testing.assert_array_equal(half.vectors, base.vectors.astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(half.vectors, base.vectors, atol=1e-3, rtol=1e-3)

@@ -45,9 +45,9 @@ def test_exact_search_returns_the_true_top_10(data, truth):
     assert (positions == expected_positions).mean() == 1.0
 
 
-@pytest.mark.parametrize(("kind", "rows"), [("faiss_hnsw", N), ("usearch", 30_000)])
+@pytest.mark.parametrize(("kind", "rows"), [("faiss_hnsw", N), ("usearch", 10_000)])
 def test_graph_indexes_reach_the_recall_goal(kind, rows, data, truth):
-    """FAISS HNSW on all 100k; usearch (slower to build here) on the first 30k."""
+    """FAISS HNSW on all 100k; usearch (slower to build here) on the first 10k."""
     vectors, queries = data
     vectors = vectors[:rows]
     index = make_index(kind, DIM)
