@@ -80,6 +80,9 @@ def finalize(job: Job, ledger: Ledger) -> Outcome:
         if unfinished:
             return Outcome(False, waiting=_waiting_text(ledger, claims, unfinished))
         records[(model, dataset)] = list(claims.records())
+    working = ledger.working_members()
+    if working:
+        return Outcome(False, waiting=_working_text(working))
     if ledger.take(FINALIZE) is None:
         return Outcome(False, waiting="another process is assembling the table")
     return _assemble(job, ledger, record, records)
@@ -91,6 +94,14 @@ def _waiting_text(ledger: Ledger, claims: PairClaims, unfinished: list[int]) -> 
         f"{len(unfinished)} shard(s) of {claims.model} × {claims.dataset} are not committed yet "
         f"(held by {', '.join(holders)}); the last process to finish assembles the table, "
         "and a rerun of the same command takes over what a stopped process held"
+    )
+
+
+def _working_text(working: list[dict[str, Any]]) -> str:
+    others = ", ".join(f"{m.get('host')} pid {m.get('pid')}" for m in working)
+    return (
+        f"every shard is committed, and {len(working)} other process(es) are finishing "
+        f"({others}); the last of them assembles the table"
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from img_search.store.atomic import HOST, atomic_write_text, create_exclusive, is_temporary
+
+log = logging.getLogger(__name__)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -126,7 +129,17 @@ class Ledger:
         current = read_json(path) or {}
         current.update(self.me.__dict__)
         current.update(values)
-        atomic_write_text(path, json.dumps(current, default=str))
+        try:
+            atomic_write_text(path, json.dumps(current, default=str))
+        except FileNotFoundError:
+            if self.state_dir.exists():
+                raise
+            # another process finished the table and removed the job state after this
+            # process's last commit; what it did is in the table, only these statistics are not
+            log.warning(
+                "the job state %s is gone: this process's statistics are not recorded",
+                self.state_dir,
+            )
 
     def leave(self) -> None:
         """Stop the heartbeat (the process file stays: it holds this process's statistics)."""
@@ -189,6 +202,16 @@ class Ledger:
 
     def live_members(self) -> list[dict[str, Any]]:
         return [data for data, _ in self.members() if self.is_alive(str(data.get("id")))]
+
+    def working_members(self) -> list[dict[str, Any]]:
+        """Other live processes that have not said they are done (they may still write here).
+
+        The main process of a launch finalises after its own ranks are done
+        (they met it at the end), so this is other launches: one that has
+        committed its last shard but not yet recorded its statistics.
+        """
+        me = self.me.id if self.me is not None else None
+        return [m for m in self.live_members() if m.get("id") != me and not m.get("done")]
 
     # -- exclusive holds -----------------------------------------------------------
     def take(self, name: str) -> int | None:

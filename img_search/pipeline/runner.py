@@ -126,7 +126,8 @@ def run_pairs(
                 ledger.update({"passes": [s.as_dict() for s in report.stats]})
             release(encoder, accelerator)
     report.collectives, report.collective_bytes = COUNT.calls, COUNT.bytes
-    ledger.update({"collectives": COUNT.calls, "collective_bytes": COUNT.bytes})
+    # "done" last: a finaliser of another launch waits for live processes without it
+    ledger.update({"collectives": COUNT.calls, "collective_bytes": COUNT.bytes, "done": True})
     return report
 
 

@@ -6,6 +6,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -252,6 +253,34 @@ def test_liveness_by_pid_on_this_host_and_by_heartbeat_elsewhere(tmp_path):
         os.utime(remote, (old, old))
         assert not ledger.is_alive("far-1")  # silent for longer than the lease
         assert [m["id"] for m in ledger.live_members()] == [me.id]
+    finally:
+        ledger.leave()
+
+
+def test_the_finaliser_waits_for_live_processes_that_are_not_done(tmp_path):
+    """A launch that committed its last shard may still record its statistics: the table waits for it."""
+    ledger = make_ledger(tmp_path / "state", lease_s=60)
+    try:
+        processes = ledger.processes_dir
+        host = ledger.me.host
+        (processes / "vm-dead.json").write_text(
+            f'{{"id": "vm-dead", "host": "{host}", "pid": 999999, "started": "1"}}'
+        )
+        (processes / "far-1.json").write_text('{"id": "far-1", "host": "elsewhere", "pid": 1}')
+        (processes / "far-2.json").write_text(
+            '{"id": "far-2", "host": "elsewhere", "pid": 2, "done": true}'
+        )
+        # not me, not the dead process, not the one that is done: the live one still working
+        assert [m["id"] for m in ledger.working_members()] == ["far-1"]
+        ledger.update({"done": True})
+        (processes / "far-1.json").write_text(
+            '{"id": "far-1", "host": "elsewhere", "pid": 1, "done": true}'
+        )
+        assert ledger.working_members() == []
+        # the job state removed by whoever finished the table: this process's last word is dropped
+        shutil.rmtree(tmp_path / "state")
+        ledger.update({"collectives": 9})
+        assert not (tmp_path / "state").exists()
     finally:
         ledger.leave()
 
