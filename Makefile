@@ -49,7 +49,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Three pytest workers on two cores: most tests wait on a single-threaded process start-up. Tests
+# Three pytest workers on two cores keep both busy (most tests start the CLI in a subprocess). Tests
 # that start launchers (torchrun, accelerate) share the group "launch", so they run one at a time.
 test: lint browser
 	$(PY) -m pytest -q -n 3 --dist loadgroup
