@@ -48,6 +48,8 @@ class Encoder(ABC):
     supports_texts: ClassVar[bool] = True
     #: Options that change where the model runs, not what its vectors are (left out of a job's identity).
     runtime_options: ClassVar[tuple[str, ...]] = ()
+    #: Loading runs Python code shipped with the checkpoint (transformers ``trust_remote_code``).
+    runs_checkpoint_code: ClassVar[bool] = False
 
     def __init__(self, name: str, model_name: str, revision: str | None = None) -> None:
         self.name = name
@@ -60,10 +62,21 @@ class Encoder(ABC):
         self.dim: int | None = None
 
     # -- life cycle -----------------------------------------------------------
-    def load(self, device: torch.device | str = "cpu", precision: str = "fp32") -> Encoder:
-        """Load weights (downloading them on first use) onto ``device``."""
+    def load(
+        self,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        trust_remote_code: bool = False,
+    ) -> Encoder:
+        """Load weights (downloading them on first use) onto ``device``.
+
+        ``trust_remote_code`` is the user's own consent, given on the command
+        line; it is never read from a table or a checkpoint.
+        """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
+        if self.runs_checkpoint_code and not trust_remote_code:
+            raise RemoteCodeRefused(remote_code_refusal(self))
         self.device = torch.device(device)
         self.precision = precision
         self._load()
@@ -131,6 +144,18 @@ class Encoder(ABC):
         vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
         self.dim = int(vectors.shape[-1])
         return vectors
+
+
+class RemoteCodeRefused(ValueError):
+    """A checkpoint whose loading runs its own code, without the user's ``trust_remote_code=true``."""
+
+
+def remote_code_refusal(encoder: Encoder) -> str:
+    return (
+        f"model {encoder.name} ({encoder.kind}, checkpoint {encoder.model_name}) runs Python code "
+        "shipped with its checkpoint; it is loaded only when you add trust_remote_code=true to the "
+        "command line (or to the serve config), for a checkpoint you trust"
+    )
 
 
 def fingerprint(payload: Any) -> str:

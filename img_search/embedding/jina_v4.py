@@ -35,6 +35,7 @@ class JinaV4Encoder(Encoder):
 
     kind = "jina_v4"
     runtime_options = ("device_map",)
+    runs_checkpoint_code = True
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class JinaV4Encoder(Encoder):
     def _load(self) -> None:
         from transformers import AutoModel
 
+        # Reached only with the user's trust_remote_code=true (checked in ``Encoder.load``).
         kwargs: dict[str, Any] = {"trust_remote_code": True, "revision": self.revision}
         if self.precision != "fp32":
             kwargs["dtype"] = PRECISIONS[self.precision]

@@ -33,7 +33,10 @@ class SentenceTransformerEncoder(Encoder):
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(
-            self.model_name, device=str(self.device), revision=self.revision
+            self.model_name,
+            device=str(self.device),
+            revision=self.revision,
+            trust_remote_code=False,
         )
         self.model.eval()
         if self.max_seq_length:

@@ -59,9 +59,11 @@ class TransformersDualEncoder(Encoder):
         extra = (
             {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
         )
-        self.model = AutoModel.from_pretrained(self.model_name, revision=self.revision, **extra)
+        # Never the checkpoint's own code (an ``auto_map`` in its config), whatever it asks.
+        pinned = {"revision": self.revision, "trust_remote_code": False}
+        self.model = AutoModel.from_pretrained(self.model_name, **pinned, **extra)
         self.model.eval().to(self.device)
-        self.processor = AutoProcessor.from_pretrained(self.model_name, revision=self.revision)
+        self.processor = AutoProcessor.from_pretrained(self.model_name, **pinned)
         config = self.model.config
         self.dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
 

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from img_search.embedding import Encoder, get_encoder
-from img_search.embedding.base import fingerprint
+from img_search.embedding.base import fingerprint, remote_code_refusal
 from img_search.pipeline.modality import Modality
 from img_search.pipeline.settings import ConfigError, TaskSettings
 from img_search.store import TableLayout
@@ -34,6 +34,8 @@ class Job:
     encoders: dict[str, Encoder]
     sources: dict[str, Any]
     config: dict[str, Any]
+    #: The user's consent to run code shipped with a checkpoint (``trust_remote_code=true``).
+    trust_remote_code: bool = False
     #: Filled by ``run_job`` on the main process: each process's ``reporting.ProcessReport``.
     report: Any = None
 
@@ -78,15 +80,18 @@ def plan_job(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, An
         raise ConfigError("no model selected: add models=<name> (or models=[a,b])")
     if not dataset_specs:
         raise ConfigError("no dataset selected")
+    trust_remote_code = bool(cfg.get("trust_remote_code", False))
     encoders = {}
     for key, spec in model_specs.items():
         encoder = get_encoder(plain(spec), name=str(key))
         if not modality.supports(encoder):
             raise ConfigError(f"model {key} ({encoder.kind}) cannot embed {modality.kind}s")
+        if encoder.runs_checkpoint_code and not trust_remote_code:
+            raise ConfigError(remote_code_refusal(encoder))
         encoders[str(key)] = encoder
     sources = {str(k): modality.make_source(str(k), plain(v)) for k, v in dataset_specs.items()}
     config = OmegaConf.to_container(cfg, resolve=True)
-    return Job(settings, layout, modality, encoders, sources, config)  # type: ignore[arg-type]
+    return Job(settings, layout, modality, encoders, sources, config, trust_remote_code)  # type: ignore[arg-type]
 
 
 def first_difference(before: Any, now: Any, where: str = "") -> str | None:

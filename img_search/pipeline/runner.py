@@ -106,7 +106,9 @@ def run_pairs(
             fail_point("model_build")
             build_everywhere(
                 accelerator,
-                lambda e=encoder: e.load(accelerator.device, settings.precision),
+                lambda e=encoder: e.load(
+                    accelerator.device, settings.precision, job.trust_remote_code
+                ),
                 f"model {key} ({encoder.model_name})",
                 **retry,
             )

@@ -71,6 +71,7 @@ def run_inquire(cfg: DictConfig) -> dict[str, Any]:
         images.identity,
         overrides=OmegaConf.to_container(cfg.model_overrides),
         device=pick_device(str(cfg.device)),
+        trust_remote_code=bool(cfg.trust_remote_code),
     )
     table = Table(title=f"INQUIRE-Rerank, {images.model_name} ({len(images)} images)")
     results: dict[str, Any] = {"task": "inquire", "model_name": images.model_name, "splits": {}}

@@ -47,6 +47,7 @@ def query_vector(
     item_id: str | None = None,
     model_overrides: dict[str, Any] | None = None,
     device: str = "cpu",
+    trust_remote_code: bool = False,
 ) -> np.ndarray:
     """The one query as a unit vector in the index's space (an id needs no model at all)."""
     given = [name for name, value in (("text", text), ("image", image), ("id", item_id)) if value]
@@ -62,6 +63,7 @@ def query_vector(
         index.meta.get("identity") or {},
         overrides=model_overrides,
         device=device,
+        trust_remote_code=trust_remote_code,
     )
     if text is not None:
         return encode_text_queries(encoder, [str(text)])[0]
@@ -125,6 +127,7 @@ def main(cfg: DictConfig) -> None:
             item_id=None if cfg.id is None else str(cfg.id),
             model_overrides=OmegaConf.to_container(cfg.model_overrides),
             device=pick_device(str(cfg.device)),
+            trust_remote_code=bool(cfg.trust_remote_code),
         )
         hits = search(index, vector, int(cfg.k), exclude=None if cfg.id is None else str(cfg.id))
         print_hits(hits, index, bool(cfg.json))

@@ -4,6 +4,11 @@ A vector is only comparable with vectors of the model that made them, so the
 query encoder is rebuilt from the spec the pipeline recorded, and its
 identity (encoder, checkpoint, revision, preprocessing) must equal the one
 recorded for the table; a different checkpoint is refused, not silently used.
+
+A table is data, not a program: its spec is rebuilt only into a registered
+encoder kind, what can be compared is compared before anything is loaded,
+and a checkpoint that ships code is loaded only with the user's own
+``trust_remote_code=true``, never because a table names it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ def load_query_encoder(
     identity: Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
     device: str = "cpu",
+    trust_remote_code: bool = False,
 ) -> Encoder:
     """Load the encoder of ``model_spec`` (plus ``overrides``) and check it against ``identity``."""
     if not model_spec:
@@ -37,9 +43,19 @@ def load_query_encoder(
             "it was not written by img_search.pipeline"
         )
     spec = {**model_spec, **(overrides or {})}
-    encoder = get_encoder(spec, name=model_name).load(device)
+    encoder = get_encoder(spec, name=model_name)
+    check_same_source(encoder, identity)
+    encoder.load(device, trust_remote_code=trust_remote_code)
     check_same_model(encoder, identity)
     return encoder
+
+
+def check_same_source(encoder: Encoder, identity: Mapping[str, Any]) -> None:
+    """Before loading: the kind, checkpoint and revision the table records must be the spec's."""
+    if not identity:
+        return
+    mine = {"encoder": encoder.kind, "checkpoint": encoder.model_name, "revision": encoder.revision}
+    raise_differences(encoder, identity, mine, tuple(mine))
 
 
 def check_same_model(encoder: Encoder, identity: Mapping[str, Any]) -> None:
@@ -50,11 +66,23 @@ def check_same_model(encoder: Encoder, identity: Mapping[str, Any]) -> None:
     if mine.get("fingerprint") == identity.get("fingerprint"):
         return
     keys = ("encoder", "checkpoint", "revision", "image_preprocessing")
+    raise_differences(encoder, identity, mine, keys, always=True)
+
+
+def raise_differences(
+    encoder: Encoder,
+    identity: Mapping[str, Any],
+    mine: Mapping[str, Any],
+    keys: Sequence[str],
+    always: bool = False,
+) -> None:
     differences = [
         f"{key}: index {identity.get(key)!r}, query {mine.get(key)!r}"
         for key in keys
         if mine.get(key) != identity.get(key)
     ]
+    if not differences and not always:
+        return
     raise ModelMismatch(
         f"the query model {encoder.name!r} is not the model that made these vectors ("
         + ("; ".join(differences) or "different fingerprint")

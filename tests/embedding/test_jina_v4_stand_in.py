@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 from img_search.embedding import JinaV4Encoder, get_encoder
+from img_search.embedding.base import RemoteCodeRefused
 from img_search.testing.jina_stand_in import DIM, StandInJina
 
 
@@ -41,7 +42,7 @@ def test_jina_v4_stand_in_loading_arguments(stand_in):
     encoder = get_encoder(
         {"model": "jina_v4", "model_name": "jinaai/jina-embeddings-v4"}, name="jina_v4"
     )
-    encoder.load("cpu", precision="bf16")
+    encoder.load("cpu", precision="bf16", trust_remote_code=True)
     assert recorded["name"] == "jinaai/jina-embeddings-v4"
     assert recorded["kwargs"]["trust_remote_code"] is True
     assert recorded["kwargs"]["dtype"] is torch.bfloat16
@@ -49,18 +50,25 @@ def test_jina_v4_stand_in_loading_arguments(stand_in):
     assert model.device == torch.device("cpu")
 
 
+def test_jina_v4_is_not_loaded_without_the_users_consent(stand_in):
+    """Its checkpoint ships code: loading it without trust_remote_code=true is refused, untouched."""
+    _, recorded = stand_in
+    with pytest.raises(RemoteCodeRefused, match="add trust_remote_code=true to the command line"):
+        JinaV4Encoder("j", model_name="/tmp/evil").load("cpu")
+    assert recorded == {}
+
+
 def test_jina_v4_stand_in_device_map_skips_to(stand_in):
     model, recorded = stand_in
-    JinaV4Encoder("j", device_map="auto").load("cpu")
+    JinaV4Encoder("j", device_map="auto").load("cpu", trust_remote_code=True)
     assert recorded["kwargs"]["device_map"] == "auto"
     assert model.device is None
 
 
 def test_jina_v4_stand_in_texts_and_images_are_normalised(stand_in):
     model, _ = stand_in
-    encoder = JinaV4Encoder("j", task="retrieval", prompt_name="passage", truncate_dim=8).load(
-        "cpu"
-    )
+    encoder = JinaV4Encoder("j", task="retrieval", prompt_name="passage", truncate_dim=8)
+    encoder.load("cpu", trust_remote_code=True)
     texts = encoder.encode_texts(["a", "bbb"])
     assert texts.shape == (2, 8)
     np.testing.assert_allclose(texts.norm(dim=1).numpy(), 1.0, atol=1e-6)
@@ -85,6 +93,7 @@ def test_jina_v4_stand_in_through_the_pipeline(stand_in, tmp_path, monkeypatch):
             "embed_config",
             overrides=[
                 "models=jina_v4",
+                "trust_remote_code=true",
                 "datasets=image_folder",
                 f"datasets.image_folder.path={SAMPLE_PHOTOS}",
                 f"output_path={out}",
@@ -99,3 +108,22 @@ def test_jina_v4_stand_in_through_the_pipeline(stand_in, tmp_path, monkeypatch):
     assert table.schema.field("embedding").type.list_size == DIM
     assert sum(call[1]["n"] for call in model.calls if call[0] == "image") == 8
     assert {call[1]["task"] for call in model.calls} == {"retrieval"}
+
+
+def test_the_pipeline_refuses_jina_v4_without_trust_remote_code(tmp_path):
+    """Checked while planning, before any dataset is listed or model fetched."""
+    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.runner import plan_job
+    from img_search.pipeline.settings import ConfigError
+
+    with initialize_config_module("img_search.config", version_base=None):
+        cfg = compose(
+            "embed_config",
+            overrides=[
+                "models=jina_v4",
+                f"datasets.image_folder.path={tmp_path}",
+                f"output_path={tmp_path / 'x.parquet'}",
+            ],
+        )
+    with pytest.raises(ConfigError, match="add trust_remote_code=true to the command line"):
+        plan_job(cfg, IMAGES, image_dataset_specs(cfg))

@@ -138,6 +138,7 @@ def test_a_changed_jina_task_is_refused_against_the_finished_table(tmp_path, mon
                 "embed_config",
                 overrides=[
                     "models=jina_v4",
+                    "trust_remote_code=true",
                     "datasets=image_folder",
                     f"datasets.image_folder.path={SAMPLE_PHOTOS}",
                     f"output_path={out}",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import SAMPLE_PHOTOS
 from PIL import Image
 
 from img_search.search.indexes import index_dir, load_index
+from img_search.store import schema as S
 
 #: New wordings (not in the caption table) for each sample photo.
 PARAPHRASES = {
@@ -135,3 +138,67 @@ def test_missing_index_names_the_path(tmp_path, run_query):
     result = run_query(f"index={tmp_path / 'none.parquet'}", "id=x", expect_ok=False)
     assert result.returncode == 2
     assert f"no saved index or embedding table at {tmp_path / 'none.parquet'}" in result.stderr
+
+
+def forged_table(source: Path, target: Path, spec: dict) -> Path:
+    """A copy of ``source`` whose metadata says its vectors came from ``spec`` (identity included)."""
+    table = pq.read_table(source)
+    meta = json.loads(table.schema.metadata[S.METADATA_KEY])
+    model = next(iter(meta["models"]))
+    meta["job"]["models"][model] = spec
+    meta["models"][model].update(encoder=spec["model"], checkpoint=spec["model_name"])
+    metadata = {**table.schema.metadata, S.METADATA_KEY: json.dumps(meta).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), target)
+    return target
+
+
+@pytest.fixture
+def evil_checkpoint(tmp_path):
+    """A folder whose config asks transformers to import its own ``evil_code.py``."""
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    (folder / "evil_code.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    config = {"model_type": "evil", "auto_map": {"AutoModel": "evil_code.EvilModel"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, marker
+
+
+def test_a_table_that_names_remote_code_never_runs_it(
+    demo_tables, tmp_path, crop, evil_checkpoint, run_query
+):
+    """Issue 15.1: a forged spec pointing jina_v4 at a folder with an ``auto_map`` is refused unloaded."""
+    folder, marker = evil_checkpoint
+    spec = {"model": "jina_v4", "model_name": str(folder)}
+    forged = forged_table(demo_tables["images"], tmp_path / "forged.parquet", spec)
+    result = run_query(f"index={forged}", f"image={crop}", expect_ok=False)
+    assert result.returncode == 2, result.stderr
+    assert "runs Python code shipped with its checkpoint" in result.stderr
+    assert "add trust_remote_code=true to the command line" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_a_table_that_names_an_unregistered_encoder_is_refused(demo_tables, tmp_path, run_query):
+    spec = {"model": "os.system", "model_name": "x"}
+    forged = forged_table(demo_tables["images"], tmp_path / "forged.parquet", spec)
+    result = run_query(f"index={forged}", "text=a cat", expect_ok=False)
+    assert result.returncode == 2, result.stderr
+    assert "unknown model 'os.system'" in result.stderr
+    assert "registered: clip, efficientnet_lite0, jina_v4" in result.stderr
+
+
+def test_the_identity_is_compared_before_anything_is_loaded(
+    demo_tables, tmp_path, evil_checkpoint, run_query
+):
+    """A spec whose checkpoint is not the one the identity records is refused before loading it."""
+    folder, marker = evil_checkpoint
+    forged = forged_table(
+        demo_tables["images"], tmp_path / "forged.parquet", {"model": "clip", "model_name": "x"}
+    )
+    result = run_query(
+        f"index={forged}", "text=a cat", f"+model_overrides.model_name={folder}", expect_ok=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"checkpoint: index 'x', query '{folder}'" in result.stderr
+    assert not marker.exists()
