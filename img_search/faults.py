@@ -5,7 +5,8 @@
 ``<point>``. Unset — always, outside tests — this is a dictionary lookup.
 Points: ``model_build``, ``step`` (after a batch's rows went to the part
 file), ``commit`` (after a shard's completion record was written),
-``finalize`` (the finished table written, not yet renamed into place).
+``finalize`` (the finished table written, not yet renamed into place),
+``prepare/<item id>`` (a loader worker about to prepare that item).
 """
 
 from __future__ import annotations

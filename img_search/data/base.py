@@ -60,6 +60,10 @@ def fingerprint_arrays(*arrays: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+class EmptyDataset(ValueError):
+    """A dataset that holds no items (an empty folder, a filter that keeps nothing)."""
+
+
 class Source(ABC):
     """Items with stable, unique ids: the common shape of image and caption datasets.
 

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from img_search.data.base import ImageDataset, ImageItem, Shard, fingerprint_arrays
 from img_search.data.mapped_pages import release_pages
+from img_search.failures import prepare_hub
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def load_hf_splits(
     if looks_like_local_path(path) and not Path(path).expanduser().exists():
         raise FileNotFoundError(f"dataset path not found: {path}")
     local = Path(path).expanduser()
+    if not local.exists():
+        prepare_hub(path)
     extra = {"columns": list(columns)} if columns else {}
     if local.is_file() or path.endswith(".parquet"):
         return [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,27 +18,48 @@ from PIL import Image, ImageFile, ImageOps
 #: Images above this many pixels are refused (decompression-bomb guard).
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default: 2 x 89_478_485
 
+#: ``(width, height)`` of an image → the size a model's preprocessing resizes it to (or None).
+ResizeTarget = Callable[[int, int], "tuple[int, int] | None"]
+
 
 class ImageDecodeError(ValueError):
     """An item whose image cannot be turned into RGB pixels."""
 
 
-def open_image(source: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    source: Any,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    resize_to: ResizeTarget | None = None,
+    draft: tuple[int, int] | None = None,
+) -> Image.Image:
     """Open ``source`` and return a fully decoded RGB image.
 
     ``source`` is raw bytes, a filesystem path, a ``{"bytes": ..., "path": ...}``
     dict as stored by ``datasets.Image(decode=False)``, or a PIL image.
+
+    Sizes are checked from the header, before a pixel is decoded: the image
+    itself, and the size ``resize_to`` says the model's preprocessing will
+    resize it to, must both fit in ``max_pixels``. A 117 KB PNG strip of
+    2,500,000 x 16 pixels is small, but a shorter-side resize to 224 would
+    ask for 35,000,000 x 224 pixels (about 41 GB on the way through).
+    ``draft`` (a JPEG only) lets the decoder scale by 1/2 to 1/8 while it
+    decodes, keeping at least that size: for thumbnails, not for vectors.
     """
-    image = _open(source, max_pixels)
+    image = _open(source, max_pixels, resize_to, draft)
     try:
         return to_rgb(image)
     except (OSError, ValueError, SyntaxError) as exc:  # truncated data surfaces on load()
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
 
 
-def _open(source: Any, max_pixels: int | None) -> Image.Image:
+def _open(
+    source: Any,
+    max_pixels: int | None,
+    resize_to: ResizeTarget | None,
+    draft: tuple[int, int] | None,
+) -> Image.Image:
     if isinstance(source, Image.Image):
-        check_pixels(source, max_pixels)
+        check_pixels(source, max_pixels, resize_to)
         return source
     if isinstance(source, dict):
         data, path = source.get("bytes"), source.get("path")
@@ -60,30 +81,47 @@ def _open(source: Any, max_pixels: int | None) -> Image.Image:
         raise ImageDecodeError(f"unsupported image source of type {type(source).__name__}")
     image = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            check_pixels(image, max_pixels)
-            image.load()
-            # Phone photos store their rotation in EXIF; embed what a viewer shows.
-            return ImageOps.exif_transpose(image)
+        image = Image.open(stream)
+        check_pixels(image, max_pixels, resize_to)
+        if draft is not None and image.format == "JPEG":
+            image.draft("RGB", draft)
+        image.load()
+        # Phone photos store their rotation in EXIF; embed what a viewer shows.
+        return ImageOps.exif_transpose(image)
     except ImageDecodeError:
         _close(image)
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except MemoryError as exc:
         _close(image)
-        raise ImageDecodeError(f"decompression bomb refused: {exc}") from exc
+        raise ImageDecodeError(f"out of memory decoding a {_size(image)} image") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         _close(image)
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
 
 
-def check_pixels(image: Image.Image, max_pixels: int | None) -> None:
-    if max_pixels is not None and image.width * image.height > max_pixels:
+def check_pixels(
+    image: Image.Image, max_pixels: int | None, resize_to: ResizeTarget | None = None
+) -> None:
+    """Refuse, from the header alone, an image that is or would be resized to too many pixels."""
+    if max_pixels is None:
+        return
+    width, height = image.size
+    if width * height > max_pixels:
         raise ImageDecodeError(
-            f"image of {image.width}x{image.height} pixels exceeds the limit "
+            f"image of {width}x{height} pixels exceeds the limit "
             f"of {max_pixels} pixels (tasks.max_image_pixels)"
         )
+    target = resize_to(width, height) if resize_to is not None else None
+    if target is not None and target[0] * target[1] > max_pixels:
+        raise ImageDecodeError(
+            f"image of {width}x{height} pixels would be resized to {target[0]}x{target[1]} "
+            f"by the model's preprocessing, over the limit of {max_pixels} pixels "
+            "(tasks.max_image_pixels)"
+        )
+
+
+def _size(image: Image.Image | None) -> str:
+    return "?" if image is None else f"{image.width}x{image.height}"
 
 
 def _close(image: Image.Image | None) -> None:
@@ -113,3 +151,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 # Truncated JPEGs must fail loudly instead of being padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# ``check_pixels`` applies the configured limit (tasks.max_image_pixels, in both directions)
+# before decoding; Pillow's own fixed limit would otherwise refuse what the user allowed.
+Image.MAX_IMAGE_PIXELS = None

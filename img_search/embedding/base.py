@@ -38,6 +38,15 @@ class ImageTransform:
         """The preprocessing settings, recorded in the output metadata."""
         return {"transform": type(self).__name__}
 
+    def resize_target(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size this preprocessing first resizes a ``width`` x ``height`` image to.
+
+        Checked against the pixel limit before decoding, because a resize
+        that keeps the aspect ratio can ask for far more pixels than the
+        image has. None: the target does not grow with the image.
+        """
+        return None
+
 
 class Encoder(ABC):
     """A model family behind one small API: ``load``, ``image_transform``, ``encode_images``, ``encode_texts``."""

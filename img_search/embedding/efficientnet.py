@@ -32,9 +32,7 @@ class ResizeCropNormalize(ImageTransform):
         self.size, self.resize, self.mean, self.std = size, resize, mean, std
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        width, height = image.size
-        scale = self.resize / min(width, height)
-        new_size = (max(self.size, round(width * scale)), max(self.size, round(height * scale)))
+        new_size = self.resize_target(*image.size)
         image = image.resize(new_size, Image.Resampling.BICUBIC)
         left = (new_size[0] - self.size) // 2
         top = (new_size[1] - self.size) // 2
@@ -42,6 +40,10 @@ class ResizeCropNormalize(ImageTransform):
         pixels = np.asarray(image, dtype=np.float32)
         pixels = (pixels - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def resize_target(self, width: int, height: int) -> tuple[int, int]:
+        scale = self.resize / min(width, height)
+        return max(self.size, round(width * scale)), max(self.size, round(height * scale))
 
     def describe(self) -> dict[str, Any]:
         return {

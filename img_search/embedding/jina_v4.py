@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from img_search.embedding.base import PRECISIONS, Encoder, ImageTransform
+from img_search.failures import prepare_hub
 
 
 class DecodedImages(ImageTransform):
@@ -58,6 +59,8 @@ class JinaV4Encoder(Encoder):
 
     def _load(self) -> None:
         from transformers import AutoModel
+
+        prepare_hub(self.model_name)  # no network: fail in seconds, not after retries
 
         # Reached only with the user's trust_remote_code=true (checked in ``Encoder.load``).
         kwargs: dict[str, Any] = {"trust_remote_code": True, "revision": self.revision}

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from img_search.embedding.base import Encoder
+from img_search.failures import prepare_hub
 
 
 class SentenceTransformerEncoder(Encoder):
@@ -31,6 +32,8 @@ class SentenceTransformerEncoder(Encoder):
 
     def _load(self) -> None:
         from sentence_transformers import SentenceTransformer
+
+        prepare_hub(self.model_name)  # no network: fail in seconds, not after retries
 
         self.model = SentenceTransformer(
             self.model_name,

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from img_search.embedding.base import Encoder, ImageTransform
+from img_search.failures import prepare_hub
 
 
 class ProcessorImageTransform(ImageTransform):
@@ -21,6 +22,18 @@ class ProcessorImageTransform(ImageTransform):
     def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
         batch = self.image_processor(images=[image], return_tensors="pt", **self.call_kwargs)
         return {key: value[0] for key, value in batch.items()}
+
+    def resize_target(self, width: int, height: int) -> tuple[int, int] | None:
+        """A ``shortest_edge`` resize (CLIP) keeps the aspect ratio; a fixed size or NaFlex does not grow."""
+        if not getattr(self.image_processor, "do_resize", True):
+            return None
+        size = getattr(self.image_processor, "size", None)
+        shortest = size.get("shortest_edge") if isinstance(size, dict) else None
+        shortest = shortest or getattr(size, "shortest_edge", None)
+        if not shortest:
+            return None
+        scale = shortest / min(width, height)
+        return max(1, int(width * scale)), max(1, int(height * scale))
 
     def describe(self) -> dict[str, Any]:
         settings = self.image_processor.to_dict()
@@ -55,6 +68,8 @@ class TransformersDualEncoder(Encoder):
 
     def _load(self) -> None:
         from transformers import AutoModel, AutoProcessor
+
+        prepare_hub(self.model_name)  # no network: fail in seconds, not after retries
 
         extra = (
             {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}

@@ -23,16 +23,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 
+from img_search.failures import BuildError, PeerLost, explain_hub_failure, is_transient
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class BuildError(RuntimeError):
-    """A model or dataset could not be built; raised on every rank so none waits forever."""
-
-
-class PeerLost(RuntimeError):
-    """Another rank died or a collective timed out; the run stops instead of hanging."""
 
 
 #: What a collective raises when a peer is gone (gloo: RuntimeError; NCCL: DistBackendError).
@@ -106,24 +100,33 @@ def on_main(accelerator: Accelerator, work: Callable[[], T]) -> T:
     return result
 
 
-def with_retries(build: Callable[[], T], what: str, retries: int, backoff: float) -> T:
+def with_retries(
+    build: Callable[[], T],
+    what: str,
+    retries: int,
+    backoff: float,
+    local_copy: str | None = None,
+) -> T:
     """Call ``build`` up to ``retries + 1`` times, sleeping ``backoff * 2**attempt`` in between.
 
-    Errors that retrying cannot fix (a missing file, a bad option) fail at once.
+    Only transient errors are retried (``failures.is_transient``); anything
+    retrying cannot fix fails at once. A Hub access that cannot work from
+    here becomes one line naming ``local_copy``, the override that points
+    the build at a local copy.
     """
     for attempt in range(retries + 1):
         try:
-            return build()
-        except (FileNotFoundError, ValueError, KeyError, TypeError, NotImplementedError):
-            raise
+            with explain_hub_failure(local_copy):
+                return build()
         except Exception as exc:
-            if attempt == retries:
+            if attempt == retries or not is_transient(exc):
                 raise
             delay = backoff * (2**attempt)
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
             log.warning(
                 "building %s failed (%s); retry %d/%d in %.1fs",
                 what,
-                exc,
+                first_line,
                 attempt + 1,
                 retries,
                 delay,
@@ -139,23 +142,26 @@ def build_everywhere(
     *,
     retries: int = 3,
     backoff: float = 2.0,
+    local_copy: str | None = None,
 ) -> T:
     """Build on the main process first (it downloads and fills caches), then on the other ranks.
 
     A failure on any rank is re-raised on every rank as ``BuildError`` with the
     original message, instead of leaving the others blocked in a barrier.
+    ``local_copy`` is the override that replaces a Hub id with a local copy,
+    named in the message when the Hub cannot serve it.
     """
     result: Any = None
     error: str | None = None
     if accelerator.is_main_process:
-        result, error = _attempt(build, what, retries, backoff)
+        result, error = _attempt(build, what, retries, backoff, local_copy)
     if accelerator.num_processes > 1:
         with collective(f"building {what}", [error]):
             (error,) = broadcast_object_list([error], from_process=0)
     if error is not None:
         raise BuildError(error)
     if not accelerator.is_main_process:
-        result, error = _attempt(build, what, retries, backoff)
+        result, error = _attempt(build, what, retries, backoff, local_copy)
     if accelerator.num_processes > 1:
         with collective(f"building {what}", [error]):
             errors = [e for e in gather_object([error]) if e is not None]
@@ -165,10 +171,10 @@ def build_everywhere(
 
 
 def _attempt(
-    build: Callable[[], T], what: str, retries: int, backoff: float
+    build: Callable[[], T], what: str, retries: int, backoff: float, local_copy: str | None
 ) -> tuple[Any, str | None]:
     try:
-        return with_retries(build, what, retries, backoff), None
+        return with_retries(build, what, retries, backoff, local_copy), None
     except Exception as exc:  # reported on every rank by the caller
         log.debug("building %s failed", what, exc_info=True)
         return None, f"cannot build {what}: {exc}"

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
-import torch
 from omegaconf import DictConfig
 
-from img_search.data import get_dataset, open_image
-from img_search.embedding import Encoder, ImageTransform
-from img_search.pipeline.cli import run_cli
+from img_search.pipeline.cli import hydra_entry, run_cli
 from img_search.pipeline.modality import Modality
-from img_search.pipeline.settings import TaskSettings
+
+if TYPE_CHECKING:  # imported when a job runs: --help and config errors never wait for torch
+    import torch
+
+    from img_search.data import ImageDataset
+    from img_search.embedding import Encoder, ImageTransform
+    from img_search.pipeline.settings import TaskSettings
 
 
 class DecodeAndTransform:
@@ -23,7 +25,10 @@ class DecodeAndTransform:
         self.transform, self.max_pixels = transform, max_pixels
 
     def __call__(self, item: Any) -> Any:
-        return self.transform(open_image(item.source, max_pixels=self.max_pixels))
+        from img_search.data import open_image
+
+        image = open_image(item.source, self.max_pixels, resize_to=self.transform.resize_target)
+        return self.transform(image)
 
 
 def _prepare(encoder: Encoder, settings: TaskSettings) -> DecodeAndTransform:
@@ -38,9 +43,15 @@ def _forward(encoder: Encoder, features: Any) -> torch.Tensor:
     return encoder.encode_images(features)
 
 
+def _source(name: str, spec: Mapping[str, Any]) -> ImageDataset:
+    from img_search.data import get_dataset
+
+    return get_dataset(spec, name=name)
+
+
 IMAGES = Modality(
     kind="image",
-    make_source=lambda name, spec: get_dataset(spec, name=name),
+    make_source=_source,
     make_prepare=_prepare,
     make_collate=_collate,
     forward=_forward,
@@ -52,7 +63,7 @@ def image_dataset_specs(cfg: DictConfig) -> Mapping[str, Any]:
     return cfg.get("datasets") or {}
 
 
-@hydra.main(version_base=None, config_path="pkg://img_search.config", config_name="embed_config")
+@hydra_entry(config_path="pkg://img_search.config", config_name="embed_config")
 def main(cfg: DictConfig) -> None:
     run_cli(cfg, IMAGES, image_dataset_specs(cfg))
 

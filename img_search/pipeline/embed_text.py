@@ -8,18 +8,20 @@ caption string, encoded by the model's text tower, written with its
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
 import pyarrow as pa
-import torch
 from omegaconf import DictConfig
 
-from img_search.data import get_text_dataset
-from img_search.embedding import Encoder
-from img_search.pipeline.cli import run_cli
+from img_search.pipeline.cli import hydra_entry, run_cli
 from img_search.pipeline.modality import Modality
-from img_search.pipeline.settings import TaskSettings
+
+if TYPE_CHECKING:  # imported when a job runs: --help and config errors never wait for torch
+    import torch
+
+    from img_search.data import TextDataset
+    from img_search.embedding import Encoder
+    from img_search.pipeline.settings import TaskSettings
 
 
 class CaptionText:
@@ -43,9 +45,15 @@ def _forward(encoder: Encoder, texts: list[str]) -> torch.Tensor:
     return encoder.encode_texts(texts)
 
 
+def _source(name: str, spec: Mapping[str, Any]) -> TextDataset:
+    from img_search.data import get_text_dataset
+
+    return get_text_dataset(spec, name=name)
+
+
 CAPTIONS = Modality(
     kind="caption",
-    make_source=lambda name, spec: get_text_dataset(spec, name=name),
+    make_source=_source,
     make_prepare=_prepare,
     make_collate=_collate,
     forward=_forward,
@@ -58,6 +66,7 @@ CAPTIONS = Modality(
     ],
     extra_columns=lambda source, positions: source.columns(positions),
     cpu_heavy_prepare=False,
+    local_copy=lambda name: "text_dataset.path=<local copy in the Hub layout>",
 )
 
 
@@ -71,9 +80,7 @@ def text_dataset_specs(cfg: DictConfig) -> Mapping[str, Any]:
     return {name: spec}
 
 
-@hydra.main(
-    version_base=None, config_path="pkg://img_search.config", config_name="embed_text_config"
-)
+@hydra_entry(config_path="pkg://img_search.config", config_name="embed_text_config")
 def main(cfg: DictConfig) -> None:
     run_cli(cfg, CAPTIONS, text_dataset_specs(cfg))
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import torch
+if TYPE_CHECKING:  # the entry points import this before the config is checked: no torch yet
+    import pyarrow as pa
+    import torch
 
-from img_search.embedding import Encoder
-from img_search.pipeline.settings import TaskSettings
+    from img_search.embedding import Encoder
+    from img_search.pipeline.settings import TaskSettings
+
+
+def image_dataset_copy(name: str) -> str:
+    return f"datasets.{name}.path=<local copy in the Hub layout>"
 
 
 @dataclass
@@ -32,3 +37,5 @@ class Modality:
     extra_columns: Callable[[Any, list[int]], dict[str, pa.Array]] | None = None
     #: Whether preparing an item is worth loader worker processes by default (decoding is; text is not).
     cpu_heavy_prepare: bool = True
+    #: dataset name → the override that points it at a local copy (named when the Hub cannot serve it).
+    local_copy: Callable[[str], str] = image_dataset_copy

@@ -40,6 +40,8 @@ class Opening:
     message: str = ""
     #: The pairs of ``todo`` with shards left to embed (the others wait only to be assembled).
     pending: list[tuple[str, str]] = field(default_factory=list)
+    #: This launch wrote the job record (a new job or an append), rather than resuming one.
+    started_here: bool = False
 
     @property
     def complete(self) -> bool:
@@ -93,7 +95,7 @@ def _open(job: Job, ledger: Ledger, launch: str) -> Opening:
     if finished is not None:
         return _append_or_nothing(job, ledger, finished, launch)
     ledger.write_job({"spec": spec, "pairs": job.pairs(), "todo": job.pairs(), "base": None})
-    return Opening(launch, todo=job.pairs())
+    return Opening(launch, todo=job.pairs(), started_here=True)
 
 
 def _refuse_other_jobs(ledger: Ledger, spec: dict[str, Any], launch: str, any_spec: bool) -> None:
@@ -136,6 +138,19 @@ def _start_over(job: Job, ledger: Ledger) -> None:
         )
     remove(layout.path)
     layout.errors_path.unlink(missing_ok=True)
+    _discard_state(ledger)
+
+
+def forget_failed_start(ledger: Ledger, opening: Opening) -> None:
+    """After a failure, a job this launch started that committed nothing leaves no state behind.
+
+    Otherwise a first try that failed (a missing folder, the Hub out of
+    reach) would leave a ``.partial`` that refuses any different job there.
+    """
+    if not opening.started_here or any(ledger.path("records").rglob("*.json")):
+        return
+    if any(m.get("launch") != opening.launch for m in ledger.live_members()):
+        return
     _discard_state(ledger)
 
 
@@ -210,7 +225,7 @@ def _append_or_nothing(job: Job, ledger: Ledger, finished: dict[str, Any], launc
         }
     )
     log.info("%s is finished; appending %s", layout.path, _pairs_text(comparison.new_pairs))
-    return Opening(launch, todo=comparison.new_pairs)
+    return Opening(launch, todo=comparison.new_pairs, started_here=True)
 
 
 def recorded_pairs(metadata: dict[str, Any]) -> list[tuple[str, str]]:

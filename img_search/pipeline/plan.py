@@ -13,15 +13,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from img_search.embedding import Encoder, get_encoder
-from img_search.embedding.base import fingerprint, remote_code_refusal
 from img_search.pipeline.modality import Modality
 from img_search.pipeline.settings import ConfigError, TaskSettings
 from img_search.store import TableLayout
+
+if TYPE_CHECKING:
+    from img_search.embedding import Encoder
 
 
 @dataclass
@@ -57,6 +58,8 @@ def model_spec(encoder: Encoder) -> dict[str, Any]:
 
 
 def spec_fingerprint(spec: Mapping[str, Any]) -> str:
+    from img_search.embedding.base import fingerprint
+
     return fingerprint(spec)
 
 
@@ -81,6 +84,10 @@ def plan_job(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, An
     if not dataset_specs:
         raise ConfigError("no dataset selected")
     trust_remote_code = bool(cfg.get("trust_remote_code", False))
+    # the encoder classes import torch: only once the checks above have passed
+    from img_search.embedding import get_encoder
+    from img_search.embedding.base import remote_code_refusal
+
     encoders = {}
     for key, spec in model_specs.items():
         encoder = get_encoder(plain(spec), name=str(key))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
 
+from img_search.data.base import EmptyDataset
 from img_search.embedding import Encoder
 from img_search.faults import fail_point
 from img_search.pipeline.claims import PairClaims
@@ -43,11 +42,13 @@ from img_search.pipeline.distributed import (
 )
 from img_search.pipeline.finalize import finalize, pair_claims
 from img_search.pipeline.ledger import Ledger
-from img_search.pipeline.output import JobMismatch, Opening, open_output
+from img_search.pipeline.loader import PassLoader
+from img_search.pipeline.output import JobMismatch, Opening, forget_failed_start, open_output
 from img_search.pipeline.plan import Job, plan_job, spec_fingerprint
 from img_search.pipeline.reporting import ProcessReport, RunStats, make_progress, print_summary
-from img_search.pipeline.shards import Collator, Feeder, ShardStream, yield_to_the_model
+from img_search.pipeline.shards import Feeder
 from img_search.store import PartWriter
+from img_search.store.space import explain_refused_write
 
 log = logging.getLogger(__name__)
 __all__ = ["embed_source", "plan_job", "run_job"]
@@ -81,6 +82,13 @@ def run_job(job: Job) -> int:
             job.report = reports
             print_summary(reports, outcome, job.layout.path)
             code = check_error_budget(outcome.new_errors, settings.max_errors)
+    except Exception as exc:
+        if accelerator.is_main_process:
+            forget_failed_start(ledger, opening)
+        refused = explain_refused_write(exc, job.layout.path)
+        if refused is not None:
+            raise refused from exc
+        raise
     finally:
         ledger.leave()
     finish(accelerator)
@@ -96,7 +104,13 @@ def run_pairs(
     report = ProcessReport(accelerator.process_index, ledger.me.id if ledger.me else "")
     datasets = list(dict.fromkeys(d for _, d in opening.pending))
     for name in datasets:
-        build_everywhere(accelerator, job.sources[name].build, f"dataset {name}", **retry)
+        build_everywhere(
+            accelerator,
+            job.sources[name].build,
+            f"dataset {name}",
+            local_copy=job.modality.local_copy(name),
+            **retry,
+        )
     shard_sizes = on_main(accelerator, lambda: agree_on_listings(job, ledger, datasets))
     with make_progress(enabled=accelerator.is_main_process) as progress:
         for key, encoder in job.encoders.items():
@@ -110,6 +124,7 @@ def run_pairs(
                     accelerator.device, settings.precision, job.trust_remote_code
                 ),
                 f"model {key} ({encoder.model_name})",
+                local_copy=f"models.{key}.model_name=<local folder>",
                 **retry,
             )
             resumed = on_main(accelerator, lambda e=encoder, n=names: agree_on_model(ledger, e, n))
@@ -148,7 +163,7 @@ def embed_source(
     start_at = accelerator.process_index * len(shards) // max(1, accelerator.num_processes)
     claims = PairClaims(ledger, encoder.name, source.name, shards, start_at)
     feeder = Feeder(claims.claim_next, job.settings.batch_size)
-    loader = shard_loader(job, encoder, source, feeder, accelerator)
+    loader = PassLoader(job, encoder, source, feeder, accelerator)
     committer = ShardCommitter(
         claims, part_writers(job, encoder, source), job.settings.commit_every_s, source.problems()
     )
@@ -166,40 +181,11 @@ def embed_source(
             progress.update(bar, completed=done, rate=f"{done / clock.elapsed():.1f} it/s")
             fail_point("step")
     finally:
-        feeder.stop()
         committer.close()
     stats.seconds = clock.elapsed()
     stats.rows, stats.errors = committer.stats.rows, committer.stats.errors
     stats.shards, stats.commits = committer.stats.shards, committer.stats.commits
     return stats
-
-
-def shard_loader(
-    job: Job, encoder: Encoder, source: Any, feeder: Feeder, accelerator: Accelerator
-) -> DataLoader:
-    """Loader workers (as many as this machine's share of cores allows) prepare the claimed shards."""
-    settings, modality, device = job.settings, job.modality, accelerator.device.type
-    workers = settings.loader_workers(
-        device, local_world_size(accelerator), modality.cpu_heavy_prepare
-    )
-    context = multiprocessing.get_context()
-    if workers:
-        feeder.serve(workers, context)
-    stream = ShardStream(
-        source,
-        feeder,
-        modality.make_prepare(encoder, settings),
-        Collator(modality.make_collate(encoder)),
-    )
-    return DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=device == "cuda",
-        prefetch_factor=settings.prefetch_factor if workers else None,
-        worker_init_fn=yield_to_the_model if device == "cpu" else None,
-        multiprocessing_context=context if workers else None,
-    )
 
 
 def part_writers(job: Job, encoder: Encoder, source: Any) -> Any:
@@ -263,6 +249,11 @@ def agree_on_listings(job: Job, ledger: Ledger, names: list[str]) -> dict[str, i
     for name in names:
         source = job.sources[name]
         items, fingerprint = source.listing()
+        if items == 0:
+            raise EmptyDataset(
+                f"dataset {name} holds no items (after its filters, if any: ids, ids_file, "
+                "splits, dedupe): nothing to embed"
+            )
         size = settings.shard_size_for(items)
         value = {
             "items": items,

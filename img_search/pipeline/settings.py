@@ -17,8 +17,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from img_search.store.schema import OUTPUT_DTYPES
-
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
 
 #: Auto shard size: about 64 shards, each between these sizes.
@@ -65,6 +63,8 @@ class TaskSettings:
     collective_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
+        from img_search.store.schema import OUTPUT_DTYPES  # pyarrow: not needed to compose a config
+
         checks = [
             (self.batch_size > 0, "tasks.batch_size must be a positive integer"),
             (self.num_workers >= -1, "tasks.num_workers must be ≥ 0 (or -1 for auto)"),

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from img_search.faults import fail_point
 from img_search.pipeline.claims import ShardTask, merge_ranges
 
 
@@ -188,22 +189,37 @@ class ShardStream(IterableDataset):
         feeder: Feeder,
         prepare: Callable[[Any], Any],
         collate: Callable[[list[Prepared | Failed]], Batch],
+        start: int = 0,
+        only: set[int] | None = None,
     ) -> None:
         super().__init__()
         self.source, self.feeder, self.prepare, self.collate = source, feeder, prepare, collate
+        #: Windows (counted over every claimed shard) before ``start`` were delivered already;
+        #: ``only``: just these windows (of shards claimed already), to isolate a failure.
+        self.start, self.only = start, only
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         served = None if info is None else worker
         first_window, k = 0, 0
-        while (answer := self.feeder.ask(served, k)) is not None:
+        last = None if self.only is None else max(self.only)
+        while (last is None or first_window <= last) and (
+            answer := self.feeder.ask(served, k)
+        ) is not None:
             task, task_windows = answer
-            mine = [j for j in range(len(task_windows)) if (first_window + j) % workers == worker]
+            mine = [
+                j for j in range(len(task_windows)) if self._owns(first_window + j, workers, worker)
+            ]
             if mine:
                 yield from self._task_batches(k, task, task_windows, mine)
             first_window += len(task_windows)
             k += 1
+
+    def _owns(self, window: int, workers: int, worker: int) -> bool:
+        if window < self.start or (self.only is not None and window not in self.only):
+            return False
+        return (window - self.start) % workers == worker
 
     def _task_batches(
         self, k: int, task: ShardTask, task_windows: list[tuple[int, int]], mine: list[int]
@@ -236,6 +252,7 @@ class ShardStream(IterableDataset):
         return batch
 
     def _prepare(self, position: int, item: Any) -> Prepared | Failed:
+        fail_point(f"prepare/{item.id}")
         try:
             return Prepared(position, item.id, self.prepare(item))
         except Exception as exc:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from img_search.pipeline.cli import user_errors_exit
-from img_search.search.indexes import SavedIndex, build_index, index_specs
-from img_search.search.tables import load_selection
+from img_search.pipeline.cli import hydra_entry, user_errors_exit
+
+if TYPE_CHECKING:
+    from img_search.search.indexes import SavedIndex
 
 log = logging.getLogger("img_search")
 
@@ -25,6 +25,9 @@ def build_all(
     dataset_name: str | None = None,
 ) -> list[SavedIndex]:
     """Every configured index of one (model, dataset) selection, each saved next to the table."""
+    from img_search.search.indexes import build_index, index_specs
+    from img_search.search.tables import load_selection
+
     selection = load_selection(table, model_name, dataset_name)
     built = []
     for name, (kind, params) in index_specs(specs).items():
@@ -56,7 +59,7 @@ def print_built(built: list[SavedIndex]) -> None:
     Console(width=200).print(table)
 
 
-@hydra.main(version_base=None, config_path="pkg://img_search.config.search", config_name="build")
+@hydra_entry(config_path="pkg://img_search.config.search", config_name="build")
 def main(cfg: DictConfig) -> None:
     with user_errors_exit(cfg):
         specs = OmegaConf.to_container(cfg.indexes, resolve=True)

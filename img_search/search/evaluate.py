@@ -8,22 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from img_search.pipeline.cli import user_errors_exit
-from img_search.search.ann import ann_benchmark, random_unit_vectors, results_table, write_csv
-from img_search.search.evaluation import (
-    caption_image_retrieval,
-    inquire_rerank,
-    read_inquire_labels,
-)
+from img_search.failures import explain_hub_failure
+from img_search.pipeline.cli import hydra_entry, user_errors_exit
 from img_search.search.query import pick_device
-from img_search.search.query_encoder import encode_text_queries, load_query_encoder
-from img_search.search.tables import load_selection
 
 log = logging.getLogger("img_search")
 console = Console(width=160)
@@ -38,6 +29,9 @@ def _required(cfg: DictConfig, key: str) -> str:
 
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
+    from img_search.search.evaluation import caption_image_retrieval
+    from img_search.search.tables import load_selection
+
     images = load_selection(_required(cfg, "images"), cfg.model_name, cfg.dataset_name)
     captions = load_selection(
         _required(cfg, "captions"), cfg.model_name or images.model_name, cfg.caption_dataset_name
@@ -63,8 +57,13 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_inquire(cfg: DictConfig) -> dict[str, Any]:
+    from img_search.search.evaluation import inquire_rerank, read_inquire_labels
+    from img_search.search.query_encoder import encode_text_queries, load_query_encoder
+    from img_search.search.tables import load_selection
+
     images = load_selection(_required(cfg, "images"), cfg.model_name, cfg.dataset_name)
-    splits = [read_inquire_labels(str(cfg.inquire.path), str(s)) for s in cfg.inquire.splits]
+    with explain_hub_failure("inquire.path=<local copy in the Hub layout>"):
+        splits = [read_inquire_labels(str(cfg.inquire.path), str(s)) for s in cfg.inquire.splits]
     encoder = load_query_encoder(
         images.model_name,
         images.model_spec,
@@ -97,6 +96,11 @@ def run_inquire(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_ann(cfg: DictConfig) -> dict[str, Any]:
+    import numpy as np
+
+    from img_search.search.ann import ann_benchmark, random_unit_vectors, results_table, write_csv
+    from img_search.search.tables import load_selection
+
     ann = cfg.ann
     if ann.table:
         selection = load_selection(str(ann.table), cfg.model_name, cfg.dataset_name)
@@ -143,7 +147,7 @@ def run_ann(cfg: DictConfig) -> dict[str, Any]:
 RUNNERS = {"retrieval": run_retrieval, "inquire": run_inquire, "ann": run_ann}
 
 
-@hydra.main(version_base=None, config_path="pkg://img_search.config.search", config_name="evaluate")
+@hydra_entry(config_path="pkg://img_search.config.search", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with user_errors_exit(cfg):
         if cfg.task not in RUNNERS:

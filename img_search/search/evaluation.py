@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from img_search.search.metrics import inquire_ap_at_k, inquire_rerank_metrics, recall_at_k
-from img_search.search.query_encoder import ModelMismatch
 from img_search.search.tables import TableSelection
 
 log = logging.getLogger(__name__)
@@ -27,6 +26,8 @@ def check_same_identity(a: TableSelection, b: TableSelection) -> None:
     """Vectors of two tables are comparable only when one model made both."""
     fa, fb = a.identity.get("fingerprint"), b.identity.get("fingerprint")
     if fa and fb and fa != fb:
+        from img_search.search.query_encoder import ModelMismatch  # torch: retrieval needs none
+
         raise ModelMismatch(
             f"{a.path} ({a.model_name}: {a.identity.get('checkpoint')}) and {b.path} "
             f"({b.model_name}: {b.identity.get('checkpoint')}) were embedded by different models"

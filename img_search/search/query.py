@@ -5,23 +5,18 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from img_search.pipeline.cli import user_errors_exit
-from img_search.search.indexes import SavedIndex, open_index
-from img_search.search.query_encoder import (
-    encode_image_queries,
-    encode_text_queries,
-    load_query_encoder,
-)
-from img_search.search.tables import file_path_of, row_details, vector_of
+from img_search.pipeline.cli import hydra_entry, user_errors_exit
+
+if TYPE_CHECKING:  # numpy, pyarrow and the index libraries load once the config is composed
+    import numpy as np
+
+    from img_search.search.indexes import SavedIndex
 
 
 @dataclass
@@ -36,6 +31,8 @@ class Hit:
 
 def pick_device(device: str) -> str:
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -56,7 +53,15 @@ def query_vector(
             f"give exactly one of text=..., image=... or id=... (got {', '.join(given) or 'none'})"
         )
     if item_id is not None:
+        from img_search.search.tables import vector_of
+
         return vector_of(index.table, index.model_name, index.dataset_name, str(item_id))
+    from img_search.search.query_encoder import (  # torch: only for a query that needs a model
+        encode_image_queries,
+        encode_text_queries,
+        load_query_encoder,
+    )
+
     encoder = load_query_encoder(
         index.model_name,
         index.meta.get("model_spec") or {},
@@ -72,6 +77,8 @@ def query_vector(
 
 def search(index: SavedIndex, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Hit]:
     """Top-k hits with what is known of each item (file path, caption, image id)."""
+    from img_search.search.tables import file_path_of, row_details
+
     hits = [(item_id, score) for _, item_id, score in index.top_k(vector, k, exclude)]
     details = row_details(index.table, index.model_name, index.dataset_name, [i for i, _ in hits])
     dataset = index.meta.get("dataset") or {}
@@ -110,7 +117,7 @@ def print_hits(hits: list[Hit], index: SavedIndex, as_json: bool) -> None:
     Console(width=160 if not sys.stdout.isatty() else None).print(table)
 
 
-@hydra.main(version_base=None, config_path="pkg://img_search.config.search", config_name="query")
+@hydra_entry(config_path="pkg://img_search.config.search", config_name="query")
 def main(cfg: DictConfig) -> None:
     with user_errors_exit(cfg):
         if int(cfg.k) <= 0:
@@ -119,6 +126,8 @@ def main(cfg: DictConfig) -> None:
             raise ValueError(
                 f"id={cfg.id!r} was read as a number: quote it as it is written, e.g. id=\"'1e3'\""
             )
+        from img_search.search.indexes import open_index
+
         index = open_index(cfg.index, cfg.model_name, cfg.dataset_name)
         vector = query_vector(
             index,

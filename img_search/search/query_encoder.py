@@ -104,11 +104,12 @@ def encode_image_queries(
 ) -> np.ndarray:
     """Image files → query vectors (a missing file is named)."""
     images = []
+    resize_to = encoder.image_transform().resize_target if encoder.supports_images else None
     for path in paths:
         if not os.path.exists(path):
             raise FileNotFoundError(f"query image not found: {path}")
         kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
-        images.append(open_image(str(path), **kwargs))
+        images.append(open_image(str(path), resize_to=resize_to, **kwargs))
     return encode_images(encoder, images)
 
 

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from img_search.pipeline.cli import user_errors_exit
-from img_search.search.query import pick_device
-from img_search.serve.app import ServeSettings, create_app
-from img_search.serve.catalog import load_catalog
+from img_search.pipeline.cli import hydra_entry, user_errors_exit
 
 log = logging.getLogger("img_search")
 
 
-@hydra.main(version_base=None, config_path="pkg://img_search.config", config_name="serve")
+@hydra_entry(config_path="pkg://img_search.config", config_name="serve")
 def main(cfg: DictConfig) -> None:
+    # the app, its models and the web server load once the config is composed (--help stays fast)
     import uvicorn
+
+    from img_search.search.query import pick_device
+    from img_search.serve.app import ServeSettings, create_app
+    from img_search.serve.catalog import load_catalog
 
     with user_errors_exit(cfg):
         specs = OmegaConf.to_container(cfg.tables, resolve=True) or {}
-        catalog = load_catalog(specs, device=pick_device(str(cfg.device)))
+        catalog = load_catalog(
+            specs,
+            device=pick_device(str(cfg.device)),
+            trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        )
         settings = ServeSettings(
             default_k=int(cfg.k),
             max_k=int(cfg.max_k),

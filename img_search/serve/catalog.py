@@ -1,14 +1,18 @@
 """What the server holds: each table's index, query encoder, row details and image sources.
 
-Everything is loaded once, at start-up, so a request only encodes its query
-(when it has one) and searches. Items are reached only by their ids; a path
-never comes from a request.
+Everything is loaded and checked once, at start-up, so a request only encodes
+its query (when it has one) and searches. A table that cannot be searched
+correctly is refused then, with one line: vectors of another dimension than
+its model's, duplicate ids, no rows. Rows whose vectors hold NaN or infinity
+are listed (log and ``/api/tables``) and left out of every answer. Items are
+reached only by their ids; a path never comes from a request.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,57 +20,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
+from PIL import Image
 
-from img_search.data import get_dataset
-from img_search.data.base import ImageDataset
 from img_search.embedding import Encoder
 from img_search.search.evaluation import image_of_caption
 from img_search.search.indexes import SavedIndex, open_index
-from img_search.search.query_encoder import load_query_encoder
-from img_search.search.tables import CAPTION_COLUMNS, UnknownItem
-from img_search.store import read_metadata, read_table
+from img_search.search.query_encoder import encode_images, encode_text_queries, load_query_encoder
+from img_search.search.tables import CAPTION_COLUMNS
+from img_search.serve.thumbnails import IMAGE_SOURCE_WAIT_S, ItemImages, item_images_of
+from img_search.store import is_table, open_table, read_table
 from img_search.store import schema as S
-from img_search.store.reader import table_columns
+from img_search.store.reader import embedding_matrix, selection_filter, table_columns
 
 log = logging.getLogger(__name__)
 
-
-class ItemImages:
-    """The raw image of an item id in its dataset (folder file or Hub/Parquet bytes), for thumbnails."""
-
-    def __init__(self, dataset: ImageDataset) -> None:
-        self.dataset = dataset
-        self._position: dict[str, int] | None = None
-        self._lock = threading.Lock()  # the page asks for a dozen thumbnails at once
-
-    def source(self, item_id: str) -> Any:
-        if self._position is None:
-            with self._lock:
-                if self._position is None:
-                    self.dataset.build()
-                    self._position = {i: p for p, i in enumerate(self.dataset.item_ids())}
-        position = self._position.get(item_id)
-        if position is None:
-            raise UnknownItem(f"no image {item_id!r} in dataset {self.dataset.name}")
-        return self.dataset.get(position).source
-
-
-def item_images_of(table: Path, dataset_name: str) -> ItemImages | None:
-    """Rebuild the dataset an image table was embedded from (None when it cannot be read here)."""
-    metadata = read_metadata(table)
-    spec = dict(((metadata.get("config") or {}).get("datasets") or {}).get(dataset_name) or {})
-    described = (metadata.get("datasets") or {}).get(dataset_name) or {}
-    if not spec:
-        return None
-    if described.get("path") and Path(str(described["path"])).exists():
-        spec["path"] = described["path"]  # absolute, so the server may run from anywhere
-    if spec.get("streaming"):
-        spec["streaming"] = False  # thumbnails need random access
-    try:
-        return ItemImages(get_dataset(spec, name=dataset_name))
-    except Exception as exc:  # a dataset that cannot be opened here only loses its thumbnails
-        log.warning("no thumbnails for %s (%s): %s", dataset_name, table, exc)
-        return None
+#: Rows with NaN or infinite vectors that a table may have and still be served: every search
+#: asks its index for this many more hits, to drop them, so the number must stay small.
+MAX_LEFT_OUT = 1000
 
 
 @dataclass
@@ -78,18 +48,39 @@ class LoadedTable:
     kind: str  # "image" or "caption"
     encoder: Encoder | None
     details: dict[str, np.ndarray] = field(default_factory=dict)  # caption columns by row
-    row_of: dict[str, int] = field(default_factory=dict)
+    row_of: dict[str, int] = field(default_factory=dict)  # searchable items only
+    #: items whose vectors hold NaN or infinity, by id: never returned, never searched from
+    left_out: dict[str, int] = field(default_factory=dict)
     images: ItemImages | None = None
     #: caption tables: the loaded image table their images come from
     image_table: str | None = None
 
     @property
     def rows(self) -> int:
-        return len(self.index.ids)
+        return len(self.index.ids) - len(self.left_out)
 
     @property
     def dim(self) -> int:
         return int(self.index.meta["dim"])
+
+    def reads(self, side: str) -> bool:
+        """Whether its model encodes ``side`` queries: "text" or "image"."""
+        if self.encoder is None:
+            return False
+        return self.encoder.supports_texts if side == "text" else self.encoder.supports_images
+
+    def holds(self, item_id: str) -> bool:
+        """Whether the table has this item (searchable or left out)."""
+        return item_id in self.row_of or item_id in self.left_out
+
+    def top_k(
+        self, vector: np.ndarray, k: int, exclude: str | None = None
+    ) -> list[tuple[int, str, float]]:
+        """(position, id, score) of the ``k`` best searchable items for one query vector."""
+        if not self.left_out:
+            return self.index.top_k(vector, k, exclude)
+        hits = self.index.top_k(vector, k + len(self.left_out), exclude)
+        return [hit for hit in hits if hit[1] not in self.left_out][:k]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -100,9 +91,10 @@ class LoadedTable:
             "rows": self.rows,
             "dim": self.dim,
             "index": self.index.meta["kind"],
-            "text_search": bool(self.encoder and self.encoder.supports_texts),
-            "image_search": bool(self.encoder and self.encoder.supports_images),
+            "text_search": self.reads("text"),
+            "image_search": self.reads("image"),
             "image_table": self.image_table,
+            "left_out": sorted(self.left_out)[:20],  # NaN or infinite vectors, first 20 ids
         }
 
 
@@ -111,12 +103,16 @@ def load_table(
     spec: Mapping[str, Any],
     device: str = "cpu",
     encoders: dict[str, Encoder] | None = None,
+    trust_remote_code: bool = False,
 ) -> LoadedTable:
-    """Open (or build) the index of one configured table and load its query encoder.
+    """Open (or build) the index of one configured table, check it, and load its query encoder.
 
     ``encoders`` (by model fingerprint) lets tables of one model, say its
-    image and caption tables, share one loaded model.
+    image and caption tables, share one loaded model. ``trust_remote_code`` is
+    the serve config's, never the table's: a table cannot make the server run
+    code that its checkpoint ships.
     """
+    refuse_empty(name, Path(str(spec["table"])))
     index = open_index(
         str(spec["table"]),
         spec.get("model_name"),
@@ -124,43 +120,130 @@ def load_table(
         name=str(spec.get("index", "flat")),
         kind=str(spec.get("index", "flat")),
     )
+    row_of = unique_rows(name, index)
+    left_out = {item: row_of.pop(item) for item in nonfinite_ids(name, index)}
     kind = str(index.meta.get("table_kind", "image"))
     identity = index.meta.get("identity") or {}
     encoders = {} if encoders is None else encoders
     key = str(identity.get("fingerprint") or f"{index.table}:{index.model_name}")
     if key not in encoders:
         encoders[key] = load_query_encoder(
-            index.model_name, index.meta.get("model_spec") or {}, identity, device=device
+            index.model_name,
+            index.meta.get("model_spec") or {},
+            identity,
+            device=device,
+            trust_remote_code=trust_remote_code,
         )
     encoder = encoders[key]
-    names = table_columns(index.table)
-    columns = [c for c in CAPTION_COLUMNS if c in names]
-    details: dict[str, np.ndarray] = {}
-    if columns:
-        table = read_table(
-            index.table,
-            columns=[S.ID, *columns],
-            filters=(
-                (pc.field(S.MODEL) == index.model_name)
-                & (pc.field(S.DATASET) == index.dataset_name)
-            ),
-        )
-        order = {item: row for row, item in enumerate(table.column(S.ID).to_pylist())}
-        positions = np.array([order[str(i)] for i in index.ids])
-        details = {
-            c: np.asarray(table.column(c).to_pylist(), dtype=object)[positions] for c in columns
-        }
+    check_dimension(name, index, encoder)
     loaded = LoadedTable(
         name=name,
         index=index,
         kind=kind,
         encoder=encoder,
-        details=details,
-        row_of={str(item): row for row, item in enumerate(index.ids)},
+        details=caption_details(index),
+        row_of=row_of,
+        left_out=left_out,
     )
     if kind == "image":
-        loaded.images = item_images_of(index.table, index.dataset_name)
+        loaded.images = item_images_of(name, index.table, index.dataset_name)
     return loaded
+
+
+def refuse_empty(name: str, path: Path) -> None:
+    """A table without rows: say so (its model and dataset cannot even be named)."""
+    if (path / "index.json").is_file() or not is_table(path):
+        return  # a saved index, or not a table: open_index says what it is
+    if open_table(path).count_rows() == 0:
+        raise ValueError(
+            f"table {name}: {path} holds no rows (was its dataset empty?); "
+            f"embed something into it, or leave it out with tables.{name}.table=null"
+        )
+
+
+def unique_rows(name: str, index: SavedIndex) -> dict[str, int]:
+    """Row of each id; an id held twice makes "more like this" and thumbnails ambiguous: refused."""
+    row_of = {str(item): row for row, item in enumerate(index.ids)}
+    if len(row_of) != len(index.ids):
+        counts = Counter(str(item) for item in index.ids)
+        twice = [item for item, count in counts.items() if count > 1]
+        raise ValueError(
+            f"table {name}: some ids appear more than once in {index.table} "
+            f"({', '.join(map(repr, twice[:3]))}{', …' if len(twice) > 3 else ''}); "
+            "each item must be embedded once: embed it again into a new table"
+        )
+    return row_of
+
+
+def nonfinite_ids(name: str, index: SavedIndex) -> list[str]:
+    """Ids whose vectors hold NaN or infinity, read batch by batch (the table may exceed memory).
+
+    Such a vector scores NaN or infinity against every query: it would vanish
+    or come first. It is logged and left out; a table of nothing else is refused.
+    """
+    batches = open_table(index.table).to_batches(
+        columns=[S.ID, S.EMBEDDING], filter=selection_filter(index.model_name, index.dataset_name)
+    )
+    bad: list[str] = []
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        finite = np.isfinite(embedding_matrix(batch.column(S.EMBEDDING))).all(axis=1)
+        if not finite.all():
+            bad.extend(str(i) for i in batch.column(S.ID).filter(~finite).to_pylist())
+    if not bad:
+        return bad
+    if len(bad) == len(index.ids) or len(bad) > MAX_LEFT_OUT:
+        raise ValueError(
+            f"table {name}: {len(bad)} of its {len(index.ids)} vectors hold NaN or infinity "
+            f"(for example {', '.join(map(repr, bad[:3]))}); embed them again"
+        )
+    log.warning(
+        "table %s: %d rows with NaN or infinite vectors are left out: %s%s",
+        name,
+        len(bad),
+        ", ".join(map(repr, bad[:10])),
+        " …" if len(bad) > 10 else "",
+    )
+    return bad
+
+
+def check_dimension(name: str, index: SavedIndex, encoder: Encoder) -> None:
+    """The table's vectors must have the model's dimension, or every query fails or lies.
+
+    The dimension comes from one probe through the model (the table's own
+    metadata could be wrong too); the probe also warms the model up.
+    """
+    dim = encoder.dim
+    if dim is None:
+        if encoder.supports_texts:
+            probe = encode_text_queries(encoder, ["a probe"])
+        else:
+            probe = encode_images(encoder, [Image.new("RGB", (64, 64), (128, 128, 128))])
+        dim = int(probe.shape[-1])
+    if dim != index.meta["dim"]:
+        raise ValueError(
+            f"table {name}: its vectors have {index.meta['dim']} dimensions, but model "
+            f"{index.model_name} makes {dim}: they were not made by this model; "
+            "embed the table again"
+        )
+
+
+def caption_details(index: SavedIndex) -> dict[str, np.ndarray]:
+    """Caption, image id and image file of each row, in index order (caption tables only)."""
+    columns = [c for c in CAPTION_COLUMNS if c in table_columns(index.table)]
+    if not columns:
+        return {}
+    table = read_table(
+        index.table,
+        columns=[S.ID, *columns],
+        filters=(
+            (pc.field(S.MODEL) == index.model_name) & (pc.field(S.DATASET) == index.dataset_name)
+        ),
+    )
+    order = {item: row for row, item in enumerate(table.column(S.ID).to_pylist())}
+    positions = np.array([order[str(i)] for i in index.ids])
+    return {c: np.asarray(table.column(c).to_pylist(), dtype=object)[positions] for c in columns}
 
 
 class Catalog:
@@ -201,6 +284,10 @@ class Catalog:
             raise KeyError(name)
         return self.tables[name]
 
+    def first(self, side: str) -> LoadedTable | None:
+        """The first table (in config order) whose model reads ``side`` queries ("text", "image")."""
+        return next((table for table in self.tables.values() if table.reads(side)), None)
+
     def image_item_of_caption(self, captions: LoadedTable, row: int) -> tuple[str, str] | None:
         """(image table, item id) of a caption row's image, when a loaded image table has it."""
         linked = self._images_of.get(captions.name)
@@ -209,12 +296,32 @@ class Catalog:
         name, rows = linked
         return name, str(self.tables[name].index.ids[rows[row]])
 
+    def wait_for_images(self, timeout: float = IMAGE_SOURCE_WAIT_S) -> None:
+        """Give the image sources building in the background up to ``timeout`` seconds in all."""
+        deadline = time.monotonic() + timeout
+        for table in self.tables.values():
+            if table.images is not None:
+                table.images.ready.wait(max(0.0, deadline - time.monotonic()))
 
-def load_catalog(specs: Mapping[str, Mapping[str, Any]], device: str = "cpu") -> Catalog:
+
+def load_catalog(
+    specs: Mapping[str, Mapping[str, Any]],
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    image_wait: float = IMAGE_SOURCE_WAIT_S,
+) -> Catalog:
+    """Load every configured table; a table that fails a check stops start-up with one line.
+
+    Start-up then waits up to ``image_wait`` seconds for the thumbnail sources,
+    so that local folders are ready before the first request; a slower Hub
+    dataset goes on building in the background.
+    """
     tables, encoders = {}, {}
     for name, spec in specs.items():
         if not spec or not spec.get("table"):
             continue  # tables.<name>.table=null leaves a configured table out
-        tables[name] = load_table(name, spec, device, encoders)
+        tables[name] = load_table(name, spec, device, encoders, trust_remote_code)
         log.info("loaded %s: %s", name, tables[name].describe())
-    return Catalog(tables)
+    catalog = Catalog(tables)
+    catalog.wait_for_images(image_wait)
+    return catalog

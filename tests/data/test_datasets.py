@@ -392,6 +392,7 @@ def test_registry_builds_each_kind(tmp_path: Path, inquire: tuple[Path, list[str
         "kind": "image_folder",
         "path": str(tmp_path),
         "extensions": list(folder.extensions),
+        "follow_links": False,
     }
     flickr = get_dataset({"dataset": "flickr30k", "name": "f30k", "ids": ["1"]})
     assert isinstance(flickr, Flickr30kDataset)

@@ -285,3 +285,31 @@ def test_failed_decode_closes_the_file(tmp_path: Path, case: str) -> None:
         open_image(path, max_pixels=100 if case == "too_many_pixels" else None)
     assert info.value is not None
     assert open_descriptors_of(path) == []
+
+
+def test_the_pixel_limit_governs_in_both_directions() -> None:
+    """Issue 15.3: above Pillow's own 89 Mpx warning, the configured limit decides, not Pillow."""
+    data = encode(Image.new("1", (12_000, 8_000)), "PNG")  # 96 Mpx in a few kB
+    assert open_image(data, max_pixels=200_000_000).size == (12_000, 8_000)
+    with pytest.raises(ImageDecodeError, match="12000x8000 pixels exceeds the limit of 50000000"):
+        open_image(data, max_pixels=50_000_000)
+
+
+def test_the_resize_target_is_checked_before_decoding() -> None:
+    """Issue 15.2: a 2,500,000 x 16 strip is small, the shorter-side resize of it is not."""
+    from img_search.embedding.efficientnet import ResizeCropNormalize
+
+    strip = encode(Image.new("L", (2_500_000, 16)), "PNG")
+    resize_to = ResizeCropNormalize().resize_target
+    with pytest.raises(ImageDecodeError, match="would be resized to 40000000x256") as info:
+        open_image(strip, resize_to=resize_to)
+    assert "tasks.max_image_pixels" in str(info.value)
+    photo = encode(Image.new("RGB", (640, 480)), "PNG")
+    assert open_image(photo, resize_to=resize_to).size == (640, 480)
+
+
+def test_draft_decodes_a_large_jpeg_at_a_fraction_of_its_size() -> None:
+    """For thumbnails: the JPEG decoder scales by 1/2 to 1/8, keeping at least the asked size."""
+    data = jpeg_bytes(synthetic_image(3, size=(1600, 1200)))
+    assert open_image(data, draft=(256, 256)).size == (400, 300)
+    assert open_image(data).size == (1600, 1200)

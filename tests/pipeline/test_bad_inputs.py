@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import SAMPLE_PHOTOS, run_module
 from PIL import Image
 
 from img_search.store import read_embeddings
@@ -16,6 +22,12 @@ SKIPPED = {
     "empty.jpg": "0 bytes",
     "not_an_image.jpg": "cannot decode",
     "bomb.png": "exceeds the limit",
+    "strip.png": "would be resized to 5000000x32 by the model's preprocessing",
+    # listing problems (issue 15.4): one row each, the rest is embedded
+    "loop.jpg": "Too many levels of symbolic links",
+    "caf\\xe9.jpg": "not valid UTF-8",
+    "to_root": "a symlink to /, outside the folder: not followed (datasets.<name>.follow_links",
+    "outside.jpg": "outside the folder: not followed",
 }
 CONVERTED = ["cmyk.jpg", "gray16.png", "palette.png", "rgba.png", "gray.png", "one_pixel.png"]
 GOOD = [f"good/{i}.jpg" for i in range(5)]
@@ -44,6 +56,12 @@ def messy_folder(tmp_path_factory):
     rgba.save(root / "rgba.png")
     synthetic_image(8).convert("L").save(root / "gray.png")
     Image.new("RGB", (1, 1), (200, 30, 60)).save(root / "one_pixel.png")
+    Image.new("L", (2_500_000, 16)).save(root / "strip.png")  # a shorter-side resize: 160 Mpx
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
+    (root / "to_root").symlink_to("/")
+    (root / "outside.jpg").symlink_to(SAMPLE_PHOTOS / "coffee.jpg")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.jpg"), "wb") as latin1:
+        latin1.write(jpeg_bytes(synthetic_image(3)))
     return root
 
 
@@ -111,17 +129,23 @@ def test_error_budget_turns_errors_into_a_failing_exit(
 ):
     out = tmp_path / "budget.parquet"
     result = run_embed(
-        *run_args(messy_folder, out, tiny_checkpoints["clip"], "tasks.max_errors=4"),
+        *run_args(
+            messy_folder, out, tiny_checkpoints["clip"], f"tasks.max_errors={len(SKIPPED) - 1}"
+        ),
         expect_ok=False,
     )
     assert result.returncode == 1
-    assert "5 items could not be embedded, over the budget of 4" in result.stderr
+    over = f"{len(SKIPPED)} items could not be embedded, over the budget of {len(SKIPPED) - 1}"
+    assert over in result.stderr
     assert pq.read_metadata(out).num_rows == len(GOOD) + len(
         CONVERTED
     )  # the table is still complete
     within = run_embed(
         *run_args(
-            messy_folder, tmp_path / "ok.parquet", tiny_checkpoints["clip"], "tasks.max_errors=5"
+            messy_folder,
+            tmp_path / "ok.parquet",
+            tiny_checkpoints["clip"],
+            f"tasks.max_errors={len(SKIPPED)}",
         )
     )
     assert within.returncode == 0
@@ -140,3 +164,145 @@ def test_unwritable_output_directory_fails_before_any_model(tmp_path, run_embed)
     assert result.returncode == 2
     assert "output directory is not writable" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+#: Runs the rest of its command line under a 6 GiB address-space limit (a normal run fits).
+UNDER_6_GIB = [
+    sys.executable,
+    "-c",
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+]
+
+
+def test_a_strip_png_and_a_dying_loader_worker_cost_only_their_items(tmp_path):
+    """Issue 15.2: a 2,500,000 x 16 PNG (a few dozen KB) is refused from its header, before a
+    shorter-side resize asks for 40,000,000 x 256 pixels; a loader worker killed while preparing
+    coffee.jpg costs the two items of its batch, named, and the run goes on."""
+    folder = tmp_path / "photos"
+    shutil.copytree(SAMPLE_PHOTOS, folder)
+    Image.new("L", (2_500_000, 16)).save(folder / "strip.png")
+    out = tmp_path / "out.parquet"
+    result = run_module(
+        "img_search.pipeline.embed",
+        "models=efficientnet_lite0",
+        "datasets=image_folder",
+        f"datasets.image_folder.path={folder}",
+        f"output_path={out}",
+        "tasks.batch_size=2",
+        "tasks.num_workers=2",
+        launcher=UNDER_6_GIB,
+        env={"IMG_SEARCH_FAULT": "prepare/coffee.jpg"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rows: 6" in result.stdout and "errors: 3" in result.stdout
+    errors = {
+        e["id"]: e["reason"] for e in pq.read_table(out.with_suffix(".errors.parquet")).to_pylist()
+    }
+    assert sorted(errors) == ["chelsea.jpg", "coffee.jpg", "strip.png"]
+    assert "would be resized to 40000000x256 by the model's preprocessing" in errors["strip.png"]
+    for name in ("chelsea.jpg", "coffee.jpg"):
+        assert "the loader worker was killed by SIGKILL" in errors[name], errors[name]
+    assert "Traceback" not in result.stderr
+
+
+def test_an_empty_folder_fails_with_one_line_and_leaves_nothing(tmp_path, run_embed):
+    """Issues 15.6 and 15.7: exit 2 naming the folder and the extensions; no ``.partial`` left."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image\n")
+    out = tmp_path / "out.parquet"
+    result = run_embed(
+        "models=simulated",
+        "datasets=image_folder",
+        f"datasets.image_folder.path={empty}",
+        f"output_path={out}",
+        expect_ok=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"no images under {empty} (extensions .jpg .jpeg .png" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_another_job(tmp_path):
+    """Issue 15.7: a run that fails before committing anything removes its job state."""
+    from hydra import compose, initialize_config_module
+
+    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.runner import plan_job, run_job
+
+    out = tmp_path / "out.parquet"
+
+    def job(folder, *extra):
+        with initialize_config_module("img_search.config", version_base=None):
+            cfg = compose(
+                "embed_config",
+                overrides=[
+                    "models=simulated",
+                    "models.simulated.batch_seconds=0",
+                    "datasets=image_folder",
+                    f"datasets.image_folder.path={folder}",
+                    f"output_path={out}",
+                    "tasks.num_workers=0",
+                    *extra,
+                ],
+            )
+        return plan_job(cfg, IMAGES, image_dataset_specs(cfg))
+
+    with pytest.raises(Exception, match="image folder not found"):
+        run_job(job(tmp_path / "missing"))
+    assert not out.with_name("out.parquet.partial").exists()
+    assert run_job(job(SAMPLE_PHOTOS, "models.simulated.dim=8")) == 0  # another job: not refused
+    assert len(read_embeddings(out).ids) == 8
+
+
+FULL_DISK = """
+set -u
+mount -t tmpfs -o size=2m tmpfs "$OUT"
+embed() {
+  "$PY" -m img_search.pipeline.embed models=simulated models.simulated.batch_seconds=0 \\
+    models.simulated.dim=8192 datasets=image_folder datasets.image_folder.path="$PHOTOS" \\
+    output_path="$OUT/t.parquet" tasks.shard_size=8 tasks.batch_size=8 tasks.num_workers=0
+}
+embed >"$LOG/1.out" 2>"$LOG/1.err"; echo $? >"$LOG/1.rc"
+find "$OUT/t.parquet.partial/records" -name '*.json' | wc -l >"$LOG/committed"
+mount -o remount,size=64m "$OUT"
+embed >"$LOG/2.out" 2>"$LOG/2.err"; echo $? >"$LOG/2.rc"
+cp "$OUT/t.parquet" "$LOG/t.parquet"
+"""
+
+
+def test_a_full_disk_mid_run_fails_with_one_line_and_a_rerun_resumes(tmp_path):
+    """Issue 15.5: a 2 MiB filesystem (a private tmpfs) fills after a few shards of 96 rows of
+    32 KiB; the run says where and how much space is left, keeps its commits, and resumes."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a private tmpfs")
+    photos, out, log = tmp_path / "photos", tmp_path / "out", tmp_path / "log"
+    for folder in (photos, out, log):
+        folder.mkdir()
+    for i in range(96):
+        (photos / f"{i:03d}.jpg").write_bytes(jpeg_bytes(synthetic_image(i, (24, 24))))
+    env = {**os.environ, "PY": sys.executable, "PHOTOS": str(photos), "OUT": str(out)}
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", FULL_DISK],
+        env={**env, "LOG": str(log)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if not (log / "1.rc").exists():
+        pytest.skip(f"no private mount namespace here: {result.stderr.strip()[:200]}")
+    first_err = (log / "1.err").read_text()
+    assert (log / "1.rc").read_text().strip() == "2", first_err[-3000:]
+    line = [ln for ln in first_err.splitlines() if "ERROR" in ln][-1]
+    assert f"cannot write {out / 't.parquet'}" in line, line
+    assert "No space left on device (" in line and " free there)" in line, line
+    assert "rerun the same command to resume" in line
+    assert "Traceback" not in first_err
+    committed = int((log / "committed").read_text())
+    assert 0 < committed < 12
+    assert (log / "2.rc").read_text().strip() == "0", (log / "2.err").read_text()[-3000:]
+    assert f"resumed: {committed * 8} rows" in (log / "2.out").read_text()
+    table = read_embeddings(log / "t.parquet")
+    assert sorted(table.ids) == [f"{i:03d}.jpg" for i in range(96)]

@@ -274,3 +274,12 @@ def test_captions_join_on_their_file_before_the_stem():
     )
     # exact file first; "1.jpg" is in two folders: never guessed; "2" names one image; "3" is an id
     assert list(rows) == [1, 0, -1, 2, 3, -1]
+
+
+def test_inquire_without_the_hub_is_one_line(demo_tables, run_evaluate):
+    """The default ``inquire.path`` is a Hub id: offline, one line naming the local override."""
+    result = run_evaluate("task=inquire", f"images={demo_tables['images']}", expect_ok=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2
+    assert len(lines) == 1 and "Traceback" not in result.stderr, lines
+    assert lines[0].endswith("use a local copy: inquire.path=<local copy in the Hub layout>")

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import OFFLINE, REPO, SAMPLE_PHOTOS
+from conftest import SAMPLE_PHOTOS
+from serve_process import serve_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -32,48 +29,14 @@ FLAGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(demo_tables):
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "img_search.serve",
+    with serve_process(
         f"tables.images.table={demo_tables['images']}",
         f"tables.captions.table={demo_tables['captions']}",
-        f"port={port}",
         "k=6",
-    ]
-    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if url in line:
-            break
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{process.stdout.read()}")
-    else:
-        process.kill()
-        pytest.fail("the server did not print its URL within 120 s")
-    for _ in range(100):  # the URL is printed just before uvicorn binds
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    ) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

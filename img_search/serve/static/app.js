@@ -25,9 +25,7 @@ async function api(url, options) {
     body = null;
   }
   if (!response.ok) {
-    const detail = body && (body.error || body.detail);
-    const text = typeof detail === "string" ? detail : JSON.stringify(detail || response.statusText);
-    throw new Error(`${response.status}: ${text}`);
+    throw new Error(`${response.status}: ${(body && body.error) || response.statusText}`);
   }
   return body;
 }

@@ -1,0 +1,156 @@
+"""The loader of one (model, dataset) pass, and what happens when one of its workers dies.
+
+A loader worker can die without an exception: the kernel's OOM killer, a
+crash inside a C decoder. PyTorch then ends the whole iteration with
+``DataLoader worker ... exited unexpectedly``, without saying which item
+was at fault, and every rerun would die on the same item. Here the windows
+that were in flight are prepared again one at a time, each in a fresh
+one-worker loader: a window that succeeds goes on as usual, a window whose
+worker dies again is reported with the ids of its items and the reason, and
+the loader restarts after them. The run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from img_search.pipeline.distributed import local_world_size
+from img_search.pipeline.shards import Batch, Collator, Feeder, ShardStream, yield_to_the_model
+
+log = logging.getLogger("img_search")
+
+
+class PassLoader:
+    """Batches of the shards ``feeder`` claims, prepared by loader workers, surviving their deaths."""
+
+    def __init__(self, job: Any, encoder: Any, source: Any, feeder: Feeder, accelerator: Any):
+        settings, modality = job.settings, job.modality
+        self.device = accelerator.device.type
+        self.source, self.feeder = source, feeder
+        self.workers = settings.loader_workers(
+            self.device, local_world_size(accelerator), modality.cpu_heavy_prepare
+        )
+        self.prefetch = settings.prefetch_factor
+        self.prepare = modality.make_prepare(encoder, settings)
+        self.collate = Collator(modality.make_collate(encoder))
+
+    def __iter__(self) -> Iterator[Batch]:
+        start, deaths_here = 0, 0
+        while True:
+            received = start
+            try:
+                for batch in self._batches(start, None, self.workers):
+                    received += 1
+                    deaths_here = 0
+                    yield batch
+                return
+            except WorkerDied as died:
+                deaths_here = deaths_here + 1 if received == start else 1
+                if deaths_here > 2:  # nothing in flight to blame: not an item's fault
+                    raise RuntimeError(str(died)) from died
+                claimed = sum(len(w) for w in self.feeder.windows)
+                in_flight = range(received, min(received + self.workers * self.prefetch, claimed))
+                log.warning(
+                    "%s; preparing the %d batch(es) it may have held one at a time",
+                    died,
+                    len(in_flight),
+                )
+                for window in in_flight:
+                    yield self._alone(window)
+                start = max(received, in_flight.stop)
+
+    def _alone(self, window: int) -> Batch:
+        """One window in a fresh one-worker loader, or its items reported if that worker dies too."""
+        try:
+            return next(iter(self._batches(window, {window}, 1)))
+        except WorkerDied as died:
+            k, (first, stop) = self._locate(window)
+            items = self.source.items(self.feeder.tasks[k].shard, first, stop)
+            reason = f"{died.reason} while preparing the batch of this item"
+            log.warning("items %d to %d of %s: %s", first, stop - 1, self.source.name, reason)
+            failures = [(item.id, reason) for _, item in items]
+            return Batch(task=k, window=(first, stop), failures=failures)
+
+    def _locate(self, window: int) -> tuple[int, tuple[int, int]]:
+        for k, windows in enumerate(self.feeder.windows):
+            if window < len(windows):
+                return k, windows[window]
+            window -= len(windows)
+        raise IndexError(window)
+
+    def _batches(self, start: int, only: set[int] | None, workers: int) -> Iterator[Batch]:
+        stream = ShardStream(self.source, self.feeder, self.prepare, self.collate, start, only)
+        if self.workers == 0:
+            yield from stream
+            return
+        context = multiprocessing.get_context()
+        self.feeder.serve(workers, context)
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.device == "cuda",
+            prefetch_factor=self.prefetch,
+            worker_init_fn=yield_to_the_model if self.device == "cpu" else None,
+            multiprocessing_context=context,
+        )
+        try:
+            iterator = iter(loader)
+            deaths_only_in_next()
+            while True:
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+                except RuntimeError as exc:
+                    if "DataLoader worker" not in str(exc):
+                        raise
+                    raise WorkerDied(str(exc), exit_codes(iterator)) from exc
+                yield batch
+        finally:
+            self.feeder.stop()
+
+
+class WorkerDied(Exception):
+    """A loader worker ended without an exception of its own (killed, crashed, out of memory)."""
+
+    def __init__(self, message: str, codes: list[int]) -> None:
+        super().__init__(message)
+        self.codes = codes
+
+    @property
+    def reason(self) -> str:
+        signals = sorted({signal.Signals(-c).name for c in self.codes if c < 0})
+        if signals:
+            return f"the loader worker was killed by {', '.join(signals)} (out of memory?)"
+        return "the loader worker exited unexpectedly (out of memory, or a crash in a decoder)"
+
+
+def exit_codes(iterator: Any) -> list[int]:
+    """The exit codes of the iterator's dead workers (a private attribute of PyTorch's, if there)."""
+    codes = []
+    for worker in getattr(iterator, "_workers", None) or []:
+        with contextlib.suppress(Exception):
+            if not worker.is_alive():
+                worker.join(timeout=1)  # reaped, so its exit code is known
+                codes.append(worker.exitcode)
+    return [code for code in codes if code]
+
+
+def deaths_only_in_next() -> None:
+    """Make a worker's death surface in ``next(iterator)``, never in the middle of a commit.
+
+    PyTorch installs a SIGCHLD handler that raises wherever the main thread
+    happens to be; without it the loader notices a dead worker itself, within
+    seconds, while waiting for its next batch.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -1,0 +1,181 @@
+"""The command line of every tool: fast ``--help``, one-line mistakes (exit 2), Hub failures that name the fix."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+from conftest import SAMPLE_PHOTOS, run_module
+
+from img_search.pipeline.cli import expand_home
+
+CLIS = [
+    "img_search.pipeline.embed",
+    "img_search.pipeline.embed_text",
+    "img_search.search.build",
+    "img_search.search.query",
+    "img_search.search.evaluate",
+    "img_search.serve",
+]
+HEAVY = ("torch", "transformers", "datasets")
+
+
+def run_traced(module: str, *args: str, **kwargs) -> tuple[int, list[str], set[str]]:
+    """Run ``python -X importtime -m module args``: exit code, stderr lines (no import lines), modules imported."""
+    result = run_module(module, *args, launcher=[sys.executable, "-X", "importtime"], **kwargs)
+    lines, imported = [], set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:"):
+            imported.add(line.rsplit("|", 1)[-1].strip())
+        elif line.strip():
+            lines.append(line)
+    return result.returncode, lines, imported
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_help_imports_no_model_library(module):
+    code, _, imported = run_traced(module, "--help")
+    assert code == 0
+    assert "hydra" in imported
+    assert not imported & set(HEAVY)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "line"),
+    [
+        (
+            "img_search.pipeline.embed",
+            ["models=siglip22"],
+            "unknown models option 'siglip22'; the options are: clip, efficientnet_lite0, "
+            "jina_v4, minilm, siglip, siglip2, simulated; did you mean models=siglip2?",
+        ),
+        (
+            "img_search.pipeline.embed",
+            ["datasets=inquire", "datasets.inquire.split=test"],
+            "unknown key datasets.inquire.split; did you mean datasets.inquire.splits?",
+        ),
+        (
+            "img_search.pipeline.embed",
+            ["models=[clip,siglip3]"],
+            "unknown models option 'siglip3'; the options are: clip, efficientnet_lite0, "
+            "jina_v4, minilm, siglip, siglip2, simulated; did you mean models=siglip?",
+        ),
+        (
+            "img_search.pipeline.embed_text",
+            ["text_dataset=captions_jsonl", "text_dataset.pth=caps.jsonl"],
+            "unknown key text_dataset.pth; did you mean text_dataset.path?",
+        ),
+        (
+            "img_search.search.build",
+            ["table=t.parquet", "indexes=faiss_hsnw"],
+            "did you mean indexes=faiss_hnsw?",
+        ),
+        ("img_search.search.query", ["index=t.parquet", "kk=3"], "unknown key kk; did you mean k?"),
+        (
+            "img_search.search.evaluate",
+            ["task=ann", "ann.quries=10"],
+            "unknown key ann.quries; did you mean ann.queries?",
+        ),
+        ("img_search.serve", ["prot=8080"], "unknown key prot; did you mean port?"),
+        (
+            "img_search.pipeline.embed",
+            ["tasks.num_workers=two"],
+            "tasks.num_workers: Value 'two' of type 'str' could not be converted to Integer",
+        ),
+        (
+            "img_search.search.query",
+            ["index=t.parquet", "model_overrides.prompt_name=query"],
+            "unknown key model_overrides.prompt_name; model_overrides has no keys; "
+            "+model_overrides.prompt_name=... adds it",
+        ),
+    ],
+)
+def test_command_line_mistake_is_one_line_exit_2(module, args, line):
+    code, lines, imported = run_traced(module, *args)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].endswith(line), lines
+    assert "+datasets.inquire.split" not in lines[0]
+    assert not imported & set(HEAVY)
+
+
+def test_debug_logging_shows_hydra_traceback():
+    result = run_module("img_search.pipeline.embed", "models=siglip22", "logging=debug")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "Could not find 'models/siglip22'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["tasks.batch_size=0", "output_path=x.parquet"], "tasks.batch_size must be a positive"),
+        ([], "missing value(s): output_path"),
+    ],
+)
+def test_config_error_needs_no_model_library(args, line, tmp_path):
+    code, lines, imported = run_traced(
+        "img_search.pipeline.embed", f"datasets.image_folder.path={tmp_path}", *args, cwd=tmp_path
+    )
+    assert code == 2
+    assert len(lines) == 1 and line in lines[0], lines
+    assert not imported & set(HEAVY)
+
+
+def test_expand_home_like_the_shell(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/me")
+    assert expand_home(["datasets.image_folder.path=~/photos", "+x=~", "-m", "a=b~c"]) == [
+        "datasets.image_folder.path='/home/me/photos'",
+        "+x='/home/me'",
+        "-m",
+        "a=b~c",
+    ]
+    # a sweep or a list is left to Hydra's grammar
+    assert expand_home(["p=~/a,~/b", "p=[~/a]"]) == ["p=~/a,~/b", "p=[~/a]"]
+
+
+# -- the Hugging Face Hub: fail fast, name the override -----------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_offline_hub_model_is_one_line_without_retries(tmp_path):
+    result = run_module(
+        "img_search.pipeline.embed",
+        "models=clip",
+        f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+        f"output_path={tmp_path}/x.parquet",
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2
+    assert len(lines) == 1, lines
+    assert "the Hugging Face Hub is off (HF_HUB_OFFLINE=1)" in lines[0]
+    assert lines[0].endswith("use a local copy: models.clip.model_name=<local folder>")
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_no_network_is_found_at_once_and_named(tmp_path):
+    """Without ``HF_HUB_OFFLINE``: one connection attempt, then offline; no retries of any kind."""
+    result = run_module(
+        "img_search.pipeline.embed",
+        "datasets=inquire",
+        f"output_path={tmp_path}/x.parquet",
+        env={
+            "HF_HUB_OFFLINE": "",
+            "HF_DATASETS_OFFLINE": "",
+            "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+        },
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2
+    assert len(lines) == 2, lines
+    assert "the Hugging Face Hub cannot be reached (127.0.0.1:" in lines[0]
+    assert "Connection refused" in lines[0]
+    assert lines[1].endswith(
+        "use a local copy: datasets.inquire.path=<local copy in the Hub layout>"
+    )
+    assert "etry" not in result.stderr
