@@ -49,8 +49,9 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Three pytest workers on two cores keep both busy (most tests start the CLI in a subprocess). Tests
-# that start launchers (torchrun, accelerate) share the group "launch", so they run one at a time.
+# Three pytest workers on two cores keep both busy. A CLI run without a launcher is a forked child of
+# its test (tests/forked_cli.py: no second import of torch); tests that start launchers (torchrun,
+# accelerate) share the group "launch", so they run one at a time.
 test: lint browser
 	$(PY) -m pytest -q -n 3 --dist loadgroup
 

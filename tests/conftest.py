@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from forked_cli import can_fork, run_forked
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 os.environ.update(OFFLINE)
@@ -104,11 +105,22 @@ def run_module(
     timeout: float = 600,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m module args`` (or ``launcher -m module args``) the way a user would."""
+    """Run ``python -m module args`` (or ``launcher -m module args``) the way a user would.
+
+    Without a launcher, in a forked child of this process (``forked_cli``): the
+    same run in its own process, without paying for torch's import again.
+    """
+    settings = {"PYTHONUNBUFFERED": "1", "COLUMNS": "160", **(env or {})}
+    if can_fork(launcher, env):
+        return run_forked(module, list(args), cwd or REPO, settings, timeout)
     command = [*(launcher or [sys.executable]), "-m", module, *args]
-    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", **(env or {})}
     return subprocess.run(
-        command, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
+        command,
+        cwd=cwd or REPO,
+        env={**os.environ, **OFFLINE, **settings},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
