@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from img_search.pipeline.cli import hydra_entry, user_errors_exit
+from img_search.pipeline.cli import user_errors_exit
+from img_search.pipeline.command_line import hydra_entry
 
 if TYPE_CHECKING:  # numpy, pyarrow and the index libraries load once the config is composed
     import numpy as np

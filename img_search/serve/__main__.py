@@ -6,7 +6,8 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from img_search.pipeline.cli import hydra_entry, user_errors_exit
+from img_search.pipeline.cli import user_errors_exit
+from img_search.pipeline.command_line import hydra_entry
 
 log = logging.getLogger("img_search")
 
