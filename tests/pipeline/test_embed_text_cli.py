@@ -258,3 +258,21 @@ def test_flickr30k_captions_from_a_local_copy(tiny_checkpoints, tmp_path, run_em
     assert {r["image"] for r in table} == {f"{s}.jpg" for s in stems}
     assert table[6]["caption"] == "picture 1 caption 1" and table[6]["image_id"] == stems[1]
     assert {r["dataset_name"] for r in table} == {"flickr30k_captions"}
+
+
+def test_a_caption_file_with_no_captions_fails_with_one_line(tmp_path, run_embed_text):
+    """Issue 15.6, for any dataset: nothing to embed is exit 2, and no job state is left."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    out = tmp_path / "out" / "captions.parquet"
+    result = run_embed_text(
+        "models=minilm",
+        "text_dataset=captions_jsonl",
+        f"text_dataset.path={empty}",
+        f"output_path={out}",
+        expect_ok=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "dataset captions_jsonl holds no items" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.parent.exists() or not any(out.parent.iterdir())
