@@ -217,6 +217,8 @@ def _permanent(e: BaseException) -> bool:
         "HfHubHTTPError",
     )
     http = hub.pop("HfHubHTTPError", None)
+    if type(e).__name__ == "LocalEntryNotFoundError" and not (hub_offline() or _unreachable):
+        return False  # online, it wraps whatever failed (a timeout, a 503): judged by its cause
     if hub and isinstance(e, tuple(hub.values())):
         return True
     if http is not None and isinstance(e, http):

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -79,7 +80,11 @@ def _child(
             traceback.print_exc()
             code = 1
     finally:
+        # what interpreter shutdown does for the run (a thread left running hangs it here too);
+        # not the test process's atexit handlers, which the child inherited
         with contextlib.suppress(Exception):
+            threading._shutdown()  # type: ignore[attr-defined]
+            logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)

@@ -118,8 +118,8 @@ class FolderListing:
         while stack:
             folder = stack.pop()
             try:
-                with os.scandir(folder) as listing:
-                    entries = list(listing)
+                with os.scandir(folder) as listing:  # real folders before links to them
+                    entries = sorted(listing, key=lambda e: (e.is_symlink(), e.name))
             except OSError as exc:
                 self._problem(folder, f"cannot list this folder: {exc.strerror or exc}")
                 continue

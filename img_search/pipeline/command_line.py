@@ -107,7 +107,8 @@ def wants_debug(args: list[str]) -> bool:
 def scratch_sweep_dir(args: list[str]) -> Iterator[list[str]]:
     """For a sweep, Hydra's own files go to a scratch folder (unless ``hydra.sweep.dir`` is given)."""
     sweep = any(a in ("-m", "--multirun") for a in args) or "hydra.mode=MULTIRUN" in args
-    if not sweep or any(re.match(r"\+*hydra\.sweep\.dir=", a) for a in args):
+    # with hydra.job.chdir, relative outputs land in the sweep folder: it must stay
+    if not sweep or any(re.match(r"\+*hydra\.(sweep\.dir|job\.chdir)=", a) for a in args):
         yield args
         return
     scratch = tempfile.mkdtemp(prefix="img_search-sweep-")

@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 
-from img_search.failures import BuildError, PeerLost, explain_hub_failure, is_transient
+from img_search.failures import BuildError, PeerLost, hub_unavailable, is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,10 +116,12 @@ def with_retries(
     """
     for attempt in range(retries + 1):
         try:
-            with explain_hub_failure(local_copy):
-                return build()
+            return build()
         except Exception as exc:
             if attempt == retries or not is_transient(exc):
+                explained = hub_unavailable(exc, local_copy)
+                if explained is not None:
+                    raise explained from exc
                 raise
             delay = backoff * (2**attempt)
             first_line = (str(exc).splitlines() or [type(exc).__name__])[0]

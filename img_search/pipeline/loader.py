@@ -63,21 +63,35 @@ class PassLoader:
                     died,
                     len(in_flight),
                 )
-                for window in in_flight:
-                    yield self._alone(window)
+                alone = [self._alone(window) for window in in_flight]
+                if len(alone) > 1 and all(isinstance(a, WorkerDied) for a in alone):
+                    raise RuntimeError(
+                        f"{died}, and so did every batch it may have held, each alone: not an "
+                        "item's fault (memory taken elsewhere? /dev/shm full?); rerun to resume"
+                    ) from died
+                for window, outcome in zip(in_flight, alone, strict=True):
+                    yield (
+                        self._reported(window, outcome)
+                        if isinstance(outcome, WorkerDied)
+                        else outcome
+                    )
                 start = max(received, in_flight.stop)
 
-    def _alone(self, window: int) -> Batch:
-        """One window in a fresh one-worker loader, or its items reported if that worker dies too."""
+    def _alone(self, window: int) -> Batch | WorkerDied:
+        """One window in a fresh one-worker loader; the death of that worker too, if it dies."""
         try:
             return next(iter(self._batches(window, {window}, 1)))
         except WorkerDied as died:
-            k, (first, stop) = self._locate(window)
-            items = self.source.items(self.feeder.tasks[k].shard, first, stop)
-            reason = f"{died.reason} while preparing the batch of this item"
-            log.warning("items %d to %d of %s: %s", first, stop - 1, self.source.name, reason)
-            failures = [(item.id, reason) for _, item in items]
-            return Batch(task=k, window=(first, stop), failures=failures)
+            return died
+
+    def _reported(self, window: int, died: WorkerDied) -> Batch:
+        """The window's items as errors, naming how its worker died."""
+        k, (first, stop) = self._locate(window)
+        items = self.source.items(self.feeder.tasks[k].shard, first, stop)
+        reason = f"{died.reason} while preparing the batch of this item"
+        log.warning("items %d to %d of %s: %s", first, stop - 1, self.source.name, reason)
+        failures = [(item.id, reason) for _, item in items]
+        return Batch(task=k, window=(first, stop), failures=failures)
 
     def _locate(self, window: int) -> tuple[int, tuple[int, int]]:
         for k, windows in enumerate(self.feeder.windows):
@@ -111,9 +125,11 @@ class PassLoader:
                 except StopIteration:
                     return
                 except RuntimeError as exc:
-                    if "DataLoader worker" not in str(exc):
+                    codes = exit_codes(iterator)
+                    # a worker's own exception arrives as "Caught X in DataLoader worker ...": a bug
+                    if "exited unexpectedly" not in str(exc) and not codes:
                         raise
-                    raise WorkerDied(str(exc), exit_codes(iterator)) from exc
+                    raise WorkerDied(str(exc), codes) from exc
                 yield batch
         finally:
             self.feeder.stop()

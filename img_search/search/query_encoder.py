@@ -13,6 +13,7 @@ and a checkpoint that ships code is loaded only with the user's own
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from PIL import Image
 
 from img_search.data import open_image
 from img_search.embedding import Encoder, get_encoder
+from img_search.embedding.base import RemoteCodeRefused
 
 
 class ModelMismatch(ValueError):
@@ -45,6 +47,8 @@ def load_query_encoder(
     spec = {**model_spec, **(overrides or {})}
     encoder = get_encoder(spec, name=model_name)
     check_same_source(encoder, identity)
+    if encoder.runs_checkpoint_code and trust_remote_code:
+        check_consented_checkpoint(encoder, (overrides or {}).get("model_name"))
     encoder.load(device, trust_remote_code=trust_remote_code)
     check_same_model(encoder, identity)
     return encoder
@@ -56,6 +60,23 @@ def check_same_source(encoder: Encoder, identity: Mapping[str, Any]) -> None:
         return
     mine = {"encoder": encoder.kind, "checkpoint": encoder.model_name, "revision": encoder.revision}
     raise_differences(encoder, identity, mine, tuple(mine))
+
+
+def check_consented_checkpoint(encoder: Encoder, named_by_user: str | None) -> None:
+    """``trust_remote_code=true`` consents to the checkpoint the user configured, not to any a table names.
+
+    That is the encoder's registered default (``jinaai/jina-embeddings-v4``)
+    or one named on the command line (``+model_overrides.model_name=...``).
+    """
+    default = inspect.signature(type(encoder).__init__).parameters["model_name"].default
+    allowed = {str(c) for c in (default, named_by_user) if c not in (None, inspect.Parameter.empty)}
+    if encoder.model_name not in allowed:
+        raise RemoteCodeRefused(
+            f"the table names checkpoint {encoder.model_name} for model {encoder.name} "
+            f"({encoder.kind}), whose loading runs its own code; trust_remote_code=true covers "
+            f"only {' or '.join(sorted(allowed))}: name this one yourself with "
+            f"+model_overrides.model_name={encoder.model_name} if you trust it"
+        )
 
 
 def check_same_model(encoder: Encoder, identity: Mapping[str, Any]) -> None:

@@ -29,6 +29,9 @@ def explain_refused_write(exc: BaseException, output: Path) -> OutputUnwritable 
     if not isinstance(exc, OSError) or exc.errno not in REFUSALS:
         return None
     where = Path(exc.filename) if exc.filename else output
+    state = output.with_name(output.name + ".partial")
+    if not any(where == top or top in where.parents for top in (output, state)):
+        return None  # a read, or a write elsewhere: not the output's filesystem refusing
     reason = os.strerror(exc.errno)
     return OutputUnwritable(
         f"cannot write {where}: {reason} ({free_space(where)} free there); the shards committed "

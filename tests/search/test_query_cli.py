@@ -202,3 +202,19 @@ def test_the_identity_is_compared_before_anything_is_loaded(
     assert result.returncode == 2, result.stderr
     assert f"checkpoint: index 'x', query '{folder}'" in result.stderr
     assert not marker.exists()
+
+
+def test_trust_remote_code_covers_only_the_configured_checkpoint(
+    demo_tables, tmp_path, crop, evil_checkpoint, run_query
+):
+    """With trust_remote_code=true, a table's own checkpoint for a code-running model is refused."""
+    folder, marker = evil_checkpoint
+    spec = {"model": "jina_v4", "model_name": str(folder)}
+    forged = forged_table(demo_tables["images"], tmp_path / "forged.parquet", spec)
+    result = run_query(
+        f"index={forged}", f"image={crop}", "trust_remote_code=true", expect_ok=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert "trust_remote_code=true covers only jinaai/jina-embeddings-v4" in result.stderr
+    assert f"+model_overrides.model_name={folder}" in result.stderr
+    assert not marker.exists()

@@ -203,7 +203,8 @@ def test_an_unreadable_image_is_422_without_the_server_path(demo_tables, tmp_pat
 
 
 def test_trust_remote_code_comes_from_the_serve_config_only(demo_tables, tmp_path, monkeypatch):
-    """Issue 15.1: a table naming jina_v4 at a folder with code is refused unless the user allows it."""
+    """Issue 15.1: a table naming jina_v4 at a folder with code is refused, even with the user's
+    trust_remote_code=true, which covers only the configured checkpoint."""
     folder, marker = tmp_path / "evil", tmp_path / "code-ran"  # a checkpoint whose config runs code
     folder.mkdir()
     (folder / "config.json").write_text('{"auto_map": {"AutoModel": "evil_code.EvilModel"}}')
@@ -226,15 +227,15 @@ def test_trust_remote_code_comes_from_the_serve_config_only(demo_tables, tmp_pat
     )
     assert not marker.exists()
 
+    # the consent covers the checkpoint the user configured, not one a table names
     import transformers
 
-    class Asked(Exception):
-        """What the loader was asked for, instead of loading anything."""
-
     def from_pretrained(name: str, **kwargs):
-        raise Asked(kwargs)
+        raise AssertionError(f"loaded {name}")
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", from_pretrained)
-    with pytest.raises(Asked) as asked:
+    with pytest.raises(
+        ValueError, match="trust_remote_code=true covers only jinaai/jina-embeddings-v4"
+    ):
         load_catalog({"images": {"table": str(table)}}, trust_remote_code=True)
-    assert asked.value.args[0]["trust_remote_code"] is True and not marker.exists()
+    assert not marker.exists()
