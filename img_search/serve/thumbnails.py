@@ -104,6 +104,8 @@ def item_images_of(name: str, table: Path, dataset_name: str) -> ItemImages | No
         spec["path"] = described["path"]  # absolute, so the server may run from anywhere
     if spec.get("streaming"):
         spec["streaming"] = False  # thumbnails need random access
+    if spec.get("follow_links"):
+        spec["follow_links"] = False  # a table's metadata never widens what the server reads
     try:
         images = ItemImages(name, get_dataset(spec, name=dataset_name))
     except Exception as exc:  # a dataset that cannot be made here only loses its thumbnails
