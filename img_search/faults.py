@@ -6,11 +6,12 @@
 Points: ``model_build``, ``step`` (after a batch's rows went to the part
 file), ``commit`` (after a shard's completion record was written),
 ``finalize`` (the finished table written, not yet renamed into place),
-``prepare/<item id>`` (a loader worker about to prepare that item).
+``prepare/<item id>`` (a loader worker about to prepare that item; ``prepare/*``: any).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 
@@ -23,7 +24,7 @@ def fail_point(point: str) -> None:
         return
     name, _, nth = spec.partition(":")
     name, _, rank = name.partition("@")
-    if name != point or (rank and rank != os.environ.get("RANK", "0")):
+    if not fnmatch.fnmatchcase(point, name) or (rank and rank != os.environ.get("RANK", "0")):
         return
     _reached[point] = _reached.get(point, 0) + 1
     if _reached[point] == int(nth or 1):

@@ -306,3 +306,26 @@ def test_a_full_disk_mid_run_fails_with_one_line_and_a_rerun_resumes(tmp_path):
     assert f"resumed: {committed * 8} rows" in (log / "2.out").read_text()
     table = read_embeddings(log / "t.parquet")
     assert sorted(table.ids) == [f"{i:03d}.jpg" for i in range(96)]
+
+
+def test_workers_that_die_on_every_batch_stop_the_run_instead_of_reporting_items(
+    tmp_path, run_embed
+):
+    """When each batch in flight dies alone too, no item is to blame: nothing becomes an error row."""
+    out = tmp_path / "out.parquet"
+    result = run_embed(
+        "models=simulated",
+        "models.simulated.batch_seconds=0",
+        "datasets=image_folder",
+        f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+        f"output_path={out}",
+        "tasks.batch_size=2",
+        "tasks.num_workers=2",
+        env={"IMG_SEARCH_FAULT": "prepare/*"},
+        expect_ok=False,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "and so did every batch it may have held, each alone: not an item's fault" in (
+        result.stderr
+    )
+    assert not out.exists() and not out.with_suffix(".errors.parquet").exists()
