@@ -26,6 +26,24 @@ class ImageDecodeError(ValueError):
     """An item whose image cannot be turned into RGB pixels."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """Refused from its header: the image, or the size its preprocessing resizes it to, is over ``limit``."""
+
+    def __init__(
+        self, size: tuple[int, int], limit: int, target: tuple[int, int] | None = None
+    ) -> None:
+        self.size, self.limit, self.target = size, limit, target
+        (width, height), setting = size, "(tasks.max_image_pixels)"
+        if target is None:
+            message = f"image of {width}x{height} pixels exceeds the limit of {limit} pixels"
+        else:
+            message = (
+                f"image of {width}x{height} pixels would be resized to {target[0]}x{target[1]} "
+                f"by the model's preprocessing, over the limit of {limit} pixels"
+            )
+        super().__init__(f"{message} {setting}")
+
+
 def open_image(
     source: Any,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -107,17 +125,10 @@ def check_pixels(
         return
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image of {width}x{height} pixels exceeds the limit "
-            f"of {max_pixels} pixels (tasks.max_image_pixels)"
-        )
+        raise ImageTooLarge(image.size, max_pixels)
     target = resize_to(width, height) if resize_to is not None else None
     if target is not None and target[0] * target[1] > max_pixels:
-        raise ImageDecodeError(
-            f"image of {width}x{height} pixels would be resized to {target[0]}x{target[1]} "
-            f"by the model's preprocessing, over the limit of {max_pixels} pixels "
-            "(tasks.max_image_pixels)"
-        )
+        raise ImageTooLarge(image.size, max_pixels, target)
 
 
 def _size(image: Image.Image | None) -> str:

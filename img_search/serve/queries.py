@@ -20,7 +20,7 @@ from fastapi import HTTPException
 from PIL import Image
 
 from img_search.data import open_image
-from img_search.data.images import ImageDecodeError, ResizeTarget
+from img_search.data.images import ImageDecodeError, ImageTooLarge, ResizeTarget
 from img_search.embedding import Encoder
 from img_search.search.query_encoder import encode_images, encode_text_queries
 
@@ -115,26 +115,24 @@ def decode_upload(
     if not data:
         raise HTTPException(422, "the upload is empty")
     try:
-        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
-            width, height = probe.size  # the header only: nothing is decoded yet
+        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS):
+            pass  # the header only: a format this server reads (never EPS, which runs Ghostscript)
     except Exception:
         raise HTTPException(422, "the upload is not an image this server can read") from None
-    if width * height > max_pixels:
-        raise HTTPException(
-            413, f"the image has {width}x{height} pixels, more than the limit of {max_pixels}"
-        )
-    target = resize_to(width, height) if resize_to is not None else None
-    if target is not None and target[0] * target[1] > max_pixels:
-        raise HTTPException(
-            413,
-            f"the image of {width}x{height} pixels would be resized to {target[0]}x{target[1]} "
-            f"pixels for this model, more than the limit of {max_pixels}",
-        )
     try:
         return open_image(data, max_pixels=max_pixels, resize_to=resize_to)
+    except ImageTooLarge as exc:
+        raise HTTPException(413, too_large(exc)) from None
     except ImageDecodeError as exc:
         raise HTTPException(422, f"the upload is not a readable image: {exc}") from None
-    except MemoryError:
-        raise HTTPException(
-            413, "the image needs more memory to decode than this server has"
-        ) from None
+
+
+def too_large(exc: ImageTooLarge) -> str:
+    """``open_image``'s refusal in the server's words (its limit is ``max_upload_pixels``)."""
+    width, height = exc.size
+    if exc.target is None:
+        return f"the image has {width}x{height} pixels, more than the limit of {exc.limit}"
+    return (
+        f"the image of {width}x{height} pixels would be resized to "
+        f"{exc.target[0]}x{exc.target[1]} pixels for this model, more than the limit of {exc.limit}"
+    )
