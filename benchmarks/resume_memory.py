@@ -13,24 +13,25 @@ thumbnail projection) over a generated Parquet ``hf_images`` table of tiny
 ``img/0000000123.png``; 🤗 ``Image()`` column + ``key`` id column):
 
   1. prepare: both tables are generated once and cached in ``--work``
-     (written in chunks, so generating 1M rows takes little memory), and
-     each is converted once into 🤗's Arrow cache (``HF_DATASETS_CACHE`` inside
-     ``--work``) by a separate process, so no measured run pays for that;
+     (written in chunks, so generating 1M rows takes little memory); the
+     pipeline reads local Parquet directly (``img_search/data/parquet_rows.py``),
+     without 🤗's Arrow cache;
   2. fresh: the ``--fresh``-item table (default 10,000), from nothing;
-  3. interrupted: the ``--items``-item table (default 1,000,000) with
-     ``IMG_SEARCH_FAULT=commit:<k>``, k = ``--done`` (90%) of ``--shards``
-     (100) shards: the process SIGKILLs itself right after its k-th shard
+  3. interrupted: the ``--items``-item table (default 1,000,000, shards of
+     ``--items / --shards`` items, then the shrinking tail) with
+     ``IMG_SEARCH_FAULT=commit:<k>``, k the shards that hold ``--done`` (90%)
+     of the items: the process SIGKILLs itself right after its k-th shard
      commit, leaving the job state in ``<out>.partial/``;
   4. resumed: the same command without the fault; its summary must say
-     ``resumed: <90% of items>`` and ``rows: <items>``.
+     ``resumed: <the items of those k shards>`` and ``rows: <items>``.
 
 Both measured runs use the same ``tasks.shard_size`` (``--items / --shards``)
 and batch size. For each run it samples every 50 ms the RSS of the MAIN
 process (``psutil.Process(pid).memory_info().rss`` of the top process only:
 it holds the listing, the claims and the records, and is what the goal is
 about) and, for information, its anonymous part (RSS less shared/file-backed
-pages: 🤗 memory-maps its Arrow cache, and the mapped pages it touches count
-in RSS although the kernel can drop them) and the RSS summed over the process
+pages: the memory-mapped files a process reads count in RSS although the
+kernel can drop them) and the RSS summed over the process
 tree (loader workers are forked, so shared pages count more than once). It
 prints the peaks per run, the main-process RSS at 10/50/90% of each run's
 wall time (does it grow with the items done?), the time of each phase, the
@@ -50,9 +51,9 @@ auto workers were slower on a busy 2-core machine (resumed run 12.4 s vs 6.6 s).
     python benchmarks/resume_memory.py --workers -1                  # the pipeline's own worker count
     python benchmarks/resume_memory.py --streaming                   # the table as 100 Parquet files, streamed
 
-Tables, the Arrow cache, outputs and logs (``logs/<phase>.stdout|stderr``)
+Tables, outputs and logs (``logs/<phase>.stdout|stderr``)
 live under ``--work`` (default ``$TMPDIR/img_search_resume_memory``; kept, so
-a second run skips generating and converting). A failed run prints its stderr
+a second run skips generating them). A failed run prints its stderr
 tail and the script exits 1. Everything runs offline on CPU.
 """
 
@@ -76,6 +77,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from memory import sampled
 from PIL import Image
+
+from img_search.data.base import position_shards
 
 GOAL = 1.3
 DISTINCT_IMAGES = 256
@@ -229,22 +232,6 @@ def clear_output(out: Path) -> None:
             path.unlink()
 
 
-def convert(table: Path, env: dict[str, str]) -> float:
-    """Convert ``table`` into 🤗's Arrow cache, as the pipeline's non-streaming load does; seconds."""
-    started = time.perf_counter()
-    code = (
-        "import datasets; "
-        f"datasets.load_dataset('parquet', data_files={str(table)!r}, split='train')"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        print(result.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"converting {table} into the Arrow cache failed")
-    return time.perf_counter() - started
-
-
 def describe(run: Run) -> str:
     return (
         f"[{run.name}] {run.seconds:.1f} s | main process peak RSS {run.main_peak:.0f} MiB "
@@ -295,13 +282,21 @@ def main() -> None:
     logs = work / "logs"
     shard_size = math.ceil(args.items / args.shards)
     shards = math.ceil(args.items / shard_size)
-    kill_after = round(args.done * shards)
-    if not 0 < kill_after < shards:
-        parser.error(f"--done {args.done} of {shards} shards leaves nothing done or nothing to do")
-    expected_resumed = kill_after * shard_size  # every shard before the last is full
+    # one file per shard when streaming; else position shards ending in a shrinking tail
+    sizes = (
+        [min(shard_size, args.items - i * shard_size) for i in range(shards)]
+        if args.streaming
+        else [len(s) for s in position_shards(args.items, shard_size, args.batch_size)]
+    )
+    ends = np.cumsum(sizes)  # one process claims the shards in order
+    kill_after = int(np.searchsorted(ends, args.done * args.items, side="right"))
+    if not 0 < kill_after < len(sizes):
+        parser.error(f"--done {args.done} leaves nothing done or nothing to do")
+    expected_resumed = int(ends[kill_after - 1])
     print(
-        f"cores: {os.cpu_count()}  items: {args.items:,} in {shards} shards of {shard_size:,}, "
-        f"killed after {kill_after} shard commits  fresh: {args.fresh:,}  batch {args.batch_size}  "
+        f"cores: {os.cpu_count()}  items: {args.items:,} in {len(sizes)} shards of up to "
+        f"{shard_size:,}, killed after {kill_after} shard commits ({expected_resumed:,} items)  "
+        f"fresh: {args.fresh:,}  batch {args.batch_size}  "
         f"tasks.num_workers={args.workers}  work: {work}",
         flush=True,
     )
@@ -314,11 +309,9 @@ def main() -> None:
         big = write_table(work / "data" / f"images-{args.items}.parquet", args.items)
         small = write_table(work / "data" / f"images-{args.fresh}.parquet", args.fresh)
     generated = time.perf_counter() - started
-    converted = 0.0 if args.streaming else convert(small, env) + convert(big, env)
     size = sum(p.stat().st_size for p in ([big] if big.is_file() else big.rglob("*.parquet")))
     print(
-        f"[prepare] tables {generated:.1f} s ({size / 2**20:.1f} MiB for "
-        f"{args.items:,} items), Arrow cache {converted:.1f} s",
+        f"[prepare] tables {generated:.1f} s ({size / 2**20:.1f} MiB for {args.items:,} items)",
         flush=True,
     )
 
@@ -365,7 +358,7 @@ def main() -> None:
     anon_ratio = resumed.main_anon_peak / fresh.main_anon_peak
     same_job = resumed.main_peak / interrupted.main_peak
     print(
-        f"phases: prepare {generated + converted:.1f} s, fresh {fresh.seconds:.1f} s, "
+        f"phases: prepare {generated:.1f} s, fresh {fresh.seconds:.1f} s, "
         f"interrupted {interrupted.seconds:.1f} s, resumed {resumed.seconds:.1f} s"
     )
     print(

@@ -14,7 +14,8 @@ coordination (waiting for the slowest rank, collectives, the main process
 writing for everyone), not to compute. The two designs:
 
   - shards: the working tree, where every process claims shards, embeds and
-    commits them itself (``tasks.shard_size=48``: 6 batches, 84 shards);
+    commits them itself (``tasks.shard_size=48``: 6 batches, then the
+    listing's shrinking tail, 8 shards each of 4, 2 and 1 batches);
   - lockstep: the old design of commit ``dc228a6`` (checked out into a
     temporary ``git worktree`` and imported with ``PYTHONPATH``), where every
     step all-gathers ids and vectors to the main process, which writes.
@@ -34,8 +35,8 @@ Per design and N it prints
 Then a table of both designs side by side and the goal line
 "8 ranks ≥ 0.95 × 8 × the 1-rank rate".
 
-    python benchmarks/scale.py                                  # 16,000 images, 1,2,4,8 ranks, both designs
-    python benchmarks/scale.py --images 4000                    # the size of the lockstep reference
+    python benchmarks/scale.py                                  # 4,000 images, 1,2,4,8 ranks, both designs
+    python benchmarks/scale.py --images 16000                   # 4x as long a job
     python benchmarks/scale.py --images 400 --ranks 1,2         # a quick check
     python benchmarks/scale.py --designs shards --ranks 1,8
 
@@ -330,7 +331,7 @@ def run_one(design: Design, ranks: int, args: argparse.Namespace, folder: Path) 
         "datasets=image_folder",
         f"datasets.image_folder.path={folder}",
         f"tasks.batch_size={args.batch_size}",
-        "tasks.num_workers=0",
+        f"tasks.num_workers={args.workers}",
         "tasks.cpu=true",
         "tasks.overwrite=true",
         *design.extra,
@@ -404,9 +405,9 @@ def main() -> None:
     parser.add_argument(
         "--images",
         type=int,
-        default=16000,
-        help="tiny JPEGs of the job (at 4,000, 8 ranks embed for only 3.5 s each, and a process's "
-        "fixed costs per pass and the last shard weigh several percent)",
+        default=4000,
+        help="tiny JPEGs of the job (4,000: the size of the issue's lockstep reference; 8 ranks "
+        "embed for only 3.5 s each, so a process's fixed costs per pass show)",
     )
     parser.add_argument("--ranks", default="1,2,4,8", help="numbers of processes, comma-separated")
     parser.add_argument(
@@ -424,8 +425,14 @@ def main() -> None:
         "--shard-size",
         type=int,
         default=48,
-        help="tasks.shard_size of the shards design (whole batches; small, so that the end of a "
-        "run this short is not one rank finishing a long shard alone)",
+        help="tasks.shard_size of the shards design (whole batches; the listing's tail shrinks "
+        "to one batch after it)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="tasks.num_workers of every launch (0: each rank decodes its tiny JPEGs itself)",
     )
     parser.add_argument("--old-commit", default=OLD_COMMIT, help="the lockstep design's commit")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per launch")

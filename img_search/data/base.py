@@ -32,16 +32,53 @@ class Shard:
     start: int
     stop: int
     label: str = ""
+    #: One of the shrinking shards at the end of a listing (``position_shards``): claimed last.
+    tail: bool = False
 
     def __len__(self) -> int:
         return self.stop - self.start
 
 
-def position_shards(total: int, shard_size: int) -> list[Shard]:
-    return [
-        Shard(i, start, min(start + shard_size, total))
-        for i, start in enumerate(range(0, total, shard_size))
-    ]
+#: Shards of each size in the shrinking end of a listing: one machine's accelerators.
+TAIL_WIDTH = 8
+
+
+def position_shards(total: int, shard_size: int, unit: int = 0) -> list[Shard]:
+    """``shard_size`` positions a shard, then (with ``unit``) an end that shrinks to ``unit``.
+
+    Processes claim shards as they go, so they all run out of work within
+    one shard of each other: with 64 shards on 8 GPUs that is up to an
+    eighth of the job spent waiting for the last ones. So the end of the
+    listing is cut into ``TAIL_WIDTH`` shards of each size ``unit × 2^j``
+    below ``shard_size`` (largest first; ``unit`` is the batch size, so
+    every one is whole batches), claimed after every full-size shard: the
+    processes' last shards are one batch long and they finish together.
+    The tail is at most half the listing; without ``unit`` there is none.
+    Only the listing, ``shard_size`` and ``unit`` decide the shards, never
+    the number of processes.
+    """
+    sizes = tail_sizes(total, shard_size, unit)
+    body = total - sum(sizes)
+    bounds = [(start, min(start + shard_size, body)) for start in range(0, body, shard_size)]
+    shards = [Shard(i, a, b) for i, (a, b) in enumerate(bounds)]
+    start = body
+    for size in sizes:
+        shards.append(Shard(len(shards), start, start + size, tail=True))
+        start += size
+    return shards
+
+
+def tail_sizes(total: int, shard_size: int, unit: int) -> list[int]:
+    """The sizes of the shrinking end of a listing, in listing order (largest first), or none."""
+    if unit <= 0 or unit * 2 > shard_size:
+        return []
+    levels = []
+    size = unit
+    while size < shard_size:
+        levels.append(size)
+        size *= 2
+    sizes = [size for size in reversed(levels) for _ in range(TAIL_WIDTH)]
+    return sizes if 2 * sum(sizes) <= total else []
 
 
 def fingerprint_arrays(*arrays: Any) -> str:
@@ -104,12 +141,12 @@ class Source(ABC):
         for position in range(n):
             yield self.get(position)
 
-    def shards(self, shard_size: int) -> list[Shard]:
-        """The same listing always gives the same shards (``build()`` first)."""
+    def shards(self, shard_size: int, unit: int = 0) -> list[Shard]:
+        """The same listing always gives the same shards (``build()`` first); see ``position_shards``."""
         total = self.length()
         if total is None:
             raise NotImplementedError(f"{type(self).__name__} must implement shards()")
-        return position_shards(total, shard_size)
+        return position_shards(total, shard_size, unit)
 
     def items(self, shard: Shard, start: int, stop: int) -> Iterator[tuple[int, Any]]:
         """(position, item) for the positions ``start`` to ``stop`` of ``shard`` that hold an item."""

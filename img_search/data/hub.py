@@ -3,12 +3,19 @@
 One loader serves INQUIRE, Flickr30k and any other Hub image dataset, so the
 same code path reads the real dataset in production and a local fixture in
 tests (``datasets.inquire.path=/local/copy``).
+
+Where every data file of the requested splits is local Parquet, the rows are
+read from those files directly (``parquet_rows``), not through 🤗's Arrow
+cache: the same files in the same order as 🤗 would read, so the same ids,
+order and sources, without a second copy of the data on disk nor its mapped
+pages in memory.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +25,14 @@ import pyarrow.compute as pc
 
 from img_search.data.base import ImageDataset, ImageItem, Shard, fingerprint_arrays
 from img_search.data.mapped_pages import release_pages
+from img_search.data.parquet_rows import DirectReadDeclined, ParquetRows
 from img_search.failures import prepare_hub
 
 log = logging.getLogger(__name__)
 
 ID_TRANSFORMS = ("none", "stem")
+#: A split name, not a 🤗 split expression (``train[:10%]``, ``train+test``).
+PLAIN_SPLIT = re.compile(r"[\w.-]+")
 
 
 def transform_ids(values: pa.Array | pa.ChunkedArray, transform: str) -> pa.ChunkedArray:
@@ -119,6 +129,51 @@ def load_hf_dataset(
     return table
 
 
+def local_parquet_files(
+    path: str, splits: Sequence[str], revision: str | None = None
+) -> tuple[list[str], pa.Schema | None] | None:
+    """The data files ``load_hf_splits`` would read for ``splits``, in its order, if all are local Parquet.
+
+    A local file is read as Parquet (as ``load_hf_splits`` does); a local
+    folder is resolved by 🤗's own builder (its ``data_files`` per split),
+    kept only when that builder is the Parquet one. None for anything else (a
+    Hub id, a missing path, a folder of other data, a split expression): those
+    load through 🤗. A split the folder does not have raises 🤗's error.
+    With the files comes the Arrow schema of the features the folder declares
+    (its README), if it declares any: 🤗 would cast the data to it.
+    """
+    local = Path(path).expanduser()
+    if not local.exists():
+        return None
+    if local.is_file():
+        return [str(local)], None
+    if not local.is_dir():
+        return None
+    import datasets
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    try:
+        builder = datasets.load_dataset_builder(str(local), revision=revision)
+    except Exception as exc:  # 🤗's load gives its own error, as it always has
+        log.debug("no Parquet builder for %s: %s", path, exc)
+        return None
+    config = builder.config
+    if not isinstance(builder, Parquet) or config.filters is not None or config.columns is not None:
+        return None
+    data_files = config.data_files or {}
+    files: list[str] = []
+    for split in splits:
+        if split not in data_files:
+            if PLAIN_SPLIT.fullmatch(split):  # the error 🤗 gives after converting the data
+                raise ValueError(f'Unknown split "{split}". Should be one of {list(data_files)}.')
+            return None
+        files += [str(f) for f in data_files[split]]
+    if not all(Path(f).is_file() for f in files):
+        return None
+    features = builder.info.features
+    return files, None if features is None else features.arrow_schema
+
+
 def file_shards(splits: list[Any]) -> list[Any]:
     """A streaming dataset per data file (per 🤗 shard), splits in order: one file, one shard."""
     return [
@@ -181,7 +236,8 @@ class HubImageDataset(ImageDataset):
         self.streaming = streaming
         self.revision = revision
         self._keep = read_id_list(ids, ids_file)
-        self._table: Any = None
+        self._table: Any = None  # 🤗 path: the image column (and ids) of every row
+        self._parquet: ParquetRows | None = None  # direct path: the rows of the Parquet files
         self._rows: np.ndarray | None = None
         self._files: list[Any] = []  # streaming: one dataset per data file
         self._offsets = np.zeros(0, dtype=np.int64)  # streaming: first row number of each file
@@ -196,13 +252,55 @@ class HubImageDataset(ImageDataset):
         if self.streaming:
             self._build_stream()
             return
+        parquet = self._parquet_rows()
+        if parquet is not None:
+            self._check_columns(parquet.column_names)
+            self._rows = self._select_rows(
+                self._ids_of_rows(parquet.num_rows, lambda: parquet.column(self.id_column))
+            )
+            self._table, self._parquet = None, parquet
+            log.info(
+                "dataset %s: %d items from %d rows in %d Parquet files",
+                self.name,
+                len(self._rows),
+                parquet.num_rows,
+                len(parquet.files),
+            )
+            return
         table = load_hf_dataset(self.path, self.splits, revision=self.revision)
         self._check_columns(table.column_names)
-        self._table = self._image_rows(table)
-        self._rows = self._select_rows(table)
+        self._table, self._parquet = self._image_rows(table), None
+        self._rows = self._select_rows(
+            self._ids_of_rows(len(table), lambda: table.data.column(self.id_column))
+        )
         # the items' ids are a copy; reading them touched every record batch of the mapped cache
         release_pages(f["filename"] for f in table.cache_files)
         log.info("dataset %s: %d items from %d rows", self.name, len(self._rows), len(table))
+
+    def _parquet_rows(self) -> ParquetRows | None:
+        """The rows of the splits' data files, read directly, where they are all local Parquet."""
+        found = local_parquet_files(self.path, self.splits, self.revision)
+        if found is None:
+            return None
+        files, declared = found
+        columns = [c for c in (self.image_column, self.id_column) if c]
+        try:
+            rows = ParquetRows(files, columns=columns, image_column=self.image_column)
+            if declared is not None and self.id_column in declared.names:
+                stored = (
+                    rows.schema.field(self.id_column).type
+                    if self.id_column in rows.schema.names
+                    else None
+                )
+                if declared.field(self.id_column).type != stored:
+                    raise DirectReadDeclined(
+                        f"the dataset declares column {self.id_column!r} as "
+                        f"{declared.field(self.id_column).type}, the files hold {stored}"
+                    )
+        except DirectReadDeclined as why:
+            log.info("dataset %s: read through 🤗 datasets' cache: %s", self.name, why)
+            return None
+        return rows
 
     def _image_rows(self, table: Any) -> Any:
         """Only the image and id columns, images as undecoded ``{"bytes", "path"}``."""
@@ -267,9 +365,8 @@ class HubImageDataset(ImageDataset):
             return counts, pa.chunked_array([pa.array(np.arange(sum(counts)).astype(str))])
         return counts, pa.chunked_array([c for chunk in chunks for c in chunk.chunks], pa.string())
 
-    def _select_rows(self, table: Any) -> np.ndarray:
+    def _select_rows(self, ids: pa.ChunkedArray) -> np.ndarray:
         """The rows that are items, and their ids (``take`` copies them out of the mapped cache)."""
-        ids = self._ids_of_rows(table)
         rows = np.flatnonzero(rows_to_keep(ids, self.dedupe, self._keep))
         self._ids = ids.take(pa.array(rows))
         if self._keep is not None:
@@ -278,10 +375,11 @@ class HubImageDataset(ImageDataset):
                 log.warning("dataset %s: %d requested ids are not in the data", self.name, missing)
         return rows.astype(np.int64)
 
-    def _ids_of_rows(self, table: Any) -> pa.ChunkedArray:
+    def _ids_of_rows(self, count: int, id_values: Callable[[], pa.ChunkedArray]) -> pa.ChunkedArray:
+        """Every row's id: ``id_values()`` transformed, or the row numbers without an id column."""
         if self.id_column is None:
-            return pa.chunked_array([pa.array(np.arange(len(table)).astype(str))])
-        return transform_ids(table.data.column(self.id_column), self.id_transform)
+            return pa.chunked_array([pa.array(np.arange(count).astype(str))])
+        return transform_ids(id_values(), self.id_transform)
 
     # -- access -------------------------------------------------------------
     def length(self) -> int | None:
@@ -293,8 +391,11 @@ class HubImageDataset(ImageDataset):
         if self._rows is None:
             raise RuntimeError(f"dataset {self.name}: build() first")
         row_index = int(self._rows[position])
-        row = self._table[row_index]
-        return ImageItem(id=self._ids[position].as_py(), source=row[self.image_column])
+        if self._parquet is not None:
+            source = self._parquet.row(row_index, self.image_column)
+        else:
+            source = self._table[row_index][self.image_column]
+        return ImageItem(id=self._ids[position].as_py(), source=source)
 
     def item_ids(self) -> list[str]:
         if self._rows is None:
@@ -308,9 +409,9 @@ class HubImageDataset(ImageDataset):
             raise RuntimeError(f"dataset {self.name}: build() first")
         return len(self._rows), fingerprint_arrays(self._ids)
 
-    def shards(self, shard_size: int) -> list[Shard]:
+    def shards(self, shard_size: int, unit: int = 0) -> list[Shard]:
         if not self.streaming:
-            return super().shards(shard_size)
+            return super().shards(shard_size, unit)
         return [
             Shard(i, 0, len(keep), label=f"file {i}") for i, keep in enumerate(self._stream_keep)
         ]

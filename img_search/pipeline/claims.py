@@ -53,7 +53,13 @@ class PairClaims:
     """Claims and completion records of one (model, dataset) pair."""
 
     def __init__(
-        self, ledger: Ledger, model: str, dataset: str, shards: Sequence[Shard], start_at: int = 0
+        self,
+        ledger: Ledger,
+        model: str,
+        dataset: str,
+        shards: Sequence[Shard],
+        rank: int = 0,
+        ranks: int = 1,
     ) -> None:
         self.ledger, self.model, self.dataset = ledger, model, dataset
         self.shards = list(shards)
@@ -61,8 +67,7 @@ class PairClaims:
             raise ValueError("shards must be numbered 0, 1, 2, … in order")
         self.records_dir = ledger.path("records", model, dataset)
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        count = len(self.shards)
-        self._order = [(start_at + i) % count for i in range(count)] if count else []
+        self._order = claim_order(self.shards, rank, ranks)
         self._cursor = 0
         self._held_by_others: list[int] = []
         self._second_pass = False
@@ -104,10 +109,8 @@ class PairClaims:
     def claim_next(self) -> ShardTask | None:
         """The next shard nobody alive holds and nobody finished, claimed for this process.
 
-        Starts at ``start_at`` (ranks of one launch spread out) and wraps, so a
-        fast process goes on taking shards where the slower ones have not got
-        to; shards held by others are looked at once more at the end, in case
-        their owner died meanwhile.
+        Walks ``claim_order``; shards held by others are looked at once more at
+        the end, in case their owner died meanwhile.
         """
         while True:
             if self._cursor < len(self._order):
@@ -129,3 +132,17 @@ class PairClaims:
             record = self.record(index)  # read after the claim: the previous holder's last commit
             if not record.get("final"):
                 return ShardTask(self.shards[index], generation, record)
+
+
+def claim_order(shards: Sequence[Shard], rank: int, ranks: int) -> list[int]:
+    """The order in which process ``rank`` of ``ranks`` of one launch looks at the shards.
+
+    The full-size shards from the rank's own stretch onwards, wrapping, so the
+    ranks start apart and a fast one goes on taking shards where the slower
+    ones have not got to; then the shrinking tail (``position_shards``), in
+    order, so everyone's last shards are the short ones.
+    """
+    body = [s.index for s in shards if not s.tail]
+    tail = [s.index for s in shards if s.tail]
+    start = rank * len(body) // max(1, ranks)
+    return body[start:] + body[:start] + tail

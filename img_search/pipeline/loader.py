@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import queue
 import signal
 import threading
 from collections.abc import Iterator
@@ -116,12 +117,14 @@ class PassLoader:
             worker_init_fn=yield_to_the_model if self.device == "cpu" else None,
             multiprocessing_context=context,
         )
+        receiver: Receiver | None = None
         try:
-            iterator = iter(loader)
+            iterator = iter(loader)  # forks the workers: on this thread, never on the receiver's
             deaths_only_in_next()
+            receiver = Receiver(iterator, depth=self.prefetch)
             while True:
                 try:
-                    batch = next(iterator)
+                    batch = receiver.next()
                 except StopIteration:
                     return
                 except RuntimeError as exc:
@@ -132,7 +135,62 @@ class PassLoader:
                     raise WorkerDied(str(exc), codes) from exc
                 yield batch
         finally:
+            if receiver is not None:
+                receiver.stop()
             self.feeder.stop()
+
+
+class Receiver:
+    """Takes batches off a DataLoader iterator on a thread, while the model works on the last one.
+
+    Receiving a batch from a worker (unpickling it, fetching its tensors'
+    shared memory from the worker) costs the main thread 1-3 ms, during
+    which the device would idle; PyTorch's own pin-memory thread does the
+    same, but only on CUDA. The thread holds at most ``depth`` batches, and
+    an exception of the iterator (a dead worker) is raised by ``next`` in
+    the caller's thread, in order.
+    """
+
+    _END = object()
+
+    def __init__(self, iterator: Iterator[Any], depth: int) -> None:
+        self._iterator = iterator
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._receive, name="img_search-receiver", daemon=True
+        )
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                item: Any = next(self._iterator)
+            except StopIteration:
+                item = self._END
+            except BaseException as exc:  # raised in the caller's thread by next()
+                item = exc
+            while not self._stopping.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item is self._END or isinstance(item, BaseException):
+                return
+
+    def next(self) -> Any:
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let the thread finish the receive it is in (the iterator is shut down after it)."""
+        self._stopping.set()
+        self._thread.join(timeout=timeout)
 
 
 class WorkerDied(Exception):

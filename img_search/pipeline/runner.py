@@ -111,7 +111,7 @@ def run_pairs(
             local_copy=job.modality.local_copy(name),
             **retry,
         )
-    shard_sizes = on_main(accelerator, lambda: agree_on_listings(job, ledger, datasets))
+    layouts = on_main(accelerator, lambda: agree_on_listings(job, ledger, datasets))
     with make_progress(enabled=accelerator.is_main_process) as progress:
         for key, encoder in job.encoders.items():
             names = [d for m, d in opening.pending if m == key]
@@ -135,7 +135,7 @@ def run_pairs(
                     job.sources[name],
                     job,
                     ledger,
-                    shard_sizes[name],
+                    layouts[name],
                     progress,
                 )
                 stats.resumed = resumed[name]
@@ -154,14 +154,20 @@ def embed_source(
     source: Any,
     job: Job,
     ledger: Ledger,
-    shard_size: int,
+    layout: tuple[int, int],
     progress: Any,
 ) -> RunStats:
     """One (model, dataset) pass of this process: claim a shard, embed it, commit it, until none is left."""
     stats = RunStats(encoder.name, source.name, rank=accelerator.process_index)
-    shards = source.shards(shard_size)
-    start_at = accelerator.process_index * len(shards) // max(1, accelerator.num_processes)
-    claims = PairClaims(ledger, encoder.name, source.name, shards, start_at)
+    shards = source.shards(*layout)
+    claims = PairClaims(
+        ledger,
+        encoder.name,
+        source.name,
+        shards,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
     feeder = Feeder(claims.claim_next, job.settings.batch_size)
     loader = PassLoader(job, encoder, source, feeder, accelerator)
     committer = ShardCommitter(
@@ -243,9 +249,13 @@ class StageClock:
             yield item
 
 
-def agree_on_listings(job: Job, ledger: Ledger, names: list[str]) -> dict[str, int]:
-    """Main process: every dataset lists the items the job started with; returns each one's shard size."""
-    settings, sizes = job.settings, {}
+def agree_on_listings(job: Job, ledger: Ledger, names: list[str]) -> dict[str, tuple[int, int]]:
+    """Main process: every dataset lists the items the job started with; returns each one's shard layout.
+
+    The layout (shard size, and the batch size its tail shrinks to) is the
+    one the job started with, whatever this run's settings say.
+    """
+    settings, layouts = job.settings, {}
     for name in names:
         source = job.sources[name]
         items, fingerprint = source.listing()
@@ -259,7 +269,8 @@ def agree_on_listings(job: Job, ledger: Ledger, names: list[str]) -> dict[str, i
             "items": items,
             "fingerprint": fingerprint,
             "shard_size": size,
-            "shards": len(source.shards(size)),
+            "tail_unit": settings.batch_size,
+            "shards": len(source.shards(size, settings.batch_size)),
         }
         agreed = ledger.agree(f"listing-{name}", value)
         if (agreed.get("items"), agreed.get("fingerprint")) != (items, fingerprint):
@@ -275,8 +286,9 @@ def agree_on_listings(job: Job, ledger: Ledger, names: list[str]) -> dict[str, i
                 agreed["shard_size"],
                 settings.shard_size,
             )
-        sizes[name] = int(agreed["shard_size"])
-    return sizes
+        # a job started before shards had a tail has none
+        layouts[name] = (int(agreed["shard_size"]), int(agreed.get("tail_unit", 0)))
+    return layouts
 
 
 def agree_on_model(ledger: Ledger, encoder: Encoder, datasets: list[str]) -> dict[str, int]:

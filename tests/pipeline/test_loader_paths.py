@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
+from img_search.pipeline.loader import Receiver
 from img_search.store import read_embeddings, read_metadata
 
 
@@ -45,3 +49,29 @@ def test_workers_give_identical_rows_and_float16_round_trips(
     assert list(base.ids) == list(half.ids)
     np.testing.assert_array_equal(half.vectors, base.vectors.astype(np.float16).astype(np.float32))
     np.testing.assert_allclose(half.vectors, base.vectors, atol=1e-3, rtol=1e-3)
+
+
+def test_the_receiver_keeps_order_raises_in_the_caller_and_stops_early():
+    def batches(fail_at=None):
+        for i in range(20):
+            if i == fail_at:
+                raise RuntimeError(f"worker died at {i}")
+            yield i
+
+    receiver = Receiver(batches(), depth=2)
+    got = []
+    with pytest.raises(StopIteration):
+        while True:
+            got.append(receiver.next())
+    assert got == list(range(20))
+
+    receiver = Receiver(batches(fail_at=5), depth=2)
+    assert [receiver.next() for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match="worker died at 5"):
+        receiver.next()
+
+    # a caller that stops early (an error of its own) leaves no thread behind
+    receiver = Receiver(batches(), depth=2)
+    assert receiver.next() == 0
+    receiver.stop()
+    assert not any(t.name == "img_search-receiver" for t in threading.enumerate())

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import OFFLINE, REPO, run_module, venv_bin
 
+from img_search.data.base import position_shards
 from img_search.store import EmbeddingMatrix, read_embeddings, read_metadata
 from img_search.testing.fixtures import write_photo_folder
 
@@ -105,7 +106,9 @@ def test_eight_ranks_each_item_once_and_coordination_does_not_grow(
         calls[n] = sorted(p["collectives"] for p in processes)
         shards = shards_by_process(metadata, "clip/image_folder")
         committed = sorted(s for done in shards.values() for s in done)
-        assert committed == list(range(-(-n // 97)))  # every shard once
+        layout = position_shards(n, 97, unit=16)  # at 2,003 items: 12 full shards, then 24 shrinking
+        assert committed == list(range(len(layout)))  # every shard once
+        assert any(s.tail for s in layout) == (n == 2003)
         if n == 2003:
             same_rows(read_embeddings(out), reference)
             assert sum(1 for done in shards.values() if done) >= 6  # the work was spread
@@ -159,7 +162,10 @@ def test_two_launches_share_one_output(photos, simulated_reference, tmp_path):
     metadata = read_metadata(out)
     shards = shards_by_process(metadata, "simulated/image_folder")
     committed = sorted(s for done in shards.values() for s in done)
-    assert committed == list(range(26))  # 503 items in shards of 20: each committed exactly once
+    # 503 items: 13 shards of 20 and one of 19, then 8 each of 16, 8 and 4 items
+    layout = position_shards(503, 20, unit=4)
+    assert [len(s) for s in layout][-25:] == [19, *[16] * 8, *[8] * 8, *[4] * 8]
+    assert committed == list(range(len(layout)))  # each committed exactly once
     launches = {p["launch"] for p in metadata["run"]["processes"] if shards.get(p["id"])}
     assert len(launches) == 2  # both launches did part of the work
     assert not out.with_name(out.name + ".partial").exists()

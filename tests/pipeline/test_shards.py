@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import os
 import queue
@@ -97,6 +98,36 @@ def test_position_shards_cover_the_source_once():
     assert position_shards(0, 8) == []
 
 
+def test_the_end_of_a_listing_shrinks_to_one_batch():
+    shards = position_shards(4000, 48, unit=8)
+    sizes = [len(s) for s in shards]
+    assert sum(sizes) == 4000
+    assert [(s.start, s.stop) for s in shards] == sorted((s.start, s.stop) for s in shards)
+    assert all(a.stop == b.start for a, b in itertools.pairwise(shards))
+    assert sizes[-24:] == [32] * 8 + [16] * 8 + [8] * 8
+    assert [s.tail for s in shards].index(True) == len(shards) - 24
+    assert set(sizes[:-25]) == {48}
+    # the same listing, shard size and unit give the same shards; no unit, no tail
+    assert position_shards(4000, 48, unit=8) == shards
+    assert not any(s.tail for s in position_shards(4000, 48))
+    # a tail is at most half of the listing
+    assert not any(s.tail for s in position_shards(500, 48, unit=8))
+    assert not any(s.tail for s in position_shards(4000, 12, unit=8))
+
+
+def test_ranks_start_apart_and_all_end_on_the_tail():
+    from img_search.pipeline.claims import claim_order
+
+    shards = position_shards(4000, 48, unit=8)
+    body = [s.index for s in shards if not s.tail]
+    tail = [s.index for s in shards if s.tail]
+    orders = [claim_order(shards, rank, 8) for rank in range(8)]
+    assert {order[0] for order in orders} == {r * len(body) // 8 for r in range(8)}
+    for order in orders:
+        assert sorted(order) == list(range(len(shards)))
+        assert order[-len(tail) :] == tail
+
+
 @pytest.mark.parametrize(("workers", "batch_size"), [(0, 4), (1, 3), (2, 4), (3, 5)])
 def test_every_item_once_in_position_order(workers, batch_size):
     source = ListSource(41)
@@ -179,7 +210,7 @@ def test_claims_are_exclusive_and_records_end_them(tmp_path):
     try:
         shards = position_shards(30, 10)
         first = PairClaims(ledger, "clip", "photos", shards)
-        second = PairClaims(ledger, "clip", "photos", shards, start_at=1)
+        second = PairClaims(ledger, "clip", "photos", shards, rank=1, ranks=2)
         a = first.claim_next()
         b = second.claim_next()
         assert (a.shard.index, b.shard.index) == (0, 1)
