@@ -106,7 +106,8 @@ def test_eight_ranks_each_item_once_and_coordination_does_not_grow(
         calls[n] = sorted(p["collectives"] for p in processes)
         shards = shards_by_process(metadata, "clip/image_folder")
         committed = sorted(s for done in shards.values() for s in done)
-        layout = position_shards(n, 97, unit=16)  # at 2,003 items: 12 full shards, then 24 shrinking
+        # at 2,003 items: 12 full shards, then 24 shrinking ones
+        layout = position_shards(n, 97, unit=16)
         assert committed == list(range(len(layout)))  # every shard once
         assert any(s.tail for s in layout) == (n == 2003)
         if n == 2003:
