@@ -19,6 +19,8 @@ from img_search.data.image_folder import ImageFolderDataset
 from img_search.data.images import ImageDecodeError, open_image
 from img_search.data.inquire import InquireDataset
 from img_search.data.text import CaptionRecord, TextDataset, TextItem
+from img_search.data.webdataset import WebDatasetImages
+from img_search.data.webdataset_captions import WebDatasetCaptions
 from img_search.registry import build_from_spec
 
 DATASETS: dict[str, type[ImageDataset]] = {
@@ -26,11 +28,13 @@ DATASETS: dict[str, type[ImageDataset]] = {
     "flickr30k": Flickr30kDataset,
     "image_folder": ImageFolderDataset,
     "hf_images": HubImageDataset,
+    "webdataset": WebDatasetImages,
 }
 
 TEXT_DATASETS: dict[str, type[TextDataset]] = {
     "flickr30k_captions": Flickr30kCaptionsDataset,
     "captions_jsonl": CaptionsJsonlDataset,
+    "webdataset_captions": WebDatasetCaptions,
 }
 
 
@@ -59,6 +63,8 @@ __all__ = [
     "InquireDataset",
     "TextDataset",
     "TextItem",
+    "WebDatasetCaptions",
+    "WebDatasetImages",
     "get_dataset",
     "get_text_dataset",
     "open_image",

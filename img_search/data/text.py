@@ -80,13 +80,22 @@ class CaptionTable(TextDataset):
         super().__init__(name)
         self._table: pa.Table | None = None
 
-    def set_records(self, ids: list[str], captions: list[str], images: list[str]) -> None:
+    def set_records(
+        self,
+        ids: list[str],
+        captions: list[str],
+        images: list[str],
+        image_ids: list[str] | None = None,
+    ) -> None:
+        """``image_ids`` default to the images' stems."""
+        if image_ids is None:
+            image_ids = [image_stem(i) for i in images]
         self._table = pa.table(
             {
                 "id": pa.array(ids, pa.string()),
                 "caption": pa.array(captions, pa.string()),
                 "image": pa.array(images, pa.string()),
-                "image_id": pa.array([image_stem(i) for i in images], pa.string()),
+                "image_id": pa.array(image_ids, pa.string()),
             },
             schema=RECORD_SCHEMA,
         )

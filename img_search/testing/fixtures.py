@@ -8,9 +8,16 @@
 from __future__ import annotations
 
 import io
+import json
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 
@@ -167,3 +174,104 @@ def write_photo_folder(
             path.write_bytes(jpeg_bytes(synthetic_image(i, size), quality=85))
         ids.append(relative)
     return ids
+
+
+def write_img2dataset_tar(
+    tar: str | Path, samples: list[dict[str, Any]], failed: Sequence[str] = ()
+) -> None:
+    """One shard as img2dataset writes it: ``<stem>.tar``, ``<stem>.parquet``, ``<stem>_stats.json``.
+
+    A sample is ``{"key": ..., <extension>: bytes | str | dict, ...}`` (a dict
+    is written as JSON); its members follow in the sample's order. The
+    Parquet lists every sample as ``success`` and the ``failed`` keys as
+    failed downloads (not in the tar), with img2dataset's columns.
+    """
+    tar = Path(tar)
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as archive:
+        for sample in samples:
+            for extension, value in sample.items():
+                if extension == "key":
+                    continue
+                if isinstance(value, dict):
+                    value = json.dumps(value)
+                data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+                member = tarfile.TarInfo(f"{sample['key']}.{extension}")
+                member.size, member.mtime, member.mode = len(data), 1_700_000_000, 0o444
+                archive.addfile(member, io.BytesIO(data))
+    keys = [str(s["key"]) for s in samples] + list(failed)
+    pq.write_table(
+        pa.table(
+            {
+                "key": keys,
+                "status": ["success"] * len(samples) + ["failed_to_download"] * len(failed),
+                "caption": [s.get("txt") for s in samples] + [None] * len(failed),
+                "url": [f"https://example.org/{k}.jpg" for k in keys],
+                "error_message": [None] * len(samples) + ["HTTP Error 404"] * len(failed),
+            }
+        ),
+        tar.with_suffix(".parquet"),
+    )
+    stats = {"count": len(keys), "successes": len(samples), "failed_to_download": len(failed)}
+    tar.with_name(f"{tar.stem}_stats.json").write_text(json.dumps(stats))
+
+
+@dataclass
+class Img2datasetLike:
+    """What ``write_img2dataset_like`` wrote, by item id (``<tar stem>/<key>``)."""
+
+    root: Path
+    images: dict[str, bytes]  # every image a reader embeds, the corrupt one excepted
+    corrupt: str  # a JPEG that does not decode
+    no_image: str  # a sample with only a .txt
+    truncated: Path  # a tar cut inside a sample's image
+    lost: list[str]  # the samples the cut took (the img2dataset Parquet lists them)
+    captions: dict[str, str] = field(default_factory=dict)  # id → .txt of every sample still held
+
+
+def write_img2dataset_like(
+    root: str | Path, shards: int = 6, per_shard: int = 5, seed: int = 7
+) -> Img2datasetLike:
+    """``shards`` img2dataset shards of ``per_shard`` samples (jpg, txt, json) and one failed download each.
+
+    Shard 1 holds a corrupt JPEG, shard 2 a sample with only its caption, and
+    shard 4 (with at least 4 of them) is cut in the middle of its fourth image.
+    """
+    if shards < 5 or per_shard < 4:
+        raise ValueError("write_img2dataset_like needs at least 5 shards of 4 samples")
+    root = Path(root)
+    images, captions = {}, {}
+    corrupt = no_image = ""
+    for shard in range(shards):
+        samples = []
+        for i in range(per_shard):
+            key = f"{shard:05d}{i:04d}"
+            item_id, caption = (
+                f"{shard:05d}/{key}",
+                f"photo {shard * per_shard + i} of shard {shard}",
+            )
+            sample: dict[str, Any] = {"key": key}
+            if (shard, i) == (1, 2):
+                sample["jpg"], corrupt = b"\xff\xd8\xff\xe0 not really a JPEG", item_id
+            elif (shard, i) != (2, 3):
+                sample["jpg"] = images[item_id] = jpeg_bytes(
+                    synthetic_image(seed * 1000 + shard * per_shard + i, (40, 30))
+                )
+            sample["txt"] = captions[item_id] = caption
+            if (shard, i) == (2, 3):
+                no_image = item_id
+            else:
+                sample["json"] = {"key": key, "caption": caption, "status": "success"}
+            samples.append(sample)
+        write_img2dataset_tar(
+            root / f"{shard:05d}.tar", samples, failed=[f"{shard:05d}{per_shard:04d}"]
+        )
+    truncated = root / "00004.tar"
+    with tarfile.open(truncated) as archive:
+        cut = archive.getmember("000040003.jpg")
+    with open(truncated, "r+b") as file:
+        file.truncate(cut.offset_data + cut.size // 2)
+    lost = [f"00004/00004{i:04d}" for i in range(3, per_shard)]
+    for item_id in lost:
+        del images[item_id], captions[item_id]
+    return Img2datasetLike(root, images, corrupt, no_image, truncated, lost, captions)

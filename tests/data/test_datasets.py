@@ -363,7 +363,7 @@ def test_get_before_build(parquet_file: Path) -> None:
 
 
 def test_registry_unknown_dataset_lists_names() -> None:
-    assert set(DATASETS) == {"inquire", "flickr30k", "image_folder", "hf_images"}
+    assert set(DATASETS) == {"inquire", "flickr30k", "image_folder", "hf_images", "webdataset"}
     with pytest.raises(UnknownNameError) as info:
         get_dataset({"dataset": "nope"}, name="x")
     message = str(info.value)

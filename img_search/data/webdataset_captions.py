@@ -1,0 +1,123 @@
+"""Captions of WebDataset tars: each sample's ``.txt``, or a field of its ``.json`` (img2dataset's ``caption``).
+
+Caption ids are ``<image id>#<n>`` with the image id of the ``webdataset``
+image dataset (``00000/000000012``), so the caption table of some tars
+joins the image table of the same tars through ``image_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from img_search.data.text import CaptionTable
+from img_search.data.webdataset import (
+    DEFAULT_IMAGE_KEYS,
+    TarReader,
+    TarSample,
+    TarWalk,
+    expand_urls,
+    tar_stem,
+)
+
+log = logging.getLogger(__name__)
+
+
+class WebDatasetCaptions(CaptionTable):
+    """One caption a sample (or several, for a JSON list): member ``caption_key`` (``txt``, ``json:caption``).
+
+    A sample without that caption (no member, no field, not text) is
+    reported with its id and skipped, as are the samples a damaged tar lost;
+    an empty caption is an item error of the run, as for JSONL. ``image`` is
+    ``<tar name>/<image member>`` (empty for a sample without an image).
+    """
+
+    kind = "webdataset_captions"
+
+    def __init__(
+        self,
+        name: str,
+        urls: str | Sequence[str],
+        caption_key: str = "txt",
+        image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS,
+    ) -> None:
+        super().__init__(name)
+        if not urls:
+            raise ValueError(
+                f"text_dataset {name}: urls is empty; give tars (a brace pattern, a list, "
+                "a folder or a .txt file listing them)"
+            )
+        member, _, json_field = str(caption_key).partition(":")
+        if not member:
+            raise ValueError(
+                f"text_dataset.caption_key must name a member, e.g. txt or json:caption, "
+                f"got {caption_key!r}"
+            )
+        self.urls: str | list[str] = urls if isinstance(urls, str) else [str(u) for u in urls]
+        self.caption_key = str(caption_key)
+        self.member, self.json_field = member.lower(), json_field or None
+        self.image_keys = tuple(str(k).lower().lstrip(".") for k in image_keys)
+        self._problems: list[tuple[str, str]] = []
+
+    def build(self) -> None:
+        walk = TarWalk(expand_urls(self.urls, "text_dataset.urls"))
+        ids, texts, images, image_ids = [], [], [], []
+        unusable: list[tuple[str, str]] = []
+        for index, reader, sample in walk:
+            url = walk.tars[index]
+            image_id = f"{tar_stem(url)}/{sample.key}"
+            try:
+                captions = self._captions(reader, sample)
+            except ValueError as exc:
+                unusable.append((image_id, str(exc)))
+                continue
+            image = next((sample.members[k] for k in self.image_keys if k in sample.members), None)
+            where = "" if image is None else f"{url.rsplit('/', 1)[-1]}/{image.name}"
+            for n, caption in enumerate(captions):
+                ids.append(f"{image_id}#{n}")
+                texts.append(caption)
+                images.append(where)
+                image_ids.append(image_id)
+        self.set_records(ids, texts, images, image_ids)
+        self._problems = unusable + walk.problems
+        log.info(
+            "text dataset %s: %d captions in %d tars (%d samples without one)",
+            self.name,
+            len(ids),
+            len(walk.tars),
+            len(self._problems),
+        )
+
+    def _captions(self, reader: TarReader, sample: TarSample) -> list[str]:
+        """The sample's captions; ValueError with the reason when it has none."""
+        setting = f"text_dataset.caption_key={self.caption_key}"
+        member = sample.members.get(self.member)
+        if member is None:
+            raise ValueError(f"no caption (has: {sample.has()}); {setting}")
+        try:
+            text = reader.read(member).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{member.name} is not UTF-8 text; {setting}") from None
+        if self.json_field is None:
+            return [text]
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{member.name}: malformed JSON ({exc.msg}); {setting}") from None
+        value = record.get(self.json_field) if isinstance(record, dict) else None
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return list(value)
+        found = "missing or null" if value is None else f"of type {type(value).__name__}"
+        raise ValueError(
+            f"no caption: {member.name} field {self.json_field!r} is {found}; {setting}"
+        )
+
+    def problems(self) -> list[tuple[str, str]]:
+        return list(self._problems)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "urls": self.urls, "caption_key": self.caption_key}
