@@ -27,7 +27,12 @@ import traceback
 from pathlib import Path
 
 #: Environment variables a run may set and still be forked: read when used, not when imported.
-READ_AT_RUN_TIME = {"IMG_SEARCH_FAULT", "PYTHONUNBUFFERED", "COLUMNS"}
+READ_AT_RUN_TIME = {
+    "IMG_SEARCH_FAULT",
+    "PYTHONUNBUFFERED",
+    "COLUMNS",
+    *("SLURM_JOB_ID", "SLURM_JOB_DEPENDENCY"),  # pipeline/engines.py
+}
 
 
 def can_fork(launcher: list[str] | None, env: dict[str, str] | None) -> bool:

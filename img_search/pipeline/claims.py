@@ -70,7 +70,7 @@ class PairClaims:
         self._order = claim_order(self.shards, rank, ranks)
         self._cursor = 0
         self._held_by_others: list[int] = []
-        self._second_pass = False
+        self._looked_again = False
 
     # -- records ------------------------------------------------------------------
     def record_path(self, index: int) -> Path:
@@ -109,16 +109,14 @@ class PairClaims:
     def claim_next(self) -> ShardTask | None:
         """The next shard nobody alive holds and nobody finished, claimed for this process.
 
-        Walks ``claim_order``; shards held by others are looked at once more at
-        the end, in case their owner died meanwhile.
+        Walks ``claim_order``; shards held by others are looked at again at
+        the end (``_look_again``), in case their owner died meanwhile.
         """
         while True:
             if self._cursor < len(self._order):
                 index = self._order[self._cursor]
                 self._cursor += 1
-            elif not self._second_pass and self._held_by_others:
-                self._order, self._cursor = self._held_by_others, 0
-                self._held_by_others, self._second_pass = [], True
+            elif self._held_by_others and self._look_again():
                 continue
             else:
                 return None
@@ -126,21 +124,42 @@ class PairClaims:
                 continue
             generation = self.ledger.take(self.claim_name(index))
             if generation is None:
-                if not self._second_pass:
-                    self._held_by_others.append(index)
+                self._held_by_others.append(index)
                 continue
             record = self.record(index)  # read after the claim: the previous holder's last commit
             if not record.get("final"):
                 return ShardTask(self.shards[index], generation, record)
 
+    def _look_again(self) -> bool:
+        """Walk the shards others held once more: once, then while an owner of one is silent.
+
+        A silent owner (``Ledger.silent``: another machine's process that
+        stopped beating) is waited for until it beats again or its lease runs
+        out, so a process started right after a crash elsewhere takes its
+        shards over instead of leaving them to a dead process.
+        """
+        held, self._held_by_others = self._held_by_others, []
+        if self._looked_again:
+
+            def owners() -> list[str | None]:
+                return [self.ledger.holder(self.claim_name(i)) for i in held]
+
+            if not any(self.ledger.silent(owner) for owner in owners()):
+                return False
+            self.ledger.outwait(owners)
+        self._order, self._cursor, self._looked_again = held, 0, True
+        return True
+
 
 def claim_order(shards: Sequence[Shard], rank: int, ranks: int) -> list[int]:
-    """The order in which process ``rank`` of ``ranks`` of one launch looks at the shards.
+    """The order in which the process in slot ``rank`` of ``ranks`` looks at the shards.
 
-    The full-size shards from the rank's own stretch onwards, wrapping, so the
-    ranks start apart and a fast one goes on taking shards where the slower
-    ones have not got to; then the shrinking tail (``position_shards``), in
-    order, so everyone's last shards are the short ones.
+    A slot is a rank of the launch, spread over a Slurm array's tasks
+    (``engines.start_slot``). The full-size shards from the slot's own
+    stretch onwards, wrapping, so the processes start apart and a fast one
+    goes on taking shards where the slower ones have not got to; then the
+    shrinking tail (``position_shards``), in order, so everyone's last
+    shards are the short ones.
     """
     body = [s.index for s in shards if not s.tail]
     tail = [s.index for s in shards if s.tail]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from img_search.failures import BuildError, HubUnavailable, PeerLost, hub_unavailable
-from img_search.pipeline.settings import ConfigError
+from img_search.pipeline.settings import ConfigError, engine_settings
 from img_search.registry import UnknownNameError
 
 if TYPE_CHECKING:
@@ -72,14 +72,20 @@ def run_cli(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any
     """Run a pipeline from its composed Hydra config and exit with its status.
 
     The run machinery (torch, Accelerate) is imported only once the job is
-    planned, so a configuration error never waits for it.
+    planned, so a configuration error never waits for it. ``engine=ray``
+    hands the same job to Ray actors (``ray_engine``).
     """
     with user_errors_exit(cfg):
-        from img_search.pipeline.plan import plan_job
+        if engine_settings(cfg.get("engine")).kind == "ray":
+            from img_search.pipeline.ray_engine import run_on_ray
 
-        job = plan_job(cfg, modality, dataset_specs)
-        from img_search.pipeline.runner import run_job
+            code = run_on_ray(cfg, modality, dataset_specs)
+        else:
+            from img_search.pipeline.plan import plan_job
 
-        code = run_job(job)
+            job = plan_job(cfg, modality, dataset_specs)
+            from img_search.pipeline.runner import run_job
+
+            code = run_job(job)
     if code:
         sys.exit(code)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 
 from img_search.failures import BuildError, PeerLost, hub_unavailable, is_transient
+from img_search.pipeline.engines import stray_mpi_world
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,8 +71,17 @@ def make_accelerator(cpu: bool = False, timeout_s: float = 1800.0) -> Accelerato
     """One Accelerator per job. ``cpu=True`` (or ``ACCELERATE_USE_CPU=1``) runs gloo ranks on CPU.
 
     ``timeout_s`` bounds every collective: if a rank dies, the others stop
-    with an error after at most that long instead of waiting forever.
+    with an error after at most that long instead of waiting forever. MPI
+    world sizes that no torch world goes with (``srun``'s, see
+    ``engines.stray_mpi_world``) are dropped first: this process runs alone.
     """
+    for name in stray_mpi_world():
+        log.info(
+            "%s=%s without MASTER_ADDR or a torch launcher: this process is a launch of its own "
+            "(start several per task with torchrun or accelerate launch)",
+            name,
+            os.environ.pop(name),
+        )
     handler = InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
     return Accelerator(cpu=cpu, kwargs_handlers=[handler])
 
@@ -200,6 +211,4 @@ def finish(accelerator: Accelerator) -> None:
 
 def local_world_size(accelerator: Accelerator) -> int:
     """Processes of this launch on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE)."""
-    import os
-
     return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))

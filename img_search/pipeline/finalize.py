@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from img_search.pipeline.claims import PairClaims
-from img_search.pipeline.ledger import Ledger
+from img_search.pipeline.ledger import Ledger, describe
 from img_search.pipeline.plan import Job
 from img_search.store import read_metadata
 from img_search.store import schema as S
@@ -55,6 +55,8 @@ class Outcome:
     errors_path: Path | None = None
     waiting: str = ""
     pairs: list[dict[str, Any]] = field(default_factory=list)
+    #: The table's ``run.processes``: every process of the job and the shards it committed.
+    processes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def pair_claims(ledger: Ledger, model: str, dataset: str) -> PairClaims:
@@ -80,29 +82,44 @@ def finalize(job: Job, ledger: Ledger) -> Outcome:
         if unfinished:
             return Outcome(False, waiting=_waiting_text(ledger, claims, unfinished))
         records[(model, dataset)] = list(claims.records())
+    # a process another machine lost is waited for (its lease), not left to finish the table
+    ledger.outwait(lambda: [m.get("id") for m in ledger.working_members()])
     working = ledger.working_members()
     if working:
         return Outcome(False, waiting=_working_text(working))
     if ledger.take(FINALIZE) is None:
-        return Outcome(False, waiting="another process is assembling the table")
+        ledger.outwait(lambda: [ledger.holder(FINALIZE)])
+        if ledger.take(FINALIZE) is None:
+            return Outcome(False, waiting="another process is assembling the table")
     return _assemble(job, ledger, record, records)
 
 
+#: What a process that leaves the table to others says, after what they still do.
+LEFT_TO_OTHERS = (
+    "the last of them to finish writes the table — or rerun this same command once they "
+    "have stopped: it takes over what they left"
+)
+
+
 def _waiting_text(ledger: Ledger, claims: PairClaims, unfinished: list[int]) -> str:
-    holders = sorted({ledger.holder(claims.claim_name(i)) or "nobody" for i in unfinished})
+    members = {str(data.get("id")): data for data, _ in ledger.members()}
+    holders = [ledger.holder(claims.claim_name(i)) for i in unfinished]
+    named = sorted({describe(members[h]) if h in members else h or "nobody" for h in holders})
     return (
-        f"{len(unfinished)} shard(s) of {claims.model} × {claims.dataset} are not committed yet "
-        f"(held by {', '.join(holders)}); the last process to finish assembles the table, "
-        "and a rerun of the same command takes over what a stopped process held"
+        f"{len(unfinished)} shard(s) of {claims.model} × {claims.dataset} are still held by "
+        f"other processes (array tasks / launches: {_listed(named)}); {LEFT_TO_OTHERS}"
     )
 
 
 def _working_text(working: list[dict[str, Any]]) -> str:
-    others = ", ".join(f"{m.get('host')} pid {m.get('pid')}" for m in working)
     return (
         f"every shard is committed, and {len(working)} other process(es) are finishing "
-        f"({others}); the last of them assembles the table"
+        f"({_listed([describe(m) for m in working])}); {LEFT_TO_OTHERS}"
     )
+
+
+def _listed(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _assemble(
@@ -149,6 +166,7 @@ def _assemble(
         new_errors=len(errors),
         errors_path=layout.errors_path if layout.errors_path.exists() else None,
         pairs=pairs,
+        processes=metadata["run"]["processes"],
     )
 
 

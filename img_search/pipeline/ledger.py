@@ -13,7 +13,12 @@ cluster coordinate through the filesystem alone:
 
 A process is alive while its heartbeat is fresher than ``lease_s``; on its
 own machine a dead process is recognised at once (its pid is gone, or now
-belongs to a process that started later).
+belongs to a process that started later), and so is one of a Slurm job
+this job was started after the end of (``--dependency=afterany:<array>``).
+One on another machine that has missed two heartbeats is *silent*: probably dead (killed with its Slurm
+array task, its node lost), so whoever would leave work to it waits for it
+to beat again or for its lease to run out (``outwait``), and a rerun started
+right after a crash still finishes the job.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from img_search.pipeline.engines import array_task, ended_jobs, slurm_names
 from img_search.store.atomic import HOST, atomic_write_text, create_exclusive, is_temporary
 
 log = logging.getLogger(__name__)
@@ -74,9 +80,22 @@ class Member:
     spec_fingerprint: str
     launch: str  # the launch (one torchrun / accelerate / array task) it belongs to
     rank: int
+    #: The Slurm array (``SLURM_ARRAY_JOB_ID``) and task (``SLURM_ARRAY_TASK_ID``) it runs in.
+    array_job: str | None = None
+    array_task: int | None = None
+    #: Its Slurm job (``SLURM_JOB_ID``): one per array task.
+    slurm_job: str | None = None
 
     def describe(self) -> str:
-        return f"host {self.host}, pid {self.pid}"
+        return describe(self.__dict__)
+
+
+def describe(member: dict[str, Any]) -> str:
+    """``array task 1234_3 (host h, pid p)``, or ``host h, pid p`` outside an array."""
+    where = f"host {member.get('host')}, pid {member.get('pid')}"
+    if member.get("array_task") is None:
+        return where
+    return f"array task {member.get('array_job')}_{member.get('array_task')} ({where})"
 
 
 class Ledger:
@@ -84,6 +103,8 @@ class Ledger:
         self.state_dir = Path(state_dir)
         self.lease_s = lease_s
         self.me: Member | None = None
+        #: Slurm jobs that ended before this one started: their processes are dead.
+        self.ended_jobs = ended_jobs()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -106,6 +127,7 @@ class Ledger:
     def join(self, spec_fingerprint: str, launch: str, rank: int) -> Member:
         """Register this process and keep its heartbeat fresh until ``leave()``."""
         pid = os.getpid()
+        task = array_task()
         self.me = Member(
             id=f"{HOST}-{pid}-{uuid.uuid4().hex[:6]}",  # a reused pid is another process
             host=HOST,
@@ -114,6 +136,9 @@ class Ledger:
             spec_fingerprint=spec_fingerprint,
             launch=launch,
             rank=rank,
+            array_job=task.job if task else None,
+            array_task=task.task if task else None,
+            slurm_job=os.environ.get("SLURM_JOB_ID"),
         )
         self.processes_dir.mkdir(parents=True, exist_ok=True)
         self.update({"joined": time.time()})
@@ -158,10 +183,15 @@ class Ledger:
                 self.processes_dir.rmdir()
                 self.state_dir.rmdir()
 
+    @property
+    def beat_s(self) -> float:
+        """How often a process's heartbeat is refreshed."""
+        return max(1.0, self.lease_s / 8)
+
     def _beat(self) -> None:
         assert self.me is not None
         path = self.processes_dir / f"{self.me.id}.json"
-        while not self._stop.wait(max(1.0, self.lease_s / 8)):
+        while not self._stop.wait(self.beat_s):
             with contextlib.suppress(OSError):
                 os.utime(path)
 
@@ -190,7 +220,7 @@ class Ledger:
         if self.me is not None and member_id == self.me.id:
             return True
         data = read_json(self.processes_dir / f"{member_id}.json")
-        if data is None:
+        if data is None or slurm_names(data) & self.ended_jobs:
             return False
         if data.get("host") == HOST:
             return pid_alive(int(data["pid"]), data.get("started"))
@@ -199,6 +229,37 @@ class Ledger:
         except FileNotFoundError:
             return False
         return self.now() - beat < self.lease_s
+
+    def silent(self, member_id: str | None) -> bool:
+        """A process on another machine that missed two heartbeats, whose lease has not run out."""
+        if not member_id or (self.me is not None and member_id == self.me.id):
+            return False
+        path = self.processes_dir / f"{member_id}.json"
+        data = read_json(path)
+        if data is None or data.get("host") == HOST or slurm_names(data) & self.ended_jobs:
+            return False  # known dead (or alive) at once
+        try:
+            age = self.now() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return 2 * self.beat_s < age < self.lease_s
+
+    def outwait(self, members: Callable[[], list[str | None]]) -> None:
+        """Wait while any of ``members()`` is silent: until it beats again or its lease runs out."""
+        silent = [m for m in members() if self.silent(m)]
+        if not silent:
+            return
+        log.info(
+            "waiting up to %.0fs (tasks.lease_s) for %d silent process(es) on other machines "
+            "(%s): a dead one's work is taken over when its lease runs out",
+            self.lease_s,
+            len(silent),
+            ", ".join(str(m) for m in silent[:4]),
+        )
+        deadline = time.monotonic() + self.lease_s + self.beat_s
+        while silent and time.monotonic() < deadline:
+            time.sleep(self.beat_s)
+            silent = [m for m in members() if self.silent(m)]
 
     def live_members(self) -> list[dict[str, Any]]:
         return [data for data, _ in self.members() if self.is_alive(str(data.get("id")))]

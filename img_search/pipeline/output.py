@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from img_search.pipeline.ledger import Ledger
+from img_search.pipeline.ledger import Ledger, describe
 from img_search.pipeline.plan import Job, compare_specs, spec_fingerprint
 from img_search.pipeline.settings import ConfigError
 from img_search.store import read_metadata
@@ -107,7 +107,7 @@ def _refuse_other_jobs(ledger: Ledger, spec: dict[str, Any], launch: str, any_sp
             what = "another job" if any_spec else "a different job"
             raise JobMismatch(
                 f"{ledger.state_dir.parent / ledger.state_dir.name.removesuffix('.partial')} "
-                f"is being written by {what} (host {member.get('host')}, pid {member.get('pid')}); "
+                f"is being written by {what} ({describe(member)}); "
                 "wait for it to finish or stop it first"
             )
 

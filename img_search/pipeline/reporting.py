@@ -173,6 +173,9 @@ def print_summary(reports: list[ProcessReport], outcome: Any, output_path: Any) 
         print(f"rows: {outcome.rows}")
     else:
         print(f"not finished yet: {outcome.waiting}")
+    by_task = shards_by_array_task(outcome.processes if outcome.finished else [])
+    if by_task:
+        print("shards by array task: " + ", ".join(f"{t}: {n}" for t, n in by_task.items()))
     resumed = sum(stats[0].resumed for stats in pairs.values())
     if resumed:
         print(f"resumed: {resumed} rows were already done by an earlier run")
@@ -182,3 +185,20 @@ def print_summary(reports: list[ProcessReport], outcome: Any, output_path: Any) 
     elif new_errors:
         print(f"errors: {new_errors}")
     sys.stdout.flush()
+
+
+def shards_by_array_task(processes: list[dict[str, Any]]) -> dict[str, int]:
+    """Shards committed per Slurm array task (``<array job>_<task>``), from the table's processes.
+
+    Empty when no process ran in an array; processes outside one (a rerun
+    started by hand, the ``--dependency`` job) count as ``no array``.
+    """
+    counts: dict[str, int] = {}
+    for process in processes:
+        task = process.get("array_task")
+        name = "no array" if task is None else f"{process.get('array_job')}_{task}"
+        shards = sum(len(done) for done in (process.get("shards") or {}).values())
+        counts[name] = counts.get(name, 0) + shards
+    if set(counts) <= {"no array"}:
+        return {}
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] == "no array", len(kv[0]), kv[0])))

@@ -18,7 +18,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,6 +40,7 @@ from img_search.pipeline.distributed import (
     make_accelerator,
     on_main,
 )
+from img_search.pipeline.engines import start_slot
 from img_search.pipeline.finalize import finalize, pair_claims
 from img_search.pipeline.ledger import Ledger
 from img_search.pipeline.loader import PassLoader
@@ -74,7 +75,12 @@ def run_job(job: Job) -> int:
     if not accelerator.is_main_process:
         ledger.join(spec_fingerprint(job.spec()), opening.launch, accelerator.process_index)
     code = 0
-    try:
+
+    def forget() -> None:
+        if accelerator.is_main_process:
+            forget_failed_start(ledger, opening)
+
+    with leaving_on_failure(job, ledger, forget):
         report = run_pairs(job, accelerator, ledger, opening)
         reports = gather_to_main(accelerator, report)
         if accelerator.is_main_process:
@@ -82,17 +88,24 @@ def run_job(job: Job) -> int:
             job.report = reports
             print_summary(reports, outcome, job.layout.path)
             code = check_error_budget(outcome.new_errors, settings.max_errors)
+    finish(accelerator)
+    return code
+
+
+@contextmanager
+def leaving_on_failure(job: Job, ledger: Ledger, forget: Callable[[], None]) -> Iterator[None]:
+    """This process leaves the job however the work ends; a failure first undoes what ``forget``
+    undoes, and a write the filesystem refused becomes one line naming the path and the fix."""
+    try:
+        yield
     except Exception as exc:
-        if accelerator.is_main_process:
-            forget_failed_start(ledger, opening)
+        forget()
         refused = explain_refused_write(exc, job.layout.path)
         if refused is not None:
             raise refused from exc
         raise
     finally:
         ledger.leave()
-    finish(accelerator)
-    return code
 
 
 def run_pairs(
@@ -160,14 +173,8 @@ def embed_source(
     """One (model, dataset) pass of this process: claim a shard, embed it, commit it, until none is left."""
     stats = RunStats(encoder.name, source.name, rank=accelerator.process_index)
     shards = source.shards(*layout)
-    claims = PairClaims(
-        ledger,
-        encoder.name,
-        source.name,
-        shards,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
+    slot, slots = start_slot(accelerator.process_index, accelerator.num_processes)
+    claims = PairClaims(ledger, encoder.name, source.name, shards, slot, slots)
     feeder = Feeder(claims.claim_next, job.settings.batch_size)
     loader = PassLoader(job, encoder, source, feeder, accelerator)
     committer = ShardCommitter(

@@ -1,8 +1,9 @@
-"""The ``tasks`` config group as a Hydra structured config: one dataclass is the defaults, the types and the checks.
+"""The ``tasks`` and ``engine`` config groups as Hydra structured configs: one dataclass each is the defaults, the types and the checks.
 
 ``TaskSettings`` is registered in Hydra's ConfigStore as ``tasks/default``,
-so Hydra itself refuses ``tasks.batch_size=abc`` or an unknown
-``tasks.option`` while composing, and ``__post_init__`` refuses values of the
+and ``LocalEngine`` / ``RayEngine`` as ``engine/local`` / ``engine/ray``, so
+Hydra itself refuses ``tasks.batch_size=abc``, an unknown ``tasks.option`` or
+``engine=spark`` while composing, and ``__post_init__`` refuses values of the
 right type that make no sense (``tasks.batch_size=0``) before any model loads.
 """
 
@@ -11,13 +12,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
+T = TypeVar("T")
 
 #: Auto shard size: about 64 shards, each between these sizes.
 AUTO_SHARD_MIN, AUTO_SHARD_MAX, AUTO_SHARDS = 256, 10_000, 64
@@ -91,19 +93,7 @@ class TaskSettings:
     @classmethod
     def from_config(cls, node: DictConfig | dict[str, Any] | None) -> TaskSettings:
         """The validated settings of a composed ``tasks`` node (or a plain dict, for the Python API)."""
-        if isinstance(node, DictConfig):
-            try:
-                merged = OmegaConf.merge(OmegaConf.structured(cls), node)
-            except ValidationError as exc:
-                raise ConfigError(f"tasks.{exc.full_key}: {exc.msg}") from None
-            return OmegaConf.to_object(merged)  # type: ignore[return-value]
-        values = dict(node or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"unknown tasks option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**values)
+        return validated(cls, node, "tasks")
 
     def shard_size_for(self, items: int) -> int:
         """The shard size of a source of ``items`` items: as set, or about 64 shards.
@@ -117,12 +107,16 @@ class TaskSettings:
         size = min(AUTO_SHARD_MAX, max(AUTO_SHARD_MIN, math.ceil(items / AUTO_SHARDS)))
         return math.ceil(size / self.batch_size) * self.batch_size
 
-    def loader_workers(self, device_type: str, local_processes: int, heavy: bool = True) -> int:
+    def loader_workers(
+        self, device_type: str, local_processes: int, heavy: bool = True, cores: float | None = None
+    ) -> int:
         """Auto: on GPU most cores decode; on CPU one idle-priority worker per core.
 
         ``local_processes`` is the number of processes of this job on this
         machine (not the job's world size: on two 8-GPU machines each GPU's
-        process gets 1/8 of its own machine's cores).
+        process gets 1/8 of its own machine's cores). ``cores``, when given,
+        is this process's own allotment instead (a Ray worker's
+        ``engine.num_cpus_per_worker``), whatever the machine has.
 
         CPU workers run under ``SCHED_IDLE`` (``shards.yield_to_the_model``), so
         they take only the time the model's threads leave and never slow the
@@ -136,7 +130,10 @@ class TaskSettings:
             return self.num_workers
         if not heavy:
             return 0
-        per_rank = max(1, usable_cores() // max(1, local_processes))
+        if cores is not None:
+            per_rank = max(1, int(cores))
+        else:
+            per_rank = max(1, usable_cores() // max(1, local_processes))
         if device_type == "cuda":
             return min(8, max(1, per_rank - 1))
         return 0 if per_rank < 2 else min(8, per_rank)
@@ -148,6 +145,73 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+@dataclass
+class LocalEngine:
+    """``engine=local`` (the default): this command's own processes — one, or the ranks of
+    ``accelerate launch`` / ``torchrun`` — and any other launch of it on the same output."""
+
+    kind: str = "local"
+
+
+@dataclass
+class RayEngine:
+    """``engine=ray``: ``workers`` Ray actors, each embedding shards as a launch of its own would."""
+
+    kind: str = "ray"
+    #: ``auto``: the running cluster (``RAY_ADDRESS``, or the one ``ray start`` started here);
+    #: ``ray://host:10001`` or ``host:6379``: that one; ``local`` or null: start one in this process.
+    address: str | None = "auto"
+    #: Ray actors (one model copy each); null: as many as the cluster's GPUs and CPUs hold
+    #: when the run starts.
+    workers: int | None = None
+    #: GPUs per actor: 1 is typical; 0 on a CPU-only cluster; a fraction shares a GPU.
+    num_gpus_per_worker: float = 0.0
+    #: CPUs per actor: its torch threads and its loader workers (``tasks.num_workers=-1``).
+    num_cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.workers is None or self.workers > 0, "engine.workers must be positive or null"),
+            (self.num_gpus_per_worker >= 0, "engine.num_gpus_per_worker must be ≥ 0"),
+            (self.num_cpus_per_worker > 0, "engine.num_cpus_per_worker must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                value = getattr(self, message.split()[0].removeprefix("engine."))
+                raise ConfigError(f"{message}, got {value!r}")
+
+
+ENGINES: dict[str, type] = {"local": LocalEngine, "ray": RayEngine}
+
+
+def engine_settings(node: DictConfig | dict[str, Any] | None) -> LocalEngine | RayEngine:
+    """The validated ``engine`` node; no node (a config made in Python) is ``engine=local``."""
+    kind = str((node or {}).get("kind", "local"))
+    if kind not in ENGINES:
+        raise ConfigError(f"unknown engine.kind {kind!r}; the engines are: {', '.join(ENGINES)}")
+    return validated(ENGINES[kind], node, "engine")
+
+
+def validated(cls: type[T], node: DictConfig | dict[str, Any] | None, group: str) -> T:
+    """An instance of the structured config ``cls`` from a composed node or a plain dict."""
+    if isinstance(node, DictConfig):
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(cls), node)
+        except ValidationError as exc:
+            raise ConfigError(f"{group}.{exc.full_key}: {exc.msg}") from None
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    values = dict(node or {})
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {group} option(s) {unknown}; known: {sorted(fields)}")
+    return cls(**values)
+
+
 def register() -> None:
-    """Make ``tasks/default`` this dataclass (called when Hydra imports ``img_search.config``)."""
-    ConfigStore.instance().store(group="tasks", name="default", node=TaskSettings)
+    """Register ``tasks/default``, ``engine/local`` and ``engine/ray`` (called when Hydra imports
+    ``img_search.config``)."""
+    store = ConfigStore.instance()
+    store.store(group="tasks", name="default", node=TaskSettings)
+    for name, engine in ENGINES.items():
+        store.store(group="engine", name=name, node=engine)

@@ -1,4 +1,4 @@
-"""Shards from a laptop to a cluster: many ranks, two launches on one output, a killed rank.
+"""Shards from a laptop to a cluster: many ranks, two launches or a Slurm array's tasks on one output, a killed rank or task.
 
 Every test runs real processes (torchrun with gloo ranks on CPU, plain
 ``python -m``) over real files, and checks the finished table row by row.
@@ -133,11 +133,16 @@ def simulated_job(folder: Path, out: Path, batch_seconds: float, *extra: str) ->
     ]
 
 
-def start(args: list[str], launcher: list[str] | None = None, log: Path | None = None):
+def start(
+    args: list[str],
+    launcher: list[str] | None = None,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+):
     import os
 
     command = [*(launcher or [sys.executable]), "-m", "img_search.pipeline.embed", *args]
-    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", **(env or {})}
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -212,3 +217,127 @@ def test_a_killed_rank_then_a_rerun_embeds_no_committed_shard_again(
     shards = shards_by_process(metadata, "simulated/image_folder")  # finished passes: the rerun's
     redone = {s for done in shards.values() for s in done} & set(before)
     assert not redone, f"committed shards embedded again: {sorted(redone)}"
+
+
+def array_task_env(task: int, count: int) -> dict[str, str]:
+    """What Slurm sets in the batch step of task ``task`` of ``sbatch --array=0-<count - 1>``.
+
+    Slurm's per-task variables (``SLURM_PROCID``, ``SLURM_NTASKS``, …) are
+    there too: neither Accelerate nor torch may take them for a world.
+    """
+    return {
+        "SLURM_JOB_ID": str(4243 + task),
+        "SLURM_ARRAY_JOB_ID": "4242",
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SLURM_ARRAY_TASK_COUNT": str(count),
+        "SLURM_ARRAY_TASK_MIN": "0",
+        "SLURM_ARRAY_TASK_MAX": str(count - 1),
+        "SLURM_ARRAY_TASK_STEP": "1",
+        "SLURM_JOB_NAME": "embed_array",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_CPUS_ON_NODE": "2",
+        "SLURM_SUBMIT_DIR": str(REPO),
+    }
+
+
+def start_array(job: list[str], tasks: int, logs: Path) -> list[subprocess.Popen]:
+    """``tasks`` array tasks started at once, each running the unchanged command."""
+    return [
+        start(job, log=logs / f"task{t}.log", env=array_task_env(t, tasks)) for t in range(tasks)
+    ]
+
+
+def committed_once(metadata: dict, items: int) -> dict[str, list[int]]:
+    """Every shard committed exactly once (by the completion records' owners); shards by process."""
+    shards = {
+        p["id"]: p["shards"].get("simulated/image_folder", []) for p in metadata["run"]["processes"]
+    }
+    assert sorted(s for done in shards.values() for s in done) == list(
+        range(len(position_shards(items, 20, unit=4)))
+    )
+    return shards
+
+
+def test_slurm_array_tasks_share_one_output(photos, simulated_reference, tmp_path):
+    """3 tasks of an array run the same command on one output: the table of 1 process, each shard once."""
+    folder, _ = photos[503]
+    out = tmp_path / "array.parquet"
+    tasks = start_array(simulated_job(folder, out, 0.15), 3, tmp_path)
+    logs = []
+    for t, task in enumerate(tasks):
+        assert task.wait(timeout=600) == 0, (tmp_path / f"task{t}.log").read_text()[-4000:]
+        logs.append((tmp_path / f"task{t}.log").read_text())
+    same_rows(read_embeddings(out), simulated_reference)
+    metadata = read_metadata(out)
+    processes = metadata["run"]["processes"]
+    # three launches of one process each (no world made of Slurm's variables), task ids recorded
+    assert sorted(p["array_task"] for p in processes) == [0, 1, 2]
+    assert {p["array_job"] for p in processes} == {"4242"}
+    assert len({p["launch"] for p in processes}) == 3 and {p["rank"] for p in processes} == {0}
+    shards = committed_once(metadata, 503)
+    assert len({p["array_task"] for p in processes if shards[p["id"]]}) >= 2
+    assert sum("shards by array task: 4242_0: " in text for text in logs) == 1  # the finaliser
+    for text in logs:
+        for line in text.splitlines():
+            if line.startswith("not finished yet: "):  # a task that left the table to the others
+                assert "other process" in line and "rerun this same command" in line
+
+
+def holds_unfinished_shard(state: Path, pid: int) -> bool:
+    """Process ``pid`` holds a claim on a shard whose completion record is not final."""
+    for claim in state.glob("claims/simulated/image_folder/*.*"):
+        text = claim.read_text() if claim.stat().st_size else "{}"
+        if json.loads(text).get("owner", "").split("-")[-2:-1] == [str(pid)]:
+            record = state / "records" / "simulated" / "image_folder" / f"{claim.stem}.json"
+            if not record.exists() or not json.loads(record.read_text()).get("final"):
+                return True
+    return False
+
+
+def test_a_killed_array_task_leaves_its_shards_to_one_rerun(photos, simulated_reference, tmp_path):
+    """Task 2 stops holding a shard; the others exit 0 saying so; it is killed; one rerun finishes."""
+    import os
+    import signal
+    import time
+
+    folder, _ = photos[503]
+    out = tmp_path / "killed-task.parquet"
+    state = out.with_name(out.name + ".partial")
+    job = simulated_job(folder, out, 0.1)
+    tasks = start_array(job, 3, tmp_path)
+    deadline = time.monotonic() + 300
+    while True:  # stop task 2 while it holds a shard: alive to the others (its pid), doing nothing
+        assert tasks[2].poll() is None and time.monotonic() < deadline, "task 2 held no shard"
+        if holds_unfinished_shard(state, tasks[2].pid):
+            os.kill(tasks[2].pid, signal.SIGSTOP)
+            if holds_unfinished_shard(state, tasks[2].pid):
+                break
+            os.kill(tasks[2].pid, signal.SIGCONT)
+        time.sleep(0.1)
+    try:
+        for t in (0, 1):
+            assert tasks[t].wait(timeout=600) == 0, (tmp_path / f"task{t}.log").read_text()[-4000:]
+            said = (tmp_path / f"task{t}.log").read_text().split("not finished yet: ")[1]
+            assert "array task 4242_2" in said.splitlines()[0]
+            assert "rerun this same command once they have stopped" in said
+        assert not out.exists()
+    finally:
+        os.kill(tasks[2].pid, signal.SIGKILL)
+        tasks[2].wait(timeout=60)
+
+    # finalize.sbatch: the same command, in a job started after the array ended
+    after = {"SLURM_JOB_ID": "4250", "SLURM_JOB_DEPENDENCY": "afterany:4242"}
+    rerun = checked(run_module("img_search.pipeline.embed", *job, env=after))
+    assert "rows: 503" in rerun.stdout
+    same_rows(read_embeddings(out), simulated_reference)
+    metadata = read_metadata(out)
+    shards = committed_once(metadata, 503)
+    by_task = {p.get("array_task"): shards[p["id"]] for p in metadata["run"]["processes"]}
+    assert set(by_task) == {0, 1, 2, None}  # None: the rerun, outside the array
+    assert by_task[None]  # it embedded what task 2 held
+    assert "shards by array task: 4242_0: " in rerun.stdout and "no array: " in rerun.stdout
