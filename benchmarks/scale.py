@@ -11,7 +11,7 @@ over a folder of tiny JPEGs (32x24), with the SIMULATED model
 ``--batch-seconds`` (50 ms) ± ``--jitter`` (30%) of sleeping device time and no
 CPU, so a 2-core machine can host 8 ranks and whatever is lost is lost to
 coordination (waiting for the slowest rank, collectives, the main process
-writing for everyone), not to compute. The two designs:
+writing for everyone), not to compute. The designs:
 
   - shards: the working tree, where every process claims shards, embeds and
     commits them itself (``tasks.shard_size=48``: 6 batches, then the
@@ -20,7 +20,12 @@ writing for everyone), not to compute. The two designs:
     temporary ``git worktree`` and imported with ``PYTHONPATH``), where every
     step all-gathers ids and vectors to the main process, which writes.
     That tree has no simulated model: ``collective_probe.py`` registers this
-    tree's class into its encoder registry.
+    tree's class into its encoder registry;
+  - ray: the working tree with ``engine=ray`` (no torchrun): one command, the
+    driver, starts a local Ray (``engine.address=local``) and N actors of
+    ``--ray-cpus`` CPUs each (``--ray-workers``: 1, 2, 4), every one claiming
+    and committing shards as a launch would (the shards design's
+    ``tasks.shard_size``). Skipped, with the reason, when Ray does not import.
 
 Per design and N it prints
   - per-rank items/s relative to the 1-rank rate of the same design (shards:
@@ -31,18 +36,30 @@ Per design and N it prints
   - collective calls (top-level, and tensor-level inside them) and bytes
     put through collectives, the max over ranks, counted by
     ``collective_probe.py``;
-  - wall seconds of the whole launch (process start-up included).
-Then a table of both designs side by side and the goal line
-"8 ranks ≥ 0.95 × 8 × the 1-rank rate".
+  - wall seconds of the whole launch (process start-up included);
+  - shards and ray (from the same metadata): overhead per shard, i.e. a
+    process's pass seconds minus its ``forward`` stage (the simulated device
+    time) over the shards it committed (waiting for data, writing, claiming,
+    committing), for the job (Σ over processes / Σ shards) and per process;
+    and start-up, the launch's wall seconds minus the slowest process's pass.
+Per Ray worker count: items/s per worker relative to the 1-worker Ray rate and
+to the 1-rank shards rate (when both ran), the job's aggregate against both,
+overhead per shard and start-up. The Ray driver (``role: ray driver``, no
+passes) is left out of every per-worker figure.
+Then a table of shards and lockstep side by side, the goal line
+"8 ranks ≥ 0.95 × 8 × the 1-rank rate", and a table of the shards and Ray
+runs' rates, overhead per shard and start-up, by number of processes.
 
-    python benchmarks/scale.py                                  # 4,000 images, 1,2,4,8 ranks, both designs
+    python benchmarks/scale.py                                  # 4,000 images, 1,2,4,8 ranks, 1,2,4 Ray workers
     python benchmarks/scale.py --images 16000                   # 4x as long a job
     python benchmarks/scale.py --images 400 --ranks 1,2         # a quick check
     python benchmarks/scale.py --designs shards --ranks 1,8
+    python benchmarks/scale.py --designs shards,ray --ranks 1,2,4 --ray-workers 1,2,4
 
-Images, outputs, logs (``logs/<design>-<N>.stderr``) and probe files go under
-``--work`` (default ``$TMPDIR/img_search_scale``; kept, and the images are
-reused); the old tree's worktree is removed at the end. Each launch has ``--timeout``
+Images, outputs, logs (``logs/<design>-<N>.stderr``; ``ray-<N>``: the
+driver's) and probe files go under ``--work`` (default
+``$TMPDIR/img_search_scale``; kept, and the images are reused); the old
+tree's worktree is removed at the end. Each launch has ``--timeout``
 seconds; a failed launch prints its stderr tail, the others still run, and the
 script exits 1. Everything runs offline on CPU (``tasks.cpu=true``).
 """
@@ -76,6 +93,7 @@ ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",  # offline: no usage report, no prompt
 }
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -96,6 +114,12 @@ class Run:
     tensor_calls: int = 0
     bytes: int = 0
     img_search_file: str = ""
+    #: shards and ray: (pass seconds − forward seconds) / shards committed, of each process …
+    overheads: list[float | None] = field(default_factory=list)
+    #: … and of the job (Σ over its processes / Σ shards).
+    overhead: float | None = None
+    #: shards and ray: the wall seconds minus the slowest process's pass seconds.
+    startup_s: float | None = None
 
 
 @dataclass
@@ -104,6 +128,8 @@ class Design:
     label: str
     tree: Path
     extra: list[str]
+    #: numbers of processes: ranks (torchrun) or Ray workers
+    counts: list[int]
 
 
 # -- images ---------------------------------------------------------------------------
@@ -163,15 +189,16 @@ def design_env(tree: Path, probe_dir: Path | None = None) -> dict[str, str]:
     return env
 
 
+def python_in(tree: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` of this interpreter from ``tree``, with that tree's environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=tree, env=design_env(tree), capture_output=True, text=True
+    )
+
+
 def imported_from(tree: Path) -> str:
     """Where ``import img_search`` resolves with this tree's environment; refuses another tree."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import img_search; print(img_search.__file__)"],
-        cwd=tree,
-        env=design_env(tree),
-        capture_output=True,
-        text=True,
-    )
+    done = python_in(tree, "import img_search; print(img_search.__file__)")
     where = done.stdout.strip()
     if done.returncode != 0 or not Path(where).resolve().is_relative_to(tree.resolve()):
         raise SystemExit(
@@ -273,25 +300,44 @@ def probe_files(folder: Path, ranks: int) -> list[dict[str, Any]]:
     return found
 
 
-def read_shards(output: Path, ranks: int, images: int) -> tuple[list[float], float, int]:
-    """Per-rank items/s, the job's items/s and its items, from the finished table's metadata."""
+def worker_order(process: dict[str, Any]) -> tuple[int, int]:
+    """Ranks in order; Ray workers (all rank 0) by the i of their role ``ray worker i of n``."""
+    found = re.match(r"ray worker (\d+) of", str(process.get("role") or ""))
+    return int(process.get("rank") or 0), int(found.group(1)) if found else 0
+
+
+def read_processes(output: Path, count: int, images: int, run: Run) -> None:
+    """Per-process items/s and overhead per shard, the job's items/s and items, from the finished
+    table's metadata; the Ray driver (``role: ray driver``, no passes) is not one of them."""
     from img_search.store import read_metadata
 
     metadata = read_metadata(output)
-    processes = (metadata.get("run") or {}).get("processes") or []
-    rates, seconds, items = [], [], 0
-    for process in sorted(processes, key=lambda p: p.get("rank", 0)):
+    processes = [
+        p
+        for p in (metadata.get("run") or {}).get("processes") or []
+        if p.get("role") != "ray driver"
+    ]
+    rates, seconds, items, overhead, shards = [], [], 0, 0.0, 0
+    for process in sorted(processes, key=worker_order):
         passes = process.get("passes") or []
         done = sum(int(p["rows"]) + int(p["errors"]) for p in passes)
         spent = sum(float(p["seconds"]) for p in passes)
+        device = sum(float((p.get("stages") or {}).get("forward", 0.0)) for p in passes)
+        committed = sum(len(p.get("shards") or []) for p in passes)
         rates.append(done / spent if spent > 0 else 0.0)
+        run.overheads.append((spent - device) / committed if committed else None)
         seconds.append(spent)
-        items += done
-    if len(rates) != ranks:
-        raise ValueError(f"the metadata lists {len(rates)} processes, not {ranks}")
+        items, overhead, shards = items + done, overhead + spent - device, shards + committed
+    if len(rates) != count:
+        raise ValueError(f"the metadata lists {len(rates)} working processes, not {count}")
     if items != images or int(metadata.get("rows", -1)) != images:
         raise ValueError(f"{items} items embedded, table rows {metadata.get('rows')}, not {images}")
-    return rates, items / max(seconds), items
+    run.rank_rates, run.job_rate, run.items = rates, items / max(seconds), items
+    run.overhead = overhead / shards if shards else None
+    run.startup_s = run.wall_s - max(seconds)
+    if run.design == "ray":  # no probe: img_search's own count
+        run.top_calls = max(int(p.get("collectives") or 0) for p in processes)
+        run.bytes = max(int(p.get("collective_bytes") or 0) for p in processes)
 
 
 def read_lockstep(
@@ -316,17 +362,25 @@ def run_one(design: Design, ranks: int, args: argparse.Namespace, folder: Path) 
             shutil.rmtree(stale)
         elif stale.exists():
             stale.unlink()
-    for d in (probe_dir, output.parent, log.parent):
-        d.mkdir(parents=True, exist_ok=True)
+    probing = probe_dir if design.name != "ray" else None
+    for d in (probing, output.parent, log.parent):
+        if d is not None:
+            d.mkdir(parents=True, exist_ok=True)
+    if design.name == "ray":  # one command, the driver; no torchrun, no probe
+        launcher = [sys.executable, "-m", MODULE]
+    else:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",  # = torchrun, with this interpreter
+            "--standalone",
+            "--nproc_per_node",
+            str(ranks),
+            str(PROBE),
+            MODULE,
+        ]
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",  # = torchrun, with this interpreter
-        "--standalone",
-        "--nproc_per_node",
-        str(ranks),
-        str(PROBE),
-        MODULE,
+        *launcher,
         *model_overrides(design.tree, args.batch_seconds, args.jitter),
         "datasets=image_folder",
         f"datasets.image_folder.path={folder}",
@@ -335,10 +389,11 @@ def run_one(design: Design, ranks: int, args: argparse.Namespace, folder: Path) 
         "tasks.cpu=true",
         "tasks.overwrite=true",
         *design.extra,
+        *([f"engine.workers={ranks}"] if design.name == "ray" else []),
         f"output_path={output}",
     ]
     code, run.wall_s = launch(
-        command, design.tree, design_env(design.tree, probe_dir), log, args.timeout
+        command, design.tree, design_env(design.tree, probing), log, args.timeout
     )
     stderr_path = log.with_suffix(".stderr")
     try:
@@ -346,6 +401,10 @@ def run_one(design: Design, ranks: int, args: argparse.Namespace, folder: Path) 
             raise ValueError(f"timed out after {args.timeout:.0f} s")
         if code != 0:
             raise ValueError(f"exit code {code}")
+        if design.name == "ray":  # collectives (none expected) from the metadata
+            read_processes(output, ranks, args.images, run)
+            run.ok = True
+            return run
         probes = probe_files(probe_dir, ranks)
         where = {str(p["img_search_file"]) for p in probes}
         if not all(Path(w).resolve().is_relative_to(design.tree.resolve()) for w in where):
@@ -355,7 +414,7 @@ def run_one(design: Design, ranks: int, args: argparse.Namespace, folder: Path) 
         run.tensor_calls = max(p["tensor_calls"] for p in probes)
         run.bytes = max(p["bytes"] for p in probes)
         if design.name == "shards":
-            run.rank_rates, run.job_rate, run.items = read_shards(output, ranks, args.images)
+            read_processes(output, ranks, args.images, run)
         else:
             run.rank_rates, run.job_rate, run.items = read_lockstep(
                 log.with_suffix(".stdout").read_text(), stderr_path.read_text(), ranks, args.images
@@ -363,7 +422,7 @@ def run_one(design: Design, ranks: int, args: argparse.Namespace, folder: Path) 
         run.ok = True
     except Exception as exc:  # any failure: say why, show the launch's stderr, go on
         run.problem = str(exc)
-        print(f"\n!! {design.name} with {ranks} rank(s) failed: {exc}", flush=True)
+        print(f"\n!! {design.name} with {ranks} {noun(design)}(s) failed: {exc}", flush=True)
         print(f"   command: {' '.join(command)}\n   cwd: {design.tree}", flush=True)
         print(f"   last lines of {stderr_path}:\n{tail(stderr_path)}\n", flush=True)
     return run
@@ -398,6 +457,31 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def ms(seconds: float | None) -> str:
+    return fmt(None if seconds is None else seconds * 1000, ".1f")
+
+
+def noun(design: Design) -> str:
+    return "worker" if design.name == "ray" else "rank"
+
+
+def costs(run: Run, per: str) -> str:
+    """The shards and ray designs' overhead per shard and start-up, as a part of a run's line."""
+    each = ", ".join(ms(o) for o in run.overheads)
+    return (
+        f"| overhead/shard {ms(run.overhead)} ms (per {per} {each}) "
+        f"| start-up {fmt(run.startup_s, '.1f')} s "
+    )
+
+
+def ray_missing() -> str | None:
+    """Why ``import ray`` fails for the launches (this interpreter, the working tree), or None."""
+    done = python_in(REPO, "import ray")
+    if done.returncode == 0:
+        return None
+    return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -411,7 +495,20 @@ def main() -> None:
     )
     parser.add_argument("--ranks", default="1,2,4,8", help="numbers of processes, comma-separated")
     parser.add_argument(
-        "--designs", default="shards,lockstep", help="shards (working tree), lockstep (old)"
+        "--designs",
+        default=None,
+        help="shards (working tree), lockstep (old), ray (working tree, engine=ray); default: "
+        "all three, ray skipped (with the reason) when it does not import",
+    )
+    parser.add_argument(
+        "--ray-workers", default="1,2,4", help="numbers of Ray workers, comma-separated"
+    )
+    parser.add_argument(
+        "--ray-cpus",
+        type=float,
+        default=0.5,
+        help="engine.num_cpus_per_worker (the local Ray gets max(cores, ⌈workers × it⌉) CPUs; "
+        "the simulated model takes none)",
     )
     parser.add_argument(
         "--work", type=Path, default=Path(tempfile.gettempdir()) / "img_search_scale"
@@ -425,8 +522,8 @@ def main() -> None:
         "--shard-size",
         type=int,
         default=48,
-        help="tasks.shard_size of the shards design (whole batches; the listing's tail shrinks "
-        "to one batch after it)",
+        help="tasks.shard_size of the shards and ray designs (whole batches; the listing's tail "
+        "shrinks to one batch after it)",
     )
     parser.add_argument(
         "--workers",
@@ -438,10 +535,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per launch")
     args = parser.parse_args()
     ranks = sorted({int(r) for r in args.ranks.split(",") if r.strip()})
-    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
-    unknown = sorted(set(designs) - {"shards", "lockstep"})
+    ray_workers = sorted({int(r) for r in args.ray_workers.split(",") if r.strip()})
+    asked = [d.strip() for d in (args.designs or "shards,lockstep,ray").split(",") if d.strip()]
+    known = ("shards", "lockstep", "ray")
+    unknown = sorted(set(asked) - set(known))
+    designs = [d for d in known if d in asked]  # ray last: its lines compare with shards' 1 rank
     if unknown or not designs or not ranks or min(ranks) < 1:
-        parser.error(f"--designs: shards and/or lockstep (got {unknown or designs}); --ranks ≥ 1")
+        parser.error(
+            f"--designs: shards, lockstep and/or ray (got {unknown or asked}); --ranks ≥ 1"
+        )
+    if "ray" in designs and (not ray_workers or min(ray_workers) < 1 or args.ray_cpus <= 0):
+        parser.error("--ray-workers ≥ 1 and --ray-cpus > 0")
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -452,30 +556,50 @@ def main() -> None:
         f"(ideal {ideal:.0f} items/s per rank)  work: {args.work}",
         flush=True,
     )
+    skipped = False
+    if "ray" in designs and (why := ray_missing()) is not None:
+        print(
+            f"ray: skipped, Ray does not import ({why}); pip install 'img_search[ray]'", flush=True
+        )
+        designs.remove("ray")
+        skipped = args.designs is not None  # asked for by name: the script fails at the end
     folder = args.work / f"images-{args.images}"
     write_images(folder, args.images)
 
     worktree: tuple[Path, Path] | None = None
     results: dict[tuple[str, int], Run] = {}
+    plan: list[Design] = []
+    shard_size = f"tasks.shard_size={args.shard_size}"
     try:
-        plan = []
         for name in designs:
             if name == "shards":
+                plan.append(Design(name, "shards (working tree)", REPO, [shard_size], ranks))
+            elif name == "ray":
+                extra = [
+                    shard_size,
+                    "engine=ray",
+                    "engine.address=local",
+                    f"engine.num_cpus_per_worker={args.ray_cpus:g}",
+                ]
                 plan.append(
-                    Design(
-                        name, "shards (working tree)", REPO, [f"tasks.shard_size={args.shard_size}"]
-                    )
+                    Design(name, "ray (working tree, engine=ray)", REPO, extra, ray_workers)
                 )
             else:
                 worktree = add_worktree(args.old_commit)
-                plan.append(Design(name, f"lockstep ({args.old_commit})", worktree[1], []))
+                plan.append(Design(name, f"lockstep ({args.old_commit})", worktree[1], [], ranks))
         for design in plan:
             print(
                 f"{design.name}: img_search imported from {imported_from(design.tree)}", flush=True
             )
         for design in plan:
+            if design.name == "ray":
+                for n in design.counts:
+                    run = results[(design.name, n)] = run_one(design, n, args, folder)
+                    if run.ok:
+                        print(ray_line(run, results, ray_workers, ideal), flush=True)
+                continue
             base: float | None = None
-            for n in ranks:
+            for n in design.counts:
                 run = run_one(design, n, args, folder)
                 results[(design.name, n)] = run
                 if n == 1 and run.ok:
@@ -488,7 +612,9 @@ def main() -> None:
                     f"of the 1-rank rate | aggregate {fmt(rel.aggregate)} of N × it "
                     f"({run.job_rate:.1f} items/s, per rank {', '.join(f'{r:.1f}' for r in run.rank_rates)}) "
                     f"| collective calls/rank {run.top_calls} (tensor-level {run.tensor_calls}) "
-                    f"| bytes/rank {size(run.bytes)} | wall {run.wall_s:.1f} s",
+                    f"| bytes/rank {size(run.bytes)} "
+                    + (costs(run, "rank") if design.name == "shards" else "")
+                    + f"| wall {run.wall_s:.1f} s",
                     flush=True,
                 )
     finally:
@@ -496,10 +622,42 @@ def main() -> None:
             remove_worktree(*worktree)
 
     report(plan, ranks, results, args, ideal)
+    if any(d.name == "ray" for d in plan):
+        report_ray(plan, ranks, ray_workers, results, ideal)
     failed = [f"{d}-{n}" for (d, n), r in results.items() if not r.ok]
+    if skipped:
+        failed.append("ray (does not import)")
     if failed:
         print(f"FAILED: {', '.join(failed)} (logs in {args.work / 'logs'})")
         sys.exit(1)
+
+
+def base_rate(results: dict[tuple[str, int], Run], design: str, counts: list[int]) -> float | None:
+    """The 1-process rate of a design (None: its 1-process run failed or did not run)."""
+    one = results.get((design, 1))
+    return one.rank_rates[0] if 1 in counts and one is not None and one.ok else None
+
+
+def ray_line(
+    run: Run, results: dict[tuple[str, int], Run], ray_workers: list[int], ideal: float
+) -> str:
+    """A Ray run against the 1-worker Ray rate and against the 1-rank rate of the shards design."""
+    own = relative(run, base_rate(results, "ray", ray_workers) if 1 in ray_workers else ideal)
+    local = relative(run, base_rate(results, "shards", [1]))
+    return (
+        f"ray      {run.ranks} worker(s): per-worker {fmt(own.mean)} mean / {fmt(own.low)} min "
+        f"of the 1-worker rate, {fmt(local.mean)}/{fmt(local.low)} of the 1-rank local rate "
+        f"| aggregate {fmt(own.aggregate)} of N × the 1-worker rate, {fmt(local.aggregate)} of "
+        f"N × the 1-rank local rate ({run.job_rate:.1f} items/s, per worker "
+        f"{', '.join(f'{r:.1f}' for r in run.rank_rates)}) | collective calls/worker "
+        f"{run.top_calls} " + costs(run, "worker") + f"| wall {run.wall_s:.1f} s"
+    )
+
+
+def print_table(head: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
 
 
 def report(
@@ -509,10 +667,10 @@ def report(
     args: Any,
     ideal: float,
 ) -> None:
-    bases = {}
-    for design in plan:
-        one = results.get((design.name, 1))
-        bases[design.name] = one.rank_rates[0] if one and one.ok else None
+    plan = [d for d in plan if d.name != "ray"]  # Ray: report_ray
+    if not plan:
+        return
+    bases = {d.name: base_rate(results, d.name, ranks) for d in plan}
     print()
     if 1 not in ranks:
         print(f"(no 1-rank run: rates are relative to the ideal {ideal:.0f} items/s per rank)")
@@ -541,9 +699,7 @@ def report(
                 f"{run.wall_s:.1f}",
             ]
         rows.append(row)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    for r in [head, *rows]:
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    print_table(head, rows)
     print(
         "(per-rank: items/s of a rank / the 1-rank rate; aggregate: job items/s / (N × the 1-rank rate); "
         "calls, bytes: collectives per rank, max over ranks)"
@@ -566,6 +722,75 @@ def report(
         print(
             f"goal: {GOAL_RANKS} ranks ≥ {GOAL} × {GOAL_RANKS} × the 1-rank rate — {design.name}: {verdict}"
         )
+
+
+def report_ray(
+    plan: list[Design],
+    ranks: list[int],
+    ray_workers: list[int],
+    results: dict[tuple[str, int], Run],
+    ideal: float,
+) -> None:
+    """engine=ray next to the local engine (the shards design), by number of processes."""
+    local = any(d.name == "shards" for d in plan)
+    local_base = base_rate(results, "shards", ranks) if local else None
+    ray_base = base_rate(results, "ray", ray_workers)
+    print()
+    if 1 not in ray_workers:
+        print(f"(no 1-worker run: Ray rates are relative to the ideal {ideal:.0f} items/s)")
+    print(
+        f"ray (working tree, engine=ray): 1-worker rate {fmt(ray_base, '.1f')} items/s"
+        + (
+            f"; shards (engine=local): 1-rank rate {fmt(local_base, '.1f')} items/s"
+            if local
+            else ""
+        )
+    )
+    head = [
+        "engine",
+        "N",
+        "per-process mean/min",
+        "of local 1-rank",
+        "aggregate",
+        "of local",
+        "overhead/shard ms",
+        "start-up s",
+        "wall s",
+    ]
+    rows = []
+    for n in sorted(set(ray_workers) | (set(ranks) if local else set())):
+        for name, counts, own in (
+            ("shards", ranks if local else [], local_base),
+            ("ray", ray_workers, ray_base),
+        ):
+            if n not in counts:
+                continue
+            run = results.get((name, n))
+            if run is None or not run.ok:
+                rows.append([name, str(n), "FAILED", *["-"] * (len(head) - 3)])
+                continue
+            rel = relative(run, own if 1 in counts else ideal)
+            vs_local = relative(run, local_base)
+            rows.append(
+                [
+                    "local" if name == "shards" else "ray",
+                    str(n),
+                    f"{fmt(rel.mean)}/{fmt(rel.low)}",
+                    f"{fmt(vs_local.mean)}/{fmt(vs_local.low)}",
+                    fmt(rel.aggregate),
+                    fmt(vs_local.aggregate),
+                    ms(run.overhead),
+                    fmt(run.startup_s, ".1f"),
+                    f"{run.wall_s:.1f}",
+                ]
+            )
+    print_table(head, rows)
+    print(
+        "(per-process: items/s of a rank or Ray worker / its engine's 1-process rate, and / the local "
+        "1-rank rate; aggregate: job items/s / (N × those rates); overhead/shard: (pass seconds − "
+        "forward seconds) / shards committed, over all processes; start-up: wall − the slowest "
+        "process's pass; the Ray driver is no process here)"
+    )
 
 
 if __name__ == "__main__":
