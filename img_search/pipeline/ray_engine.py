@@ -74,7 +74,7 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
     from img_search.pipeline.output import forget_failed_start, open_output
     from img_search.pipeline.plan import plain, plan_job
     from img_search.pipeline.reporting import print_summary
-    from img_search.pipeline.runner import check_error_budget
+    from img_search.pipeline.runner import check_error_budget, leaving_on_failure
 
     job = plan_job(cfg, modality, dataset_specs)
     ledger = Ledger(job.layout.state_dir, job.settings.lease_s)
@@ -85,7 +85,7 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
         return 0
     # the driver claims no shard: "done" from the start, so that the last actor finishes the table
     ledger.update({"done": True, "role": "ray driver"})
-    try:
+    with leaving_on_failure(job, ledger, lambda: forget_failed_start(ledger, opening)):
         resumed = {pair: pair_claims(ledger, *pair).committed_rows() for pair in opening.pending}
         specs = {str(name): plain(spec) for name, spec in dataset_specs.items()}
         results = run_workers(ray, engine, job, specs, ledger, opening.pending)
@@ -98,11 +98,6 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
         if any(r.died for r in results) and not outcome.finished:
             return 3
         return check_error_budget(outcome.new_errors, job.settings.max_errors)
-    except Exception:
-        forget_failed_start(ledger, opening)
-        raise
-    finally:
-        ledger.leave()
 
 
 def import_ray() -> Any:
