@@ -6,6 +6,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -97,6 +98,25 @@ def fingerprint_arrays(*arrays: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class BuildContext:
+    """What ``build()`` may share with the other processes of its job.
+
+    A source whose listing is long to make (``builds_together``) splits it:
+    every process builds at once, starts on its own stretch (``slot`` of
+    ``slots``, as ``claim_order`` does for shards), and keeps each finished
+    piece in ``folder``, which every process of the job (other ranks, array
+    tasks, Ray workers, a rerun) sees and reads instead of making it again.
+    """
+
+    #: A folder of the job every process sees (under the output's ``.partial/``); None: keep nothing.
+    folder: Path | None = None
+    slot: int = 0
+    slots: int = 1
+    #: Processes this one may start for its share of the work (its share of the machine's cores).
+    workers: int = 1
+
+
 class EmptyDataset(ValueError):
     """A dataset that holds no items (an empty folder, a filter that keeps nothing)."""
 
@@ -117,11 +137,16 @@ class Source(ABC):
     #: The registry name; set by subclasses.
     kind: ClassVar[str] = ""
     random_access: ClassVar[bool] = True
+    #: ``build()`` shares its work through ``context`` and is called on every process at once;
+    #: otherwise the main process builds first (it downloads and fills caches), then the others.
+    builds_together: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name
         #: Every option this source was configured with (set by the registry).
         self.spec: dict[str, Any] = {}
+        #: Set by the run machinery before ``build()``; a source used alone keeps nothing.
+        self.context = BuildContext()
 
     @abstractmethod
     def build(self) -> None:

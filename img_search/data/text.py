@@ -69,6 +69,20 @@ class TextDataset(Source):
         }
 
 
+def records_table(
+    ids: list[str], captions: list[str], images: list[str], image_ids: list[str]
+) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "caption": pa.array(captions, pa.string()),
+            "image": pa.array(images, pa.string()),
+            "image_id": pa.array(image_ids, pa.string()),
+        },
+        schema=RECORD_SCHEMA,
+    )
+
+
 class CaptionTable(TextDataset):
     """Captions held as one Arrow table (id, caption, image, image_id).
 
@@ -90,15 +104,11 @@ class CaptionTable(TextDataset):
         """``image_ids`` default to the images' stems."""
         if image_ids is None:
             image_ids = [image_stem(i) for i in images]
-        self._table = pa.table(
-            {
-                "id": pa.array(ids, pa.string()),
-                "caption": pa.array(captions, pa.string()),
-                "image": pa.array(images, pa.string()),
-                "image_id": pa.array(image_ids, pa.string()),
-            },
-            schema=RECORD_SCHEMA,
-        )
+        self.set_table(records_table(ids, captions, images, image_ids))
+
+    def set_table(self, table: pa.Table) -> None:
+        """The records as a table of ``RECORD_SCHEMA``'s columns (a source that builds them in pieces)."""
+        self._table = table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA).combine_chunks()
 
     def length(self) -> int | None:
         return None if self._table is None else self._table.num_rows

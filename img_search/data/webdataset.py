@@ -29,6 +29,7 @@ import pyarrow as pa
 from braceexpand import braceexpand
 
 from img_search.data.base import EmptyDataset, ImageDataset, ImageItem, Shard, fingerprint_arrays
+from img_search.data.tar_listing import TarListing, list_tars
 
 log = logging.getLogger(__name__)
 
@@ -237,34 +238,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 class TarWalk:
-    """Every sample of every tar in order, a repeated key excepted; what was lost goes to ``problems``."""
+    """One tar's samples in order, a repeated key excepted; what was lost goes to ``problems``."""
 
-    def __init__(self, tars: list[str]) -> None:
-        self.tars = tars
-        self.counts: list[int] = []  # samples of each tar (positions of its shard)
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples = 0  # samples read (the positions of its shard)
         self.problems: list[tuple[str, str]] = []
 
-    def __iter__(self) -> Iterator[tuple[int, TarReader, TarSample]]:
-        self.counts, self.problems = [], []
-        for index, url in enumerate(self.tars):
-            stem, first, count = tar_stem(url), {}, 0
-            with TarReader(url) as reader:
-                for sample in reader.samples():
-                    count = sample.position + 1
-                    earlier = first.setdefault(sample.key, sample.position)
-                    if earlier != sample.position:
-                        self.problems.append(
-                            (
-                                f"{stem}/{sample.key}",
-                                f"the key is repeated in {url} (samples {earlier} and "
-                                f"{sample.position}): only the first is used",
-                            )
+    def __iter__(self) -> Iterator[tuple[TarReader, TarSample]]:
+        url, stem, first = self.url, tar_stem(self.url), {}
+        with TarReader(url) as reader:
+            for sample in reader.samples():
+                self.samples = sample.position + 1
+                earlier = first.setdefault(sample.key, sample.position)
+                if earlier != sample.position:
+                    self.problems.append(
+                        (
+                            f"{stem}/{sample.key}",
+                            f"the key is repeated in {url} (samples {earlier} and "
+                            f"{sample.position}): only the first is used",
                         )
-                        continue
-                    yield index, reader, sample
-                self.counts.append(count)
-            if reader.damage is not None:
-                self.problems += lost_samples(url, set(first), reader.damage)
+                    )
+                    continue
+                yield reader, sample
+        if reader.damage is not None:
+            self.problems += lost_samples(url, set(first), reader.damage)
 
 
 def lost_samples(url: str, listed: set[str], damage: TarDamage) -> list[tuple[str, str]]:
@@ -308,41 +306,42 @@ def downloaded_keys(url: str) -> list[str] | None:
     return [str(k) for k, s in zip(keys, statuses, strict=True) if s == "success"]
 
 
-class ListedTars:
-    """The images found, tar by tar: each tar's Python lists become arrays when the next tar starts."""
+@dataclass(frozen=True)
+class ImageListing:
+    """Lists a tar's images (``list_tars`` runs it in a pool): where each sample's image lies."""
 
-    def __init__(self, tars: int) -> None:
-        self.per_tar = np.zeros(tars, np.int64)
-        self.current = -1
-        self.rows: list[list[Any]] = [[], [], [], []]  # ids, positions, offsets, sizes
-        self.chunks: list[list[Any]] = [[], [], [], []]
+    image_keys: tuple[str, ...]
+    where: str  # the dataset's options, named in messages
 
-    def add(self, tar: int, item_id: str, position: int, offset: int, size: int) -> None:
-        if tar != self.current:
-            self._flush()
-            self.current = tar
-        for column, value in zip(self.rows, (item_id, position, offset, size), strict=True):
-            column.append(value)
-        self.per_tar[tar] += 1
-
-    def _flush(self) -> None:
-        ids, *numbers = self.rows
-        if ids:
-            self.chunks[0].append(pa.array(ids, pa.string()))
-            for chunks, values in zip(self.chunks[1:], numbers, strict=True):
-                chunks.append(np.asarray(values, np.int64))
-        self.rows = [[], [], [], []]
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.StringArray]:
-        """(first item of each tar + the count, positions, offsets, sizes, ids)."""
-        self._flush()
-        first = np.concatenate([[0], np.cumsum(self.per_tar)]).astype(np.int64)
-        ids, *numbers = self.chunks
-        positions, offsets, sizes = (
-            np.concatenate(c) if c else np.zeros(0, np.int64) for c in numbers
+    def __call__(self, url: str) -> TarListing:
+        stem, walk = tar_stem(url), TarWalk(url)
+        ids, positions, offsets, sizes = [], [], [], []
+        no_image: list[tuple[str, str]] = []
+        for _, sample in walk:
+            image = next((sample.members[k] for k in self.image_keys if k in sample.members), None)
+            if image is None:
+                keys = ", ".join(self.image_keys)
+                no_image.append(
+                    (
+                        f"{stem}/{sample.key}",
+                        f"no image (has: {sample.has()}); {self.where}.image_keys=[{keys}]",
+                    )
+                )
+                continue
+            ids.append(f"{stem}/{sample.key}")
+            positions.append(sample.position)
+            offsets.append(image.offset_data)
+            sizes.append(image.size)
+        table = pa.table(
+            {
+                "id": pa.array(ids, pa.string()),
+                # 100M samples: 2.4 GB in int64, 1.6 GB with positions and sizes in int32
+                "position": pa.array(positions, pa.int32()),
+                "offset": pa.array(offsets, pa.int64()),
+                "size": pa.array(sizes, pa.int32()),
+            }
         )
-        joined = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
-        return first, positions, offsets, sizes, joined
+        return TarListing(table, walk.samples, no_image + walk.problems)
 
 
 # -- the image dataset ------------------------------------------------------------------
@@ -358,6 +357,7 @@ class WebDatasetImages(ImageDataset):
 
     kind = "webdataset"
     random_access = False
+    builds_together = True
 
     def __init__(
         self, name: str, urls: str | Sequence[str], image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS
@@ -381,29 +381,25 @@ class WebDatasetImages(ImageDataset):
 
     def build(self) -> None:
         where = f"datasets.{self.name}"
-        walk = TarWalk(expand_urls(self.urls, f"{where}.urls"))
-        # one tar's listing at a time in Python objects, then arrays: 100M samples fit in memory
-        listed = ListedTars(len(walk.tars))
-        no_image: list[tuple[str, str]] = []
-        for index, _, sample in walk:
-            image = next((sample.members[k] for k in self.image_keys if k in sample.members), None)
-            item_id = f"{tar_stem(walk.tars[index])}/{sample.key}"
-            if image is None:
-                keys = ", ".join(self.image_keys)
-                no_image.append(
-                    (item_id, f"no image (has: {sample.has()}); {where}.image_keys=[{keys}]")
-                )
-                continue
-            listed.add(index, item_id, sample.position, image.offset_data, image.size)
-        self._tars = walk.tars
-        self._counts = np.asarray(walk.counts, np.int64)
-        self._first, self._positions, self._offsets, self._sizes, self._ids = listed.arrays()
-        self._problems = no_image + walk.problems
+        tars = expand_urls(self.urls, f"{where}.urls")
+        listings = list_tars(
+            tars, ImageListing(self.image_keys, where), self.context, f"dataset {self.name}"
+        )
+        table = pa.concat_tables([listing.table for listing in listings])
+        rows = [listing.table.num_rows for listing in listings]
+        self._tars = tars
+        self._counts = np.asarray([listing.samples for listing in listings], np.int64)
+        self._first = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+        self._ids = table.column("id").combine_chunks()
+        self._positions, self._offsets, self._sizes = (
+            table.column(name).to_numpy() for name in ("position", "offset", "size")
+        )
+        self._problems = [problem for listing in listings for problem in listing.problems]
         log.info(
             "dataset %s: %d images in %d tars (%d samples unusable)",
             self.name,
             len(self._ids),
-            len(walk.tars),
+            len(tars),
             len(self._problems),
         )
 

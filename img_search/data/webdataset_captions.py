@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from img_search.data.text import CaptionTable
+import pyarrow as pa
+
+from img_search.data.tar_listing import TarListing, list_tars
+from img_search.data.text import CaptionTable, records_table
 from img_search.data.webdataset import (
     DEFAULT_IMAGE_KEYS,
     TarReader,
@@ -25,51 +29,23 @@ from img_search.data.webdataset import (
 log = logging.getLogger(__name__)
 
 
-class WebDatasetCaptions(CaptionTable):
-    """One caption a sample (or several, for a JSON list): member ``caption_key`` (``txt``, ``json:caption``).
+@dataclass(frozen=True)
+class CaptionListing:
+    """Lists a tar's captions (``list_tars`` runs it in a pool): member ``member``, or its ``json_field``."""
 
-    A sample without that caption (no member, no field, not text) is
-    reported with its id and skipped, as are the samples a damaged tar lost;
-    an empty caption is an item error of the run, as for JSONL. ``image`` is
-    ``<tar name>/<image member>`` (empty for a sample without an image).
-    """
+    member: str
+    json_field: str | None
+    caption_key: str  # as configured, named in messages
+    image_keys: tuple[str, ...]
 
-    kind = "webdataset_captions"
-
-    def __init__(
-        self,
-        name: str,
-        urls: str | Sequence[str],
-        caption_key: str = "txt",
-        image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS,
-    ) -> None:
-        super().__init__(name)
-        if not urls:
-            raise ValueError(
-                f"text_dataset {name}: urls is empty; give tars (a brace pattern, a list, "
-                "a folder or a .txt file listing them)"
-            )
-        member, _, json_field = str(caption_key).partition(":")
-        if not member:
-            raise ValueError(
-                f"text_dataset.caption_key must name a member, e.g. txt or json:caption, "
-                f"got {caption_key!r}"
-            )
-        self.urls: str | list[str] = urls if isinstance(urls, str) else [str(u) for u in urls]
-        self.caption_key = str(caption_key)
-        self.member, self.json_field = member.lower(), json_field or None
-        self.image_keys = tuple(str(k).lower().lstrip(".") for k in image_keys)
-        self._problems: list[tuple[str, str]] = []
-
-    def build(self) -> None:
-        walk = TarWalk(expand_urls(self.urls, "text_dataset.urls"))
+    def __call__(self, url: str) -> TarListing:
+        walk = TarWalk(url)
         ids, texts, images, image_ids = [], [], [], []
         unusable: list[tuple[str, str]] = []
-        for index, reader, sample in walk:
-            url = walk.tars[index]
+        for reader, sample in walk:
             image_id = f"{tar_stem(url)}/{sample.key}"
             try:
-                captions = self._captions(reader, sample)
+                captions = self.captions(reader, sample)
             except ValueError as exc:
                 unusable.append((image_id, str(exc)))
                 continue
@@ -80,17 +56,10 @@ class WebDatasetCaptions(CaptionTable):
                 texts.append(caption)
                 images.append(where)
                 image_ids.append(image_id)
-        self.set_records(ids, texts, images, image_ids)
-        self._problems = unusable + walk.problems
-        log.info(
-            "text dataset %s: %d captions in %d tars (%d samples without one)",
-            self.name,
-            len(ids),
-            len(walk.tars),
-            len(self._problems),
-        )
+        table = records_table(ids, texts, images, image_ids)
+        return TarListing(table, walk.samples, unusable + walk.problems)
 
-    def _captions(self, reader: TarReader, sample: TarSample) -> list[str]:
+    def captions(self, reader: TarReader, sample: TarSample) -> list[str]:
         """The sample's captions; ValueError with the reason when it has none."""
         setting = f"text_dataset.caption_key={self.caption_key}"
         member = sample.members.get(self.member)
@@ -114,6 +83,61 @@ class WebDatasetCaptions(CaptionTable):
         found = "missing or null" if value is None else f"of type {type(value).__name__}"
         raise ValueError(
             f"no caption: {member.name} field {self.json_field!r} is {found}; {setting}"
+        )
+
+
+class WebDatasetCaptions(CaptionTable):
+    """One caption a sample (or several, for a JSON list): member ``caption_key`` (``txt``, ``json:caption``).
+
+    A sample without that caption (no member, no field, not text) is
+    reported with its id and skipped, as are the samples a damaged tar lost;
+    an empty caption is an item error of the run, as for JSONL. ``image`` is
+    ``<tar name>/<image member>`` (empty for a sample without an image).
+    """
+
+    kind = "webdataset_captions"
+    builds_together = True
+
+    def __init__(
+        self,
+        name: str,
+        urls: str | Sequence[str],
+        caption_key: str = "txt",
+        image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS,
+    ) -> None:
+        super().__init__(name)
+        if not urls:
+            raise ValueError(
+                f"text_dataset {name}: urls is empty; give tars (a brace pattern, a list, "
+                "a folder or a .txt file listing them)"
+            )
+        member, _, json_field = str(caption_key).partition(":")
+        if not member:
+            raise ValueError(
+                f"text_dataset.caption_key must name a member, e.g. txt or json:caption, "
+                f"got {caption_key!r}"
+            )
+        self.urls: str | list[str] = urls if isinstance(urls, str) else [str(u) for u in urls]
+        self.caption_key = str(caption_key)
+        self.reading = CaptionListing(
+            member.lower(),
+            json_field or None,
+            self.caption_key,
+            tuple(str(k).lower().lstrip(".") for k in image_keys),
+        )
+        self._problems: list[tuple[str, str]] = []
+
+    def build(self) -> None:
+        tars = expand_urls(self.urls, "text_dataset.urls")
+        listings = list_tars(tars, self.reading, self.context, f"text dataset {self.name}")
+        self.set_table(pa.concat_tables([listing.table for listing in listings]))
+        self._problems = [problem for listing in listings for problem in listing.problems]
+        log.info(
+            "text dataset %s: %d captions in %d tars (%d samples without one)",
+            self.name,
+            self.length(),
+            len(tars),
+            len(self._problems),
         )
 
     def problems(self) -> list[tuple[str, str]]:

@@ -153,11 +153,13 @@ def build_everywhere(
     build: Callable[[], T],
     what: str,
     *,
+    together: bool = False,
     retries: int = 3,
     backoff: float = 2.0,
     local_copy: str | None = None,
 ) -> T:
-    """Build on the main process first (it downloads and fills caches), then on the other ranks.
+    """Build on the main process first (it downloads and fills caches), then on the other ranks;
+    with ``together``, on every rank at once (a build that shares its work: ``Source.builds_together``).
 
     A failure on any rank is re-raised on every rank as ``BuildError`` with the
     original message, instead of leaving the others blocked in a barrier.
@@ -166,20 +168,22 @@ def build_everywhere(
     """
     result: Any = None
     error: str | None = None
-    if accelerator.is_main_process:
+    if together or accelerator.is_main_process:
         result, error = _attempt(build, what, retries, backoff, local_copy)
-    if accelerator.num_processes > 1:
-        with collective(f"building {what}", [error]):
-            (error,) = broadcast_object_list([error], from_process=0)
-    if error is not None:
-        raise BuildError(error)
-    if not accelerator.is_main_process:
-        result, error = _attempt(build, what, retries, backoff, local_copy)
+    if not together:
+        if accelerator.num_processes > 1:
+            with collective(f"building {what}", [error]):
+                (error,) = broadcast_object_list([error], from_process=0)
+        if error is not None:
+            raise BuildError(error)
+        if not accelerator.is_main_process:
+            result, error = _attempt(build, what, retries, backoff, local_copy)
     if accelerator.num_processes > 1:
         with collective(f"building {what}", [error]):
             errors = [e for e in gather_object([error]) if e is not None]
-        if errors:
-            raise BuildError(errors[0])
+        error = errors[0] if errors else None
+    if error is not None:
+        raise BuildError(error)
     return result
 
 

@@ -366,6 +366,7 @@ def embed_share(job: Job, index: int, name: str, engine: RayEngine) -> WorkerRes
     settings.cpu = settings.cpu or engine.num_gpus_per_worker == 0
     accelerator = make_accelerator(cpu=settings.cpu, timeout_s=settings.collective_timeout_s)
     cpus = engine.num_cpus_per_worker
+    job.cores = cpus
     torch.set_num_threads(max(1, int(cpus)))
     heavy = job.modality.cpu_heavy_prepare
     settings.num_workers = settings.loader_workers(accelerator.device.type, 1, heavy, cores=cpus)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from img_search.data.base import EmptyDataset
+from img_search.data.base import BuildContext, EmptyDataset
 from img_search.embedding import Encoder
 from img_search.faults import fail_point
 from img_search.pipeline.claims import PairClaims
@@ -47,6 +46,7 @@ from img_search.pipeline.loader import PassLoader
 from img_search.pipeline.output import JobMismatch, Opening, forget_failed_start, open_output
 from img_search.pipeline.plan import Job, plan_job, spec_fingerprint
 from img_search.pipeline.reporting import ProcessReport, RunStats, make_progress, print_summary
+from img_search.pipeline.settings import usable_cores
 from img_search.pipeline.shards import Feeder
 from img_search.store import PartWriter
 from img_search.store.space import explain_refused_write
@@ -117,10 +117,13 @@ def run_pairs(
     report = ProcessReport(accelerator.process_index, ledger.me.id if ledger.me else "")
     datasets = list(dict.fromkeys(d for _, d in opening.pending))
     for name in datasets:
+        source = job.sources[name]
+        source.context = build_context(job, accelerator, ledger, name)
         build_everywhere(
             accelerator,
-            job.sources[name].build,
+            source.build,
             f"dataset {name}",
+            together=source.builds_together,
             local_copy=job.modality.local_copy(name),
             **retry,
         )
@@ -159,6 +162,14 @@ def run_pairs(
     # "done" last: a finaliser of another launch waits for live processes without it
     ledger.update({"collectives": COUNT.calls, "collective_bytes": COUNT.bytes, "done": True})
     return report
+
+
+def build_context(job: Job, accelerator: Accelerator, ledger: Ledger, name: str) -> BuildContext:
+    """What building dataset ``name`` may share: a folder of the job's state, this process's place
+    among all that may work on the job, and its share of the machine's cores."""
+    slot, slots = start_slot(accelerator.process_index, accelerator.num_processes)
+    cores = job.cores if job.cores is not None else usable_cores() / local_world_size(accelerator)
+    return BuildContext(ledger.path("built", name), slot, slots, max(1, int(cores)))
 
 
 def embed_source(
@@ -341,5 +352,4 @@ def share_cpu_threads(accelerator: Accelerator) -> None:
     local = local_world_size(accelerator)
     if accelerator.device.type != "cpu" or local == 1:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cores or 1) // local))
+    torch.set_num_threads(max(1, usable_cores() // local))

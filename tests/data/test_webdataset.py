@@ -7,6 +7,7 @@ import logging
 import pickle
 import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,8 +21,10 @@ from img_search.data import (
     get_dataset,
     get_text_dataset,
 )
-from img_search.data.base import EmptyDataset, fingerprint_arrays
-from img_search.data.webdataset import TarWalk, expand_urls
+from img_search.data.base import BuildContext, EmptyDataset, fingerprint_arrays
+from img_search.data.tar_listing import TarListing, list_tars
+from img_search.data.webdataset import DEFAULT_IMAGE_KEYS, ImageListing, TarWalk, expand_urls
+from img_search.data.webdataset_captions import CaptionListing
 from img_search.testing.fixtures import (
     Img2datasetLike,
     jpeg_bytes,
@@ -170,8 +173,8 @@ def test_every_cut_keeps_whole_samples_and_names_the_rest(tmp_path: Path) -> Non
     try:
         for cut in [*range(0, len(whole), 101), *range(500, 530), len(whole) - 1]:
             (tmp_path / "00000.tar").write_bytes(whole[:cut])
-            walk = TarWalk([str(tmp_path / "00000.tar")])
-            read = {s.key: {e: r.read(m) for e, m in s.members.items()} for _, r, s in walk}
+            walk = TarWalk(str(tmp_path / "00000.tar"))
+            read = {s.key: {e: r.read(m) for e, m in s.members.items()} for r, s in walk}
             lost = [where.split("/")[1] for where, _ in walk.problems]
             assert sorted([*read, *lost]) == keys, cut
             for key, members in read.items():
@@ -259,3 +262,93 @@ def test_captions_from_a_json_field(tars: Img2datasetLike, tmp_path: Path) -> No
     assert "is of type int" in problems["s/d"]
     with pytest.raises(ValueError, match="caption_key must name a member"):
         get_text_dataset({"dataset": "webdataset_captions", "urls": "x", "caption_key": ":x"})
+
+
+# -- the listing, made once and shared ------------------------------------------------------
+@dataclass(frozen=True)
+class LoggedListing:
+    """Lists like ``ImageListing`` and appends each tar's name to ``log`` (a file: it runs in a pool)."""
+
+    log: str
+
+    def __call__(self, url: str) -> TarListing:
+        stop = Path(
+            self.log + ".stop"
+        )  # tars listed in all, after which it fails (the process stops)
+        if stop.exists() and len(listed(Path(self.log))) >= int(stop.read_text()):
+            raise RuntimeError("stopped")
+        with open(self.log, "a", encoding="utf-8") as out:
+            out.write(url.rsplit("/", 1)[-1] + "\n")
+        return ImageListing(DEFAULT_IMAGE_KEYS, "datasets.laion")(url)
+
+
+def listed(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_a_pool_lists_each_tar_once_into_the_job_folder(tars: Img2datasetLike, tmp_path) -> None:
+    alone = built(str(tars.root))  # no context: one process, nothing kept
+    shared = WebDatasetImages("laion", str(tars.root))
+    shared.context = BuildContext(tmp_path / "built", workers=3)
+    shared.build()
+    assert shared.listing() == alone.listing()
+    assert shared.problems() == alone.problems()
+    assert [(s.index, s.stop, s.label) for s in shared.shards(4)] == [
+        (s.index, s.stop, s.label) for s in alone.shards(4)
+    ]
+    assert [(i.id, i.source) for i in shared] == [(i.id, i.source) for i in alone]
+    kept = sorted(p.name.split(".")[0] for p in (tmp_path / "built").iterdir())
+    assert kept == [f"{i:05d}" for i in range(6)]
+
+    # another process of the job (or a rerun) reads them: a listing that would list fails here
+    again = WebDatasetImages("laion", str(tars.root))
+    again.context = BuildContext(tmp_path / "built", slot=1, slots=2, workers=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ImageListing, "__call__", lambda *_: pytest.fail("listed again"))
+        again.build()
+    assert again.listing() == alone.listing() and again.problems() == alone.problems()
+
+
+def test_processes_start_on_their_own_tars_and_a_changed_tar_is_listed_again(
+    tars: Img2datasetLike, tmp_path: Path
+) -> None:
+    root = tmp_path / "tars"
+    shutil.copytree(tars.root, root)
+    urls = expand_urls(str(root), "datasets.laion.urls")
+    log, folder = tmp_path / "listed.log", tmp_path / "built"
+    second = BuildContext(folder, slot=1, slots=2)  # the second of two processes: from tar 3 on
+    (tmp_path / "listed.log.stop").write_text("2")
+    with pytest.raises(RuntimeError, match="stopped"):
+        list_tars(urls, LoggedListing(str(log)), second, "laion")
+    (tmp_path / "listed.log.stop").unlink()
+    assert listed(log) == ["00003.tar", "00004.tar"]
+    first = BuildContext(folder, slot=0, slots=2)
+    got = list_tars(urls, LoggedListing(str(log)), first, "laion")
+    assert listed(log)[2:] == ["00000.tar", "00001.tar", "00002.tar", "00005.tar"]
+    assert [g.samples for g in got] == [5, 5, 5, 5, 3, 5]  # 00004.tar is cut after 3 samples
+
+    write_img2dataset_tar(root / "00002.tar", [sample("k", jpg=image(3))])  # replaced
+    list_tars(urls, LoggedListing(str(log)), first, "laion")
+    assert listed(log)[6:] == ["00002.tar"]
+    # another question of the same tars (other image keys) is another listing
+    other = WebDatasetImages("laion", str(root), image_keys=["png"])
+    other.context = BuildContext(folder)
+    other.build()
+    assert other.length() == 0 and len(other.problems()) == 26
+
+
+def test_captions_share_their_listing_too(tars: Img2datasetLike, tmp_path: Path) -> None:
+    spec = {"dataset": "webdataset_captions", "urls": str(tars.root)}
+    alone = get_text_dataset(spec, name="c")
+    alone.build()
+    shared = get_text_dataset(spec, name="c")
+    shared.context = BuildContext(tmp_path / "built", workers=2)
+    shared.build()
+    again = get_text_dataset(spec, name="c")
+    again.context = BuildContext(tmp_path / "built")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CaptionListing, "__call__", lambda *_: pytest.fail("listed again"))
+        again.build()
+    for dataset in (shared, again):
+        assert dataset.listing() == alone.listing() and dataset.problems() == alone.problems()
+        assert [dataset.get_record(i) for i in range(3)] == [alone.get_record(i) for i in range(3)]

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import cli_runner
+from conftest import cli_runner, run_module, venv_bin
 
 from img_search.store import read_embeddings, read_metadata
 from img_search.testing.fixtures import Img2datasetLike, write_img2dataset_like
@@ -96,3 +96,31 @@ def test_a_missing_tar_is_one_line_and_exit_2(tiny_checkpoints, tmp_path, run_em
     assert len(error) == 1 and "webdataset tar not found: " in error[0]
     assert f"{tmp_path}/tars/00006.tar (and 1 more of 4)" in error[0]
     assert not out.exists() and not out.with_name("out.parquet.partial").exists()
+
+
+@pytest.mark.xdist_group("launch")
+def test_two_ranks_list_the_tars_together_and_give_the_same_table(
+    runs, tiny_checkpoints, tmp_path
+) -> None:
+    """Both ranks build at once, each starting on its own tars and reading what the other listed."""
+    tars, images, _ = runs
+    out = tmp_path / "ranks.parquet"
+    ranks = [venv_bin("torchrun"), "--standalone", "--nproc_per_node", "2"]
+    result = run_module(
+        "img_search.pipeline.embed",
+        "models=clip",
+        f"models.clip.model_name={tiny_checkpoints['clip']}",
+        "tasks.cpu=true",
+        "datasets=webdataset",
+        f"datasets.webdataset.urls={tars.root}",
+        "tasks.batch_size=4",
+        f"output_path={out}",
+        launcher=ranks,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got, alone = read_embeddings(out), read_embeddings(images, dataset_name="webdataset")
+    assert sorted(got.ids) == sorted(alone.ids) and len(got.ids) == len(set(got.ids))
+    by_id = dict(zip(alone.ids, alone.vectors, strict=True))
+    np.testing.assert_allclose(got.vectors, np.stack([by_id[i] for i in got.ids]), atol=1e-6)
+    errors = pq.read_table(out.with_suffix(".errors.parquet")).column("id").to_pylist()
+    assert sorted(errors) == sorted([tars.corrupt, tars.no_image, *tars.lost])
