@@ -69,23 +69,28 @@ def user_errors_exit(cfg: DictConfig) -> Iterator[None]:
 
 
 def run_cli(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any]) -> None:
-    """Run a pipeline from its composed Hydra config and exit with its status.
+    """Run a pipeline from its composed Hydra config and exit with its status."""
+    with user_errors_exit(cfg):
+        code = run_configured(cfg, modality, dataset_specs)
+    if code:
+        sys.exit(code)
 
-    The run machinery (torch, Accelerate) is imported only once the job is
+
+def run_configured(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any]) -> int:
+    """The job of a composed config, with the engine it names; returns the exit code.
+
+    The command line and ``img_search.embed`` both run jobs through here. The
+    run machinery (torch, Accelerate) is imported only once the job is
     planned, so a configuration error never waits for it. ``engine=ray``
     hands the same job to Ray actors (``ray_engine``).
     """
-    with user_errors_exit(cfg):
-        if engine_settings(cfg.get("engine")).kind == "ray":
-            from img_search.pipeline.ray_engine import run_on_ray
+    if engine_settings(cfg.get("engine")).kind == "ray":
+        from img_search.pipeline.ray_engine import run_on_ray
 
-            code = run_on_ray(cfg, modality, dataset_specs)
-        else:
-            from img_search.pipeline.plan import plan_job
+        return run_on_ray(cfg, modality, dataset_specs)
+    from img_search.pipeline.plan import plan_job
 
-            job = plan_job(cfg, modality, dataset_specs)
-            from img_search.pipeline.runner import run_job
+    job = plan_job(cfg, modality, dataset_specs)
+    from img_search.pipeline.runner import run_job
 
-            code = run_job(job)
-    if code:
-        sys.exit(code)
+    return run_job(job)
