@@ -94,7 +94,9 @@ def child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     made = made[0] if made else 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-    print(json.dumps({"seconds": seconds, "items": dataset.length(), "peak_mib": peak, "made": made}))
+    print(
+        json.dumps({"seconds": seconds, "items": dataset.length(), "peak_mib": peak, "made": made})
+    )
 
 
 def run(urls: str, folder: Path | None, slot: int, slots: int, workers: int) -> subprocess.Popen:
@@ -118,7 +120,9 @@ def main() -> None:
     parser.add_argument("--jpg-bytes", type=int, default=4096)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "img_search_listing")
+    parser.add_argument(
+        "--work", type=Path, default=Path(tempfile.gettempdir()) / "img_search_listing"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--urls", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -131,7 +135,9 @@ def main() -> None:
     write_tars(args.work / "tars", args.tars, args.per_tar, args.jpg_bytes)
     urls = f"{args.work / 'tars'}/{{00000..{args.tars - 1:05d}}}.tar"
     samples = args.tars * args.per_tar
-    print(f"{args.tars} tars x {args.per_tar} samples = {samples:,} samples, {os.cpu_count()} cores")
+    print(
+        f"{args.tars} tars x {args.per_tar} samples = {samples:,} samples, {os.cpu_count()} cores"
+    )
     kept = args.work / "kept"
     shutil.rmtree(kept, ignore_errors=True)
 
@@ -154,7 +160,9 @@ def main() -> None:
         "made": sum(o["made"] for o in outs),
     }
     rows.append((f"{args.ranks} ranks x {per_rank} workers, shared", together))
-    print(f"{'':42} {'seconds':>8} {'samples/s':>10} {'vs one':>7} {'peak MiB':>9} {'tars listed':>12}")
+    print(
+        f"{'':42} {'seconds':>8} {'samples/s':>10} {'vs one':>7} {'peak MiB':>9} {'tars listed':>12}"
+    )
     for name, row in rows:
         rate = samples / row["seconds"]
         print(

@@ -6,7 +6,8 @@
 Points: ``model_build``, ``step`` (after a batch's rows went to the part
 file), ``commit`` (after a shard's completion record was written),
 ``finalize`` (the finished table written, not yet renamed into place),
-``prepare/<item id>`` (a loader worker about to prepare that item; ``prepare/*``: any).
+``prepare/<item id>`` (a loader worker about to prepare that item; ``prepare/*``: any),
+``milvus_batch`` (a batch of rows upserted into a Milvus collection).
 """
 
 from __future__ import annotations

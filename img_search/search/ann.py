@@ -75,7 +75,11 @@ def measure(
     result = AnnResult(
         name=name,
         kind=index.kind,
-        params=" ".join(f"{key}={value}" for key, value in sorted(index.params.items())),
+        params=" ".join(
+            f"{key}={value}"
+            for key, value in sorted(index.params.items())
+            if value not in (None, {})
+        ),
         rows=len(vectors),
         dim=vectors.shape[1],
         queries=len(queries),
@@ -108,7 +112,10 @@ def ann_benchmark(
         if kind == "flat":
             continue  # that is the reference itself
         index = make_index(kind, vectors.shape[1], **params)
-        results.append(measure(name, index, vectors, queries, truth, k, single_seconds)[0])
+        try:
+            results.append(measure(name, index, vectors, queries, truth, k, single_seconds)[0])
+        finally:
+            index.close()  # milvus: the connection, and a scratch Milvus Lite file
     return results
 
 

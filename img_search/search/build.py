@@ -64,7 +64,10 @@ def print_built(built: list[SavedIndex]) -> None:
 def main(cfg: DictConfig) -> None:
     with user_errors_exit(cfg):
         specs = OmegaConf.to_container(cfg.indexes, resolve=True)
-        print_built(build_all(cfg.table, specs, cfg.model_name, cfg.dataset_name))
+        built = build_all(cfg.table, specs, cfg.model_name, cfg.dataset_name)
+        for saved in built:
+            saved.close()  # a milvus index lets go of its connection (and Milvus Lite its file)
+        print_built(built)
 
 
 if __name__ == "__main__":

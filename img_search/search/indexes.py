@@ -1,12 +1,14 @@
 """Vector indexes over unit vectors (inner product = cosine): exact and approximate.
 
-Four kinds behind one small interface, so the query tool, the evaluation and
-the ANN benchmark treat them alike:
+Five kinds behind one small interface, so the query tool, the server, the
+evaluation and the ANN benchmark treat them alike:
 
 - ``flat``: FAISS ``IndexFlatIP``, exact; the reference for recall.
 - ``faiss_hnsw``: FAISS HNSW graph (``M``, ``ef_construction``, ``ef_search``).
 - ``faiss_ivf``: FAISS inverted lists (``nlist`` k-means cells, ``nprobe`` visited).
 - ``usearch``: usearch's HNSW, a second library to compare against.
+- ``milvus``: a Milvus collection (Milvus Lite file or server), the one kind that
+  filters on metadata; its own module (``milvus``), imported when first named.
 
 An index is saved as a folder next to its table (``<table>.<model>.<dataset>.<name>.index``)
 holding the library's own file, the ids in index order and ``index.json``
@@ -16,6 +18,7 @@ rebuilding and refuses to answer for a table that has changed since.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -35,6 +38,10 @@ from img_search.store.atomic import atomic_write
 
 FORMAT = "img_search.index/1"
 log = logging.getLogger(__name__)
+
+
+class FilterError(ValueError):
+    """A ``filter=`` that cannot be used: malformed, naming an unknown field, or for a kind that cannot filter."""
 
 
 class VectorIndex(ABC):
@@ -62,7 +69,10 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, positions), each (len(queries), k); position −1 where fewer than k exist."""
+        """(scores, positions), each (len(queries), k); position −1 where fewer than k exist.
+
+        A kind that filters (``parse_filter``) also takes ``where=`` (what that returned).
+        """
 
     @abstractmethod
     def save(self, path: Path) -> None: ...
@@ -77,6 +87,27 @@ class VectorIndex(ABC):
     @abstractmethod
     def vector(self, position: int) -> np.ndarray:
         """The stored vector at ``position`` (for "more like this" without the table)."""
+
+    def add_selection(self, selection: TableSelection, name: str) -> None:
+        """Build index ``name`` from a table selection (a kind that stores ids and fields reads them)."""
+        self.add(selection.vectors)
+
+    def attach(self, ids: np.ndarray) -> None:
+        """The ids of the build input in position order (for a kind that answers with ids)."""
+        return None
+
+    def parse_filter(self, text: str | None) -> Any:
+        """``text`` checked for ``search(where=...)``; None when blank. Only ``milvus`` filters."""
+        if text is None or not str(text).strip():
+            return None
+        raise FilterError(
+            f"a {self.kind} index cannot filter: build a milvus index (indexes=[milvus]) and "
+            "search that (<table>.<model>.<dataset>.milvus.index) with filter=..."
+        )
+
+    def close(self) -> None:
+        """Release connections (a kind backed by a database server)."""
+        return None
 
     def __len__(self) -> int:
         return self.count
@@ -257,8 +288,11 @@ class USearchIndex(VectorIndex):
         return np.asarray(self.index.get(int(position)), dtype=np.float32)
 
 
-INDEX_KINDS: dict[str, type[VectorIndex]] = {
-    cls.kind: cls for cls in (FlatIndex, FaissHNSWIndex, FaissIVFIndex, USearchIndex)
+#: Kinds by name: a class, or "module:class" for one imported when first named (``milvus``
+#: subclasses ``VectorIndex``, so its module cannot be imported from this one's top).
+INDEX_KINDS: dict[str, type[VectorIndex] | str] = {
+    **{cls.kind: cls for cls in (FlatIndex, FaissHNSWIndex, FaissIVFIndex, USearchIndex)},
+    "milvus": "img_search.search.milvus:MilvusIndex",
 }
 
 
@@ -267,7 +301,11 @@ def make_index(kind: str, dim: int, **params: Any) -> VectorIndex:
         raise UnknownNameError(
             f"unknown index kind {kind!r}; registered: {', '.join(sorted(INDEX_KINDS))}"
         )
-    return INDEX_KINDS[kind](dim, **params)
+    cls = INDEX_KINDS[kind]
+    if isinstance(cls, str):
+        module, _, name = cls.partition(":")
+        cls = INDEX_KINDS[kind] = getattr(importlib.import_module(module), name)
+    return cls(dim, **params)
 
 
 # -- saved indexes ------------------------------------------------------------
@@ -290,6 +328,7 @@ class SavedIndex:
 
     def __init__(self, path: Path, index: VectorIndex, meta: dict[str, Any], ids: np.ndarray):
         self.path, self.index, self.meta, self.ids = path, index, meta, ids
+        index.attach(ids)
 
     @property
     def model_name(self) -> str:
@@ -303,21 +342,33 @@ class SavedIndex:
     def table(self) -> Path:
         return Path(self.meta["table"])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(queries, min(k, len(self.ids)))
+    def search(
+        self, queries: np.ndarray, k: int, where: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self.ids))
+        if where is None:
+            return self.index.search(queries, k)
+        return self.index.search(queries, k, where=where)
+
+    def parse_filter(self, text: str | None) -> Any:
+        """A ``filter=`` checked for ``search``/``top_k`` (``FilterError`` says what is wrong)."""
+        return self.index.parse_filter(text)
 
     def vector(self, position: int) -> np.ndarray:
         return self.index.vector(position)
 
+    def close(self) -> None:
+        self.index.close()
+
     def top_k(
-        self, vector: np.ndarray, k: int, exclude: str | None = None
+        self, vector: np.ndarray, k: int, exclude: str | None = None, where: Any = None
     ) -> list[tuple[int, str, float]]:
         """(position, id, score) of the ``k`` best items for one query, best first.
 
         Padding (fewer than ``k`` items) is dropped, and so is ``exclude`` —
-        the item itself in a "more like this" query.
+        the item itself in a "more like this" query. ``where``: a parsed filter.
         """
-        scores, positions = self.search(vector[None, :], k + (exclude is not None))
+        scores, positions = self.search(vector[None, :], k + (exclude is not None), where)
         hits = []
         for score, position in zip(scores[0], positions[0], strict=True):
             if position < 0 or str(self.ids[position]) == exclude:
@@ -332,7 +383,7 @@ def build_index(
     """Build an index of one table selection (and save it next to the table)."""
     index = make_index(kind, selection.dim, **params)
     started = time.perf_counter()
-    index.add(selection.vectors)
+    index.add_selection(selection, name)
     build_seconds = time.perf_counter() - started
     meta = {
         "format": FORMAT,

@@ -76,11 +76,16 @@ def query_vector(
     return encode_image_queries(encoder, [str(image)])[0]
 
 
-def search(index: SavedIndex, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Hit]:
-    """Top-k hits with what is known of each item (file path, caption, image id)."""
+def search(
+    index: SavedIndex, vector: np.ndarray, k: int, exclude: str | None = None, where: Any = None
+) -> list[Hit]:
+    """Top-k hits with what is known of each item (file path, caption, image id).
+
+    ``where``: a filter parsed by ``index.parse_filter`` (milvus indexes).
+    """
     from img_search.search.tables import file_path_of, row_details
 
-    hits = [(item_id, score) for _, item_id, score in index.top_k(vector, k, exclude)]
+    hits = [(item_id, score) for _, item_id, score in index.top_k(vector, k, exclude, where)]
     details = row_details(index.table, index.model_name, index.dataset_name, [i for i, _ in hits])
     dataset = index.meta.get("dataset") or {}
     kind = index.meta.get("table_kind", "image")
@@ -130,16 +135,21 @@ def main(cfg: DictConfig) -> None:
         from img_search.search.indexes import open_index
 
         index = open_index(cfg.index, cfg.model_name, cfg.dataset_name)
-        vector = query_vector(
-            index,
-            text=cfg.text,
-            image=cfg.image,
-            item_id=None if cfg.id is None else str(cfg.id),
-            model_overrides=OmegaConf.to_container(cfg.model_overrides),
-            device=pick_device(str(cfg.device)),
-            trust_remote_code=bool(cfg.trust_remote_code),
-        )
-        hits = search(index, vector, int(cfg.k), exclude=None if cfg.id is None else str(cfg.id))
+        try:
+            where = index.parse_filter(cfg.filter)
+            vector = query_vector(
+                index,
+                text=cfg.text,
+                image=cfg.image,
+                item_id=None if cfg.id is None else str(cfg.id),
+                model_overrides=OmegaConf.to_container(cfg.model_overrides),
+                device=pick_device(str(cfg.device)),
+                trust_remote_code=bool(cfg.trust_remote_code),
+            )
+            exclude = None if cfg.id is None else str(cfg.id)
+            hits = search(index, vector, int(cfg.k), exclude, where)
+        finally:
+            index.close()
         print_hits(hits, index, bool(cfg.json))
 
 

@@ -42,7 +42,10 @@ def main(cfg: DictConfig) -> None:
     print(
         f"img_search: serving {', '.join(catalog.tables)} on http://{host}:{cfg.port}/", flush=True
     )
-    uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
+    try:
+        uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
+    finally:
+        catalog.close()
 
 
 if __name__ == "__main__":

@@ -74,12 +74,15 @@ class LoadedTable:
         return item_id in self.row_of or item_id in self.left_out
 
     def top_k(
-        self, vector: np.ndarray, k: int, exclude: str | None = None
+        self, vector: np.ndarray, k: int, exclude: str | None = None, where: Any = None
     ) -> list[tuple[int, str, float]]:
-        """(position, id, score) of the ``k`` best searchable items for one query vector."""
+        """(position, id, score) of the ``k`` best searchable items for one query vector.
+
+        ``where``: a filter parsed by ``index.parse_filter`` (milvus indexes).
+        """
         if not self.left_out:
-            return self.index.top_k(vector, k, exclude)
-        hits = self.index.top_k(vector, k + len(self.left_out), exclude)
+            return self.index.top_k(vector, k, exclude, where)
+        hits = self.index.top_k(vector, k + len(self.left_out), exclude, where)
         return [hit for hit in hits if hit[1] not in self.left_out][:k]
 
     def describe(self) -> dict[str, Any]:
@@ -295,6 +298,11 @@ class Catalog:
             return None
         name, rows = linked
         return name, str(self.tables[name].index.ids[rows[row]])
+
+    def close(self) -> None:
+        """Let go of index connections (a milvus index's client, and Milvus Lite's file)."""
+        for table in self.tables.values():
+            table.index.close()
 
     def wait_for_images(self, timeout: float = IMAGE_SOURCE_WAIT_S) -> None:
         """Give the image sources building in the background up to ``timeout`` seconds in all."""

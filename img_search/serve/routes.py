@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from img_search.data.images import ImageDecodeError
+from img_search.search.indexes import FilterError
 from img_search.search.tables import UnknownItem
 from img_search.serve.catalog import Catalog, LoadedTable
 from img_search.serve.queries import QueryEncoder
@@ -113,6 +114,21 @@ def table_for(catalog: Catalog, name: str | None, side: str) -> LoadedTable:
     return loaded
 
 
+def where_of(table: LoadedTable, text: str | None) -> Any:
+    """The ``filter`` parameter checked against the table's index (milvus), or 422."""
+    try:
+        return table.index.parse_filter(text)
+    except FilterError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+#: The ``filter`` parameter of the search endpoints (Python name ``where``: ``filter`` is a builtin).
+FILTER_HELP = (
+    'milvus indexes only: e.g. dataset_name == "inquire", image_id in ["a", "b"], '
+    'caption like "a dog%", joined with and / or / not'
+)
+
+
 def results(
     request: Request,
     catalog: Catalog,
@@ -122,10 +138,11 @@ def results(
     query: dict[str, Any],
     started: float,
     exclude: str | None = None,
+    where: Any = None,
 ) -> dict[str, Any]:
     """The ranked hits of one query vector, each with its details and thumbnail link."""
     encoded = time.perf_counter()
-    found = table.top_k(vector, k, exclude)
+    found = table.top_k(vector, k, exclude, where)
     searched = time.perf_counter()
     hits = []
     for position, item_id, score in found:
@@ -177,6 +194,7 @@ def search_text(
     q: Annotated[str, Query(description="the query text")],
     table: Annotated[str | None, Query(description="default: the first with a text model")] = None,
     k: int | None = None,
+    where: Annotated[str | None, Query(alias="filter", description=FILTER_HELP)] = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     loaded, k = table_for(catalog, table, "text"), k_of(k, settings)
@@ -184,8 +202,10 @@ def search_text(
         raise HTTPException(422, "the query text is empty")
     if len(q) > settings.max_query_chars:
         raise HTTPException(422, f"the query is longer than {settings.max_query_chars} characters")
+    parsed = where_of(loaded, where)
     vector = queries.text(loaded.encoder, q)
-    return results(request, catalog, loaded, vector, k, {"text": q}, started)
+    query = {"text": q, **({"filter": where} if parsed else {})}
+    return results(request, catalog, loaded, vector, k, query, started, where=parsed)
 
 
 @router.post("/api/search/image")
@@ -197,14 +217,17 @@ def search_image(
     file: Annotated[UploadFile, File(description="an image file")],
     table: Annotated[str | None, Form(description="default: the first with an image model")] = None,
     k: Annotated[int | None, Form()] = None,
+    where: Annotated[str | None, Form(alias="filter", description=FILTER_HELP)] = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     loaded, k = table_for(catalog, table, "image"), k_of(k, settings)
+    parsed = where_of(loaded, where)
     data = file.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
     vector = queries.image(loaded.encoder, data)
-    return results(request, catalog, loaded, vector, k, {"image": file.filename}, started)
+    query = {"image": file.filename, **({"filter": where} if parsed else {})}
+    return results(request, catalog, loaded, vector, k, query, started, where=parsed)
 
 
 @router.get("/api/similar")
@@ -215,9 +238,11 @@ def similar(
     id: str,
     table: str | None = None,
     k: int | None = None,
+    where: Annotated[str | None, Query(alias="filter", description=FILTER_HELP)] = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     loaded, k = table_of(catalog, table), k_of(k, settings)
+    parsed = where_of(loaded, where)
     if id in loaded.left_out:
         raise HTTPException(
             422, f"item {id!r} of table {loaded.name} is left out: its vector is not finite"
@@ -226,7 +251,8 @@ def similar(
     if row is None:
         raise HTTPException(404, f"no item {id!r} in table {loaded.name}")
     vector = loaded.index.vector(row)
-    return results(request, catalog, loaded, vector, k, {"id": id}, started, exclude=id)
+    query = {"id": id, **({"filter": where} if parsed else {})}
+    return results(request, catalog, loaded, vector, k, query, started, exclude=id, where=parsed)
 
 
 @router.get("/api/thumbnail/{table}/{item_id:item_id}", name="thumbnail")

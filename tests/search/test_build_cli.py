@@ -75,7 +75,7 @@ def test_unknown_index_kind_lists_the_registered_ones(demo_tables, run_build):
     )
     assert result.returncode == 2
     assert "unknown kind 'annoy'" in result.stderr
-    assert "faiss_hnsw, faiss_ivf, flat, usearch" in result.stderr
+    assert "faiss_hnsw, faiss_ivf, flat, milvus, usearch" in result.stderr
 
 
 def test_an_unwritable_folder_still_answers(demo_tables, tmp_path, monkeypatch):

@@ -82,7 +82,9 @@ def test_ann_benchmark_rows():
 
 
 def test_unknown_kind_lists_registered():
-    with pytest.raises(UnknownNameError, match="registered: faiss_hnsw, faiss_ivf, flat, usearch"):
+    with pytest.raises(
+        UnknownNameError, match="registered: faiss_hnsw, faiss_ivf, flat, milvus, usearch"
+    ):
         make_index("annoy", 8)
 
 
