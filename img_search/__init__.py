@@ -28,6 +28,8 @@ _EXPORTS = {
     "ImageFailure": "img_search.api.encoding",
     "embed": "img_search.api.jobs",
     "EmbedSummary": "img_search.api.jobs",
+    "open_table": "img_search.api.tables",
+    "Table": "img_search.api.tables",
 }
 
 __all__ = [
@@ -35,13 +37,16 @@ __all__ = [
     "EncodedImages",
     "ImageFailure",
     "ModelEncoder",
+    "Table",
     "embed",
     "load_encoder",
+    "open_table",
 ]
 
 if TYPE_CHECKING:
     from img_search.api.encoding import EncodedImages, ImageFailure, ModelEncoder, load_encoder
     from img_search.api.jobs import EmbedSummary, embed
+    from img_search.api.tables import Table, open_table
 
 
 def __getattr__(name: str) -> Any:

@@ -2,12 +2,15 @@
 
 from img_search.api.encoding import EncodedImages, ImageFailure, ModelEncoder, load_encoder
 from img_search.api.jobs import EmbedSummary, embed
+from img_search.api.tables import Table, open_table
 
 __all__ = [
     "EmbedSummary",
     "EncodedImages",
     "ImageFailure",
     "ModelEncoder",
+    "Table",
     "embed",
     "load_encoder",
+    "open_table",
 ]

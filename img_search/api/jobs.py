@@ -81,7 +81,7 @@ def run(args: list[str], captions: bool, output: Path) -> EmbedSummary:
     return summary(output, code, time.perf_counter() - started)
 
 
-def compose(config_name: str, args: list[str]) -> Any:
+def compose(config_name: str, args: list[str], module: str = "img_search.config") -> Any:
     """The config the command line would compose from ``args`` (a mistake: one ``ValueError`` line)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -91,12 +91,12 @@ def compose(config_name: str, args: list[str]) -> Any:
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module("img_search.config", version_base=None):
+        with initialize_config_module(module, version_base=None):
             return hydra_compose(config_name=config_name, overrides=args)
     except Exception as exc:
         if not from_hydra(exc):
             raise
-        raise ValueError(hydra_error_line(exc, "pkg://img_search.config")) from None
+        raise ValueError(hydra_error_line(exc, f"pkg://{module}")) from None
     finally:
         GlobalHydra.instance().clear()
 

@@ -1,0 +1,214 @@
+"""``open_table``: one (model, dataset) of an embedding table, to read, search and evaluate from Python.
+
+Searching goes through the same index, query encoder and hit details as
+``img-search query`` (``search.query``), and evaluating through the same task
+runners as ``img-search evaluate``, so a notebook and the command line give
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from img_search.embedding import Encoder
+    from img_search.search.indexes import SavedIndex
+    from img_search.search.query import Hit
+    from img_search.search.tables import TableSelection
+
+
+def open_table(
+    path: str | os.PathLike[str], model_name: str | None = None, dataset_name: str | None = None
+) -> Table:
+    """The rows of one model and dataset of the table at ``path`` (either may be left out when the
+    table holds only one)."""
+    from img_search.search.tables import choose_selection
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embedding table not found: {path}")
+    model_name, dataset_name = choose_selection(path, model_name, dataset_name)
+    return Table(path, model_name, dataset_name)
+
+
+class Table:
+    """``ids``, ``vectors`` (float32, one unit row per id), ``metadata``, ``to_pandas()``,
+    ``search(...)`` and ``evaluate(...)``; the vectors are read on first use."""
+
+    def __init__(self, path: Path, model_name: str, dataset_name: str) -> None:
+        self.path, self.model_name, self.dataset_name = path, model_name, dataset_name
+        self._selection: TableSelection | None = None
+        self._indexes: dict[str, SavedIndex] = {}
+        self._encoder: Encoder | None = None
+
+    def __repr__(self) -> str:
+        return f"Table({str(self.path)!r}, model_name={self.model_name!r}, dataset_name={self.dataset_name!r})"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def selection(self) -> TableSelection:
+        if self._selection is None:
+            from img_search.search.tables import load_selection
+
+            self._selection = load_selection(self.path, self.model_name, self.dataset_name)
+        return self._selection
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.selection.ids
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.selection.vectors
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        from img_search.store import read_metadata
+
+        return read_metadata(self.path)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The selected rows, every column (``embedding`` as arrays)."""
+        from img_search.store import read_table
+        from img_search.store.reader import selection_filter
+
+        rows = read_table(self.path, filters=selection_filter(self.model_name, self.dataset_name))
+        return rows.to_pandas()
+
+    # -- search -------------------------------------------------------------------------
+    def search(
+        self,
+        text: str | None = None,
+        image: Any = None,
+        vector: np.ndarray | None = None,
+        id: str | None = None,
+        k: int = 10,
+        index: str = "flat",
+        filter: str | None = None,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> list[Hit]:
+        """The ``k`` nearest items to one query: a text, an image (path, bytes or PIL), a vector or an id.
+
+        ``index`` is ``"flat"`` (exact; built and saved next to the table on
+        first use, as ``img-search query`` does), the name of an index built
+        with ``img-search build`` (``"faiss_hnsw"``, ``"milvus"``), or the path
+        of a saved index folder. Hits carry id, score, and the file path or
+        caption where the table knows them.
+        """
+        from img_search.search.query import search
+
+        asked = (("text", text), ("image", image), ("vector", vector), ("id", id))
+        given = [name for name, value in asked if value is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of text=, image=, vector= or id= (got {', '.join(given) or 'none'})"
+            )
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        saved = self._index(index)
+        where = saved.parse_filter(filter)
+        if id is not None:
+            from img_search.search.tables import vector_of
+
+            query = vector_of(self.path, self.model_name, self.dataset_name, str(id))
+        elif vector is not None:
+            query = unit(np.asarray(vector, np.float32))
+        else:
+            query = self._encode(saved, text, image, device, trust_remote_code)
+        return search(saved, query, k, None if id is None else str(id), where)
+
+    def _index(self, index: str) -> SavedIndex:
+        from img_search.search.indexes import index_dir, open_index
+
+        if index not in self._indexes:
+            folder = Path(index)
+            if not (folder / "index.json").is_file():
+                folder = index_dir(self.path, self.model_name, self.dataset_name, index)
+                if index != "flat" and not (folder / "index.json").is_file():
+                    raise FileNotFoundError(
+                        f"no index {index!r} of {self.model_name} × {self.dataset_name} next to "
+                        f"{self.path}: build it with img-search build table={self.path} "
+                        f"model_name={self.model_name} indexes=[{index}]"
+                    )
+                folder = self.path
+            self._indexes[index] = open_index(folder, self.model_name, self.dataset_name, index)
+        return self._indexes[index]
+
+    def _encode(
+        self,
+        saved: SavedIndex,
+        text: str | None,
+        image: Any,
+        device: str | None,
+        trust_remote_code: bool,
+    ) -> np.ndarray:
+        from img_search.search.query_encoder import (
+            encode_images,
+            encode_text_queries,
+            load_query_encoder,
+        )
+
+        if self._encoder is None:
+            from img_search.cli import pick_device
+
+            self._encoder = load_query_encoder(
+                self.model_name,
+                saved.meta.get("model_spec") or {},
+                saved.meta.get("identity") or {},
+                device=pick_device(device or "auto"),
+                trust_remote_code=trust_remote_code,
+            )
+        encoder = self._encoder
+        if text is not None:
+            return encode_text_queries(encoder, [str(text)])[0]
+        from img_search.data import open_image
+
+        if isinstance(image, (str, os.PathLike)) and not os.path.exists(image):
+            raise FileNotFoundError(f"query image not found: {image}")
+        resize_to = encoder.image_transform().resize_target if encoder.supports_images else None
+        return encode_images(encoder, [open_image(image, resize_to=resize_to)])[0]
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self, task: str, **options: Any) -> dict[str, Any]:
+        """``img-search evaluate task=<task>`` over this table, its results as a dict.
+
+        ``task="retrieval"`` takes ``captions=<caption table>``; ``task="inquire"``
+        takes ``inquire={"path": <local copy>}``; other options are the
+        command's (``ks=[1, 5, 10]``, ``device="cpu"``).
+        """
+        from img_search.api.jobs import compose, flat_overrides
+        from img_search.search.evaluate import RUNNERS
+
+        if task not in RUNNERS:
+            raise ValueError(f"unknown task {task!r}; the tasks are: {', '.join(RUNNERS)}")
+        args = [f"task={task}", *flat_overrides("images", str(self.path))]
+        args += flat_overrides("model_name", self.model_name)
+        args += flat_overrides("dataset_name", self.dataset_name)
+        for key, value in options.items():
+            args += flat_overrides(key, os.fspath(value) if isinstance(value, Path) else value)
+        cfg = compose("evaluate", args, module="img_search.config.search")
+        results = RUNNERS[task](cfg)
+        results.pop("_table", None)
+        return results
+
+    def close(self) -> None:
+        """Release what the indexes hold (a milvus index's connection)."""
+        for saved in self._indexes.values():
+            saved.close()
+        self._indexes.clear()
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    if vector.ndim != 1 or norm == 0 or not np.isfinite(norm):
+        raise ValueError("vector= must be one non-zero, finite 1-d vector")
+    return vector / norm

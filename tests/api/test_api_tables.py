@@ -1,0 +1,100 @@
+"""``img_search.open_table``: the rows of a table, and search and evaluation equal to the command line's."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_CAPTIONS, SAMPLE_PHOTOS, built_once, cli_runner, run_module
+
+import img_search
+
+
+@pytest.fixture(scope="module")
+def clip_tables(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
+    """The sample photos and their captions, embedded by the tiny CLIP."""
+    clip = ["models=clip", f"models.clip.model_name={tiny_checkpoints['clip']}", "tasks.cpu=true"]
+
+    def build(root):
+        tables = {
+            "images": str(root / "images.parquet"),
+            "captions": str(root / "captions.parquet"),
+        }
+        cli_runner("img_search.pipeline.embed")(
+            *clip,
+            "datasets=image_folder",
+            f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+            f"output_path={tables['images']}",
+        )
+        cli_runner("img_search.pipeline.embed_text")(
+            *clip,
+            "text_dataset=captions_jsonl",
+            f"text_dataset.path={SAMPLE_CAPTIONS}",
+            f"output_path={tables['captions']}",
+        )
+        return tables
+
+    return built_once(tmp_path_factory, "api-clip-tables", build)
+
+
+def test_rows_and_metadata(clip_tables) -> None:
+    table = img_search.open_table(clip_tables["images"])
+    assert (table.model_name, table.dataset_name) == ("clip", "image_folder")
+    assert len(table) == 8 and table.vectors.shape == (8, 32) and table.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(table.vectors, axis=1), 1, atol=1e-5)
+    frame = table.to_pandas()
+    assert frame["id"].tolist() == table.ids.tolist()
+    assert table.metadata["rows"] == 8
+    with pytest.raises(FileNotFoundError, match="embedding table not found"):
+        img_search.open_table(clip_tables["images"] + ".nope")
+
+
+def test_search_equals_the_query_command(clip_tables) -> None:
+    table = img_search.open_table(clip_tables["images"])
+    for query in (
+        ["text=a cup of coffee"],
+        [f"image={SAMPLE_PHOTOS / 'coffee.jpg'}"],
+        ["id=camera.jpg"],
+    ):
+        cli = run_module(
+            "img_search.search.query",
+            f"index={clip_tables['images']}",
+            *query,
+            "k=5",
+            "json=true",
+            "device=cpu",
+        )
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        expected = json.loads(cli.stdout)["hits"]
+        key, value = query[0].split("=", 1)
+        got = table.search(**{key: value}, k=5, device="cpu")
+        assert [h.id for h in got] == [h["id"] for h in expected]
+        np.testing.assert_allclose(
+            [h.score for h in got], [h["score"] for h in expected], atol=1e-6
+        )
+        assert [h.path for h in got] == [h.get("path") for h in expected]
+    first = table.search(vector=table.vectors[3] * 7, k=1)  # any length: made a unit vector
+    assert first[0].id == table.ids[3] and first[0].score == pytest.approx(1, abs=1e-5)
+    with pytest.raises(ValueError, match="exactly one of"):
+        table.search(text="x", id="camera.jpg")
+    captions = img_search.open_table(clip_tables["captions"])
+    hits = captions.search(text="an astronaut", k=3, device="cpu")
+    assert all(h.caption and h.image_id for h in hits)
+
+
+def test_evaluate_equals_the_evaluate_command(clip_tables) -> None:
+    table = img_search.open_table(clip_tables["images"])
+    got = table.evaluate("retrieval", captions=clip_tables["captions"], ks=[1, 5])
+    cli = run_module(
+        "img_search.search.evaluate",
+        "task=retrieval",
+        f"images={clip_tables['images']}",
+        f"captions={clip_tables['captions']}",
+        "ks=[1,5]",
+        "json=true",
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert got == json.loads(cli.stdout)
+    with pytest.raises(ValueError, match="unknown task 'recal'"):
+        table.evaluate("recal")
