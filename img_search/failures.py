@@ -63,6 +63,10 @@ _PERMANENT_BUILTINS = (
 )
 
 
+class ConfigError(ValueError):
+    """A configuration problem the user fixes on the command line; reported as one line."""
+
+
 class BuildError(RuntimeError):
     """A model or dataset could not be built; raised on every rank so none waits forever."""
 

@@ -63,3 +63,25 @@ def test_subcommands_forward_every_override(tiny_checkpoints, tmp_path) -> None:
     assert helped.returncode == 0 and "tables" in helped.stdout
     mistake = img_search("build", "tabel=x")  # Hydra's one-line mistakes, as with python -m
     assert mistake.returncode == 2 and "did you mean table" in mistake.stderr
+
+
+def test_search_and_serve_do_not_import_the_pipeline() -> None:
+    """DESIGN.md's layering: the shared entry helpers live in img_search/cli.py, console.py and
+    command_line.py, so search/ and serve/ need nothing of pipeline/."""
+    import ast
+
+    offenders = []
+    for package in ("search", "serve", "eval", "store", "data", "embedding"):
+        for path in sorted((REPO / "img_search" / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                offenders += [
+                    f"{path.relative_to(REPO)}:{node.lineno} {name}"
+                    for name in names
+                    if name.startswith("img_search.pipeline")
+                ]
+    assert offenders == []

@@ -1,4 +1,4 @@
-"""Every ``bash`` block of the README runs as written, offline, or says why it cannot here.
+"""Every ``bash`` and ``python`` block of the README runs as written, offline, or says why it cannot here.
 
 A block is run unless the line before it is ``<!-- readme-skip: <why> -->``,
 so a new block is tested by default. The runnable blocks run in README order
@@ -21,7 +21,8 @@ import pytest
 from conftest import OFFLINE, REPO, SAMPLE_CAPTIONS, SAMPLE_PHOTOS
 
 BLOCK = re.compile(
-    r"(?:<!-- readme-skip:(?P<skip>[^>]*)-->\s*\n)?^```bash\n(?P<body>.*?)^```", re.DOTALL | re.M
+    r"(?:<!-- readme-skip:(?P<skip>[^>]*)-->\s*\n)?^```(?P<lang>bash|python)\n(?P<body>.*?)^```",
+    re.DOTALL | re.M,
 )
 
 
@@ -30,12 +31,18 @@ class Block:
     line: int
     body: str
     skip: str | None
+    lang: str = "bash"
+
+    def command(self) -> list[str]:
+        if self.lang == "python":  # -P: the reader's img_search/samples folder is not the package
+            return [sys.executable, "-P", "-c", self.body]
+        return ["bash", "-c", "set -euo pipefail\n" + self.body]
 
 
 def readme_blocks() -> list[Block]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     return [
-        Block(text.count("\n", 0, m.start("body")) + 1, m["body"], m["skip"])
+        Block(text.count("\n", 0, m.start("body")) + 1, m["body"], m["skip"], m["lang"])
         for m in BLOCK.finditer(text)
     ]
 
@@ -87,7 +94,7 @@ def test_readme_blocks_run(launchers, tmp_path, demo_tables):
         if block.skip is not None or starts_ranks(block) != launchers:
             continue
         result = subprocess.run(
-            ["bash", "-c", "set -euo pipefail\n" + block.body],
+            block.command(),
             cwd=tmp_path,
             env=env,
             capture_output=True,

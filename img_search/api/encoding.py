@@ -199,7 +199,7 @@ class ModelEncoder:
     def _batches(self, n: int, size: int, progress: bool, what: str) -> Iterator[range]:
         if size <= 0:
             raise ValueError(f"batch_size must be positive, got {size}")
-        from img_search.pipeline.reporting import make_progress
+        from img_search.console import make_progress
 
         with make_progress(enabled=progress and n > size) as bar:
             task = bar.add_task(f"{self.name} × {what}", total=n, rate="")

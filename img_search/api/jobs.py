@@ -87,7 +87,7 @@ def compose(config_name: str, args: list[str], module: str = "img_search.config"
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from img_search.pipeline.command_line import from_hydra, hydra_error_line
+    from img_search.command_line import from_hydra, hydra_error_line
 
     GlobalHydra.instance().clear()
     try:

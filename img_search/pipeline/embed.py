@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from img_search.command_line import hydra_entry
 from img_search.pipeline.cli import run_cli
-from img_search.pipeline.command_line import hydra_entry
 from img_search.pipeline.modality import Modality
 
 if TYPE_CHECKING:  # imported when a job runs: --help and config errors never wait for torch

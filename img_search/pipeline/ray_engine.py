@@ -193,8 +193,8 @@ def show_progress(
     ray: Any, refs: list[Any], ledger: Ledger, pending: list[tuple[str, str]]
 ) -> None:
     """Until every actor has returned: each pair's committed items, read from its completion records."""
+    from img_search.console import make_progress
     from img_search.pipeline.finalize import pair_claims
-    from img_search.pipeline.reporting import make_progress
 
     started = time.perf_counter()
     with make_progress(enabled=True) as progress:
@@ -323,8 +323,8 @@ class EmbedWorker:
         from omegaconf import OmegaConf
         from transformers.utils import logging as hf_logging
 
+        from img_search.console import console, setup_logging
         from img_search.pipeline.plan import plan_job
-        from img_search.pipeline.reporting import console, setup_logging
         from img_search.store.atomic import HOST
 
         setup_logging(str((self.config.get("logging") or {}).get("level", "INFO")), is_main=False)

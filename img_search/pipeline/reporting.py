@@ -2,56 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
-
-
-def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bool = False) -> None:
-    """Rich log lines on the main process; other ranks only warn, to keep the terminal readable.
-
-    Off a terminal (a file, a Slurm log, a pipe) every message is one plain
-    line, never wrapped: what a user greps for stays on one line.
-    """
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    if sys.stderr.isatty():
-        handler: logging.Handler = RichHandler(
-            console=console, show_path=False, rich_tracebacks=rich_tracebacks
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-        )
-    root.addHandler(handler)
-    root.setLevel(level.upper() if is_main else "WARNING")
-    if not sys.stderr.isatty() and level.upper() != "DEBUG":
-        # per-split bars flood logs (a terminal keeps them); read when 🤗 datasets is imported
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        if "datasets" in sys.modules:
-            sys.modules["datasets"].disable_progress_bars()
-    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub", "faiss"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+from img_search.console import console
 
 
 @dataclass
@@ -98,20 +56,6 @@ class ProcessReport:
     stats: list[RunStats] = field(default_factory=list)
     collectives: int = 0
     collective_bytes: int = 0
-
-
-def make_progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def print_summary(reports: list[ProcessReport], outcome: Any, output_path: Any) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from img_search.console import make_progress
 from img_search.data.base import BuildContext, EmptyDataset
 from img_search.embedding import Encoder
 from img_search.faults import fail_point
@@ -45,7 +46,7 @@ from img_search.pipeline.ledger import Ledger
 from img_search.pipeline.loader import PassLoader
 from img_search.pipeline.output import JobMismatch, Opening, forget_failed_start, open_output
 from img_search.pipeline.plan import Job, plan_job, spec_fingerprint
-from img_search.pipeline.reporting import ProcessReport, RunStats, make_progress, print_summary
+from img_search.pipeline.reporting import ProcessReport, RunStats, print_summary
 from img_search.pipeline.settings import usable_cores
 from img_search.pipeline.shards import Feeder
 from img_search.store import PartWriter

@@ -18,15 +18,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
+from img_search.failures import ConfigError
+
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
 T = TypeVar("T")
 
 #: Auto shard size: about 64 shards, each between these sizes.
 AUTO_SHARD_MIN, AUTO_SHARD_MAX, AUTO_SHARDS = 256, 10_000, 64
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user fixes on the command line; reported as one line."""
 
 
 @dataclass

@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from img_search.pipeline.cli import user_errors_exit
-from img_search.pipeline.command_line import hydra_entry
+from img_search.cli import user_errors_exit
+from img_search.command_line import hydra_entry
 
 if TYPE_CHECKING:
     from img_search.search.indexes import SavedIndex

@@ -12,10 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from img_search.cli import pick_device, user_errors_exit
+from img_search.command_line import hydra_entry
 from img_search.failures import explain_hub_failure
-from img_search.pipeline.cli import user_errors_exit
-from img_search.pipeline.command_line import hydra_entry
-from img_search.search.query import pick_device
 
 log = logging.getLogger("img_search")
 console = Console(width=160)

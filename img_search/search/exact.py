@@ -163,7 +163,7 @@ def exact_top_k(
     first rows of the selection (for checks and benchmarks). ``progress``
     shows a rich bar with the rows searched per second.
     """
-    from img_search.pipeline.reporting import make_progress
+    from img_search.console import make_progress
 
     model_name, dataset_name = choose_selection(path, model_name, dataset_name)
     running = RunningTopK(queries, k)

@@ -545,7 +545,7 @@ class MilvusIndex(VectorIndex):
     ) -> None:
         """Upsert ``rows`` in batches: the columns zipped into the row dicts pymilvus takes (its
         column path copies each float in Python; the row path hands each vector over whole)."""
-        from img_search.pipeline.reporting import make_progress
+        from img_search.console import make_progress
 
         batch_size = max(1, int(self.params["batch_size"]))
         names = [*columns, *scalars, VECTOR]

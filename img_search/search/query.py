@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from img_search.pipeline.cli import user_errors_exit
-from img_search.pipeline.command_line import hydra_entry
+from img_search.cli import pick_device, user_errors_exit
+from img_search.command_line import hydra_entry
 
 if TYPE_CHECKING:  # numpy, pyarrow and the index libraries load once the config is composed
     import numpy as np
@@ -28,14 +28,6 @@ class Hit:
     path: str | None = None
     caption: str | None = None
     image_id: str | None = None
-
-
-def pick_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def query_vector(

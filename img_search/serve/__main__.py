@@ -6,8 +6,8 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from img_search.pipeline.cli import user_errors_exit
-from img_search.pipeline.command_line import hydra_entry
+from img_search.cli import user_errors_exit
+from img_search.command_line import hydra_entry
 
 log = logging.getLogger("img_search")
 
@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> None:
     # the app, its models and the web server load once the config is composed (--help stays fast)
     import uvicorn
 
-    from img_search.search.query import pick_device
+    from img_search.cli import pick_device
     from img_search.serve.app import ServeSettings, create_app
     from img_search.serve.catalog import load_catalog
 

@@ -119,7 +119,7 @@ def scratch_sweep_dir(args: list[str]) -> Iterator[list[str]]:
 
 
 def exit_with_one_line(message: str) -> None:
-    from img_search.pipeline.reporting import setup_logging
+    from img_search.console import setup_logging
 
     setup_logging("INFO")
     log.error("%s", message)
