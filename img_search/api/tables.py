@@ -151,31 +151,14 @@ class Table:
         device: str | None,
         trust_remote_code: bool,
     ) -> np.ndarray:
-        from img_search.search.query_encoder import (
-            encode_images,
-            encode_text_queries,
-            load_query_encoder,
-        )
+        from img_search.search.query import index_encoder, query_vector
 
-        if self._encoder is None:
+        if self._encoder is None:  # loaded once, for every query of this table
             from img_search.cli import pick_device
 
-            self._encoder = load_query_encoder(
-                self.model_name,
-                saved.meta.get("model_spec") or {},
-                saved.meta.get("identity") or {},
-                device=pick_device(device or "auto"),
-                trust_remote_code=trust_remote_code,
-            )
-        encoder = self._encoder
-        if text is not None:
-            return encode_text_queries(encoder, [str(text)])[0]
-        from img_search.data import open_image
-
-        if isinstance(image, (str, os.PathLike)) and not os.path.exists(image):
-            raise FileNotFoundError(f"query image not found: {image}")
-        resize_to = encoder.image_transform().resize_target if encoder.supports_images else None
-        return encode_images(encoder, [open_image(image, resize_to=resize_to)])[0]
+            device = pick_device(device or "auto")
+            self._encoder = index_encoder(saved, None, device, trust_remote_code)
+        return query_vector(saved, text=text, image=image, encoder=self._encoder)
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, task: str, **options: Any) -> dict[str, Any]:

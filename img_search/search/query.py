@@ -17,6 +17,7 @@ from img_search.command_line import hydra_entry
 if TYPE_CHECKING:  # numpy, pyarrow and the index libraries load once the config is composed
     import numpy as np
 
+    from img_search.embedding import Encoder
     from img_search.search.indexes import SavedIndex
 
 
@@ -30,16 +31,41 @@ class Hit:
     image_id: str | None = None
 
 
+def index_encoder(
+    index: SavedIndex,
+    model_overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> Encoder:
+    """The model that made the index's vectors, rebuilt from its recorded spec and checked against
+    its identity (``query_encoder``); torch loads only here."""
+    from img_search.search.query_encoder import load_query_encoder
+
+    return load_query_encoder(
+        index.model_name,
+        index.meta.get("model_spec") or {},
+        index.meta.get("identity") or {},
+        overrides=model_overrides,
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
+
+
 def query_vector(
     index: SavedIndex,
     text: str | None = None,
-    image: str | None = None,
+    image: Any = None,
     item_id: str | None = None,
     model_overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     trust_remote_code: bool = False,
+    encoder: Encoder | None = None,
 ) -> np.ndarray:
-    """The one query as a unit vector in the index's space (an id needs no model at all)."""
+    """The one query as a unit vector in the index's space (an id needs no model at all).
+
+    ``image`` is a path, the file's bytes or a PIL image; ``encoder`` an
+    ``index_encoder`` already loaded (a caller with several queries).
+    """
     given = [name for name, value in (("text", text), ("image", image), ("id", item_id)) if value]
     if len(given) != 1:
         raise ValueError(
@@ -49,23 +75,13 @@ def query_vector(
         from img_search.search.tables import vector_of
 
         return vector_of(index.table, index.model_name, index.dataset_name, str(item_id))
-    from img_search.search.query_encoder import (  # torch: only for a query that needs a model
-        encode_image_queries,
-        encode_text_queries,
-        load_query_encoder,
-    )
+    from img_search.search.query_encoder import encode_image_queries, encode_text_queries
 
-    encoder = load_query_encoder(
-        index.model_name,
-        index.meta.get("model_spec") or {},
-        index.meta.get("identity") or {},
-        overrides=model_overrides,
-        device=device,
-        trust_remote_code=trust_remote_code,
-    )
+    if encoder is None:
+        encoder = index_encoder(index, model_overrides, device, trust_remote_code)
     if text is not None:
         return encode_text_queries(encoder, [str(text)])[0]
-    return encode_image_queries(encoder, [str(image)])[0]
+    return encode_image_queries(encoder, [image])[0]
 
 
 def search(

@@ -121,17 +121,18 @@ def encode_text_queries(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
 
 
 def encode_image_queries(
-    encoder: Encoder, paths: Sequence[str | os.PathLike[str]], max_pixels: int | None = None
+    encoder: Encoder, images: Sequence[Any], max_pixels: int | None = None
 ) -> np.ndarray:
-    """Image files → query vectors (a missing file is named)."""
-    images = []
+    """Image files (or their bytes, or PIL images) → query vectors; a missing file is named."""
+    opened = []
     resize_to = encoder.image_transform().resize_target if encoder.supports_images else None
-    for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"query image not found: {path}")
+    for image in images:
+        if isinstance(image, (str, os.PathLike)) and not os.path.exists(image):
+            raise FileNotFoundError(f"query image not found: {image}")
         kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
-        images.append(open_image(str(path), resize_to=resize_to, **kwargs))
-    return encode_images(encoder, images)
+        source = os.fspath(image) if isinstance(image, os.PathLike) else image
+        opened.append(open_image(source, resize_to=resize_to, **kwargs))
+    return encode_images(encoder, opened)
 
 
 def encode_images(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
