@@ -17,7 +17,7 @@ import argparse
 
 from rich.console import Console
 
-from img_search.search.ann import ann_benchmark, random_unit_vectors, results_table, write_csv
+from img_search.eval.ann import ann_benchmark, random_unit_vectors, results_table, write_csv
 
 #: shape → (clusters, spread) of ``random_unit_vectors``
 SHAPES = {"tight": (1000, 1.0), "loose": (1000, 2.0), "isotropic": (0, 1.0)}
@@ -44,7 +44,9 @@ def main() -> None:
     for shape in args.shapes.split(","):
         clusters, spread = SHAPES[shape]
         vectors = random_unit_vectors(args.count + args.queries, args.dim, 0, clusters, spread)
-        results = ann_benchmark(vectors[: args.count], vectors[args.count :], SPECS, args.k)
+        results = ann_benchmark(
+            vectors[: args.count], vectors[args.count :], SPECS, args.k, progress=True
+        )
         rows += results
         title = f"{shape}: {args.count:,} x {args.dim}, {args.queries} queries, k={args.k}"
         console.print(results_table(results, title))

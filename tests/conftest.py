@@ -178,6 +178,44 @@ def demo_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: Path(path) for name, path in built.items()}
 
 
+@pytest.fixture(scope="session")
+def sample_tables(
+    tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], dict[str, str]]:
+    """``sample_tables("clip")``: the sample photos and their captions embedded by a tiny model
+    (``images``, ``captions``), built once per test session."""
+
+    def tables(model: str) -> dict[str, str]:
+        options = [
+            f"models={model}",
+            f"models.{model}.model_name={tiny_checkpoints[model]}",
+            "tasks.cpu=true",
+        ]
+
+        def build(root: Path) -> dict[str, str]:
+            built = {
+                "images": str(root / "images.parquet"),
+                "captions": str(root / "captions.parquet"),
+            }
+            cli_runner("img_search.pipeline.embed")(
+                *options,
+                "datasets=image_folder",
+                f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+                f"output_path={built['images']}",
+            )
+            cli_runner("img_search.pipeline.embed_text")(
+                *options,
+                "text_dataset=captions_jsonl",
+                f"text_dataset.path={SAMPLE_CAPTIONS}",
+                f"output_path={built['captions']}",
+            )
+            return built
+
+        return built_once(tmp_path_factory, f"sample-tables-{model}", build)
+
+    return tables
+
+
 @pytest.fixture
 def run_query() -> Callable[..., subprocess.CompletedProcess[str]]:
     return cli_runner("img_search.search.query")
@@ -191,3 +229,8 @@ def run_build() -> Callable[..., subprocess.CompletedProcess[str]]:
 @pytest.fixture
 def run_evaluate() -> Callable[..., subprocess.CompletedProcess[str]]:
     return cli_runner("img_search.search.evaluate")
+
+
+@pytest.fixture
+def run_report() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return cli_runner("img_search.search.report")

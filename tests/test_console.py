@@ -27,7 +27,7 @@ def test_help_version_and_an_unknown_command() -> None:
     assert listing.returncode == 0
     for name, command in available().items():
         assert f"  {name}" in listing.stdout and command.summary in listing.stdout
-    assert set(available()) >= set(COMMANDS) - {"report"}  # report: once the module exists
+    assert set(available()) == set(COMMANDS)
     version = img_search("--version")
     assert version.returncode == 0 and version.stdout.strip().startswith("img-search 0.")
     wrong = img_search("embd", "models=clip")

@@ -165,11 +165,12 @@ class Table:
         """``img-search evaluate task=<task>`` over this table, its results as a dict.
 
         ``task="retrieval"`` takes ``captions=<caption table>``; ``task="inquire"``
-        takes ``inquire={"path": <local copy>}``; other options are the
-        command's (``ks=[1, 5, 10]``, ``device="cpu"``).
+        takes ``inquire={"path": <local copy>}``; ``task="inquire_fullrank"`` takes
+        ``inquire_fullrank={"queries": <csv>, "annotations": <csv>, "k": 50}``; other
+        options are the command's (``ks=[1, 5, 10]``, ``device="cpu"``).
         """
         from img_search.api.jobs import compose, flat_overrides
-        from img_search.search.evaluate import RUNNERS
+        from img_search.eval.tasks import RUNNERS
 
         if task not in RUNNERS:
             raise ValueError(f"unknown task {task!r}; the tasks are: {', '.join(RUNNERS)}")

@@ -18,13 +18,26 @@ import pyarrow.compute as pc
 
 from img_search.store import read_metadata, read_table
 from img_search.store import schema as S
-from img_search.store.reader import embedding_matrix, table_columns
+from img_search.store.reader import embedding_matrix, selection_filter, table_columns
 
 CAPTION_COLUMNS = ("caption", "image_id", "image")
 
 
 class UnknownItem(ValueError):
     """An item id that the selection does not hold."""
+
+
+@dataclass
+class SelectionInfo:
+    """What a table's metadata says of one (model, dataset) of it, without reading its rows."""
+
+    path: Path
+    model_name: str
+    dataset_name: str
+    kind: str  # "image" or "caption"
+    identity: dict[str, Any]  # the model identity recorded by the pipeline
+    model_spec: dict[str, Any]  # the resolved encoder spec, to rebuild the query encoder
+    dataset: dict[str, Any]  # the dataset description recorded by the pipeline
 
 
 @dataclass
@@ -70,36 +83,57 @@ def table_contents(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     }
 
 
+def selection_info(
+    path: str | os.PathLike[str],
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+) -> SelectionInfo:
+    """The metadata of one (model, dataset) of the table at ``path``; refuses an ambiguous choice."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embedding table not found: {path}")
+    metadata = read_metadata(path)
+    model_name, dataset_name = choose_selection(path, model_name, dataset_name)
+    config = metadata.get("config") or {}
+    return SelectionInfo(
+        path=path,
+        model_name=model_name,
+        dataset_name=dataset_name,
+        kind=metadata.get("kind", "image"),
+        identity=(metadata.get("models") or {}).get(model_name) or {},
+        model_spec=recorded_model_spec(metadata, model_name),
+        dataset=_dataset_description(metadata, config, dataset_name),
+    )
+
+
 def load_selection(
     path: str | os.PathLike[str],
     model_name: str | None = None,
     dataset_name: str | None = None,
 ) -> TableSelection:
     """Read one (model, dataset) of the table at ``path``; refuses an ambiguous choice."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"embedding table not found: {path}")
-    metadata = read_metadata(path)
-    model_name, dataset_name = choose_selection(path, model_name, dataset_name)
-    names = table_columns(path)
+    info = selection_info(path, model_name, dataset_name)
+    names = table_columns(info.path)
     columns = [S.ID, S.EMBEDDING, *(c for c in CAPTION_COLUMNS if c in names)]
-    table = read_table(path, columns=columns, filters=_rows_filter(model_name, dataset_name))
+    table = read_table(
+        info.path, columns=columns, filters=selection_filter(info.model_name, info.dataset_name)
+    )
     if table.num_rows == 0:
         raise ValueError(
-            f"{path} holds no rows for model {model_name!r} and dataset {dataset_name!r}"
+            f"{info.path} holds no rows for model {info.model_name!r} and dataset "
+            f"{info.dataset_name!r}"
         )
-    config = metadata.get("config") or {}
     return TableSelection(
-        path=path,
-        model_name=model_name,
-        dataset_name=dataset_name,
-        kind=metadata.get("kind", "image"),
+        path=info.path,
+        model_name=info.model_name,
+        dataset_name=info.dataset_name,
+        kind=info.kind,
         # object arrays of str: a fixed-width str array pads every id to the longest
         ids=table.column(S.ID).to_numpy(zero_copy_only=False),
         vectors=np.ascontiguousarray(embedding_matrix(table.column(S.EMBEDDING))),
-        identity=(metadata.get("models") or {}).get(model_name) or {},
-        model_spec=recorded_model_spec(metadata, model_name),
-        dataset=_dataset_description(metadata, config, dataset_name),
+        identity=info.identity,
+        model_spec=info.model_spec,
+        dataset=info.dataset,
         extra={
             c: table.column(c).to_numpy(zero_copy_only=False)
             for c in CAPTION_COLUMNS
@@ -148,16 +182,12 @@ def _choose(what: str, wanted: str | None, available: list[str], path: Path) -> 
     )
 
 
-def _rows_filter(model_name: str, dataset_name: str) -> pc.Expression:
-    return (pc.field(S.MODEL) == model_name) & (pc.field(S.DATASET) == dataset_name)
-
-
 def vector_of(path: str | os.PathLike[str], model_name: str, dataset_name: str, item_id: str):
     """The stored vector of one item (for "more like this")."""
     table = read_table(
         path,
         columns=[S.EMBEDDING],
-        filters=_rows_filter(model_name, dataset_name) & (pc.field(S.ID) == item_id),
+        filters=selection_filter(model_name, dataset_name) & (pc.field(S.ID) == item_id),
     )
     if table.num_rows == 0:
         raise UnknownItem(
@@ -177,6 +207,6 @@ def row_details(
     table = read_table(
         path,
         columns=[S.ID, *columns],
-        filters=_rows_filter(model_name, dataset_name) & pc.field(S.ID).isin(ids),
+        filters=selection_filter(model_name, dataset_name) & pc.field(S.ID).isin(ids),
     )
     return {row.pop(S.ID): row for row in table.to_pylist()}

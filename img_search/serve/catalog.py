@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 from PIL import Image
 
 from img_search.embedding import Encoder
-from img_search.search.evaluation import image_of_caption
+from img_search.eval.evaluation import image_of_caption
 from img_search.search.indexes import SavedIndex, open_index
 from img_search.search.query_encoder import encode_images, encode_text_queries, load_query_encoder
 from img_search.search.tables import CAPTION_COLUMNS
@@ -240,9 +239,7 @@ def caption_details(index: SavedIndex) -> dict[str, np.ndarray]:
     table = read_table(
         index.table,
         columns=[S.ID, *columns],
-        filters=(
-            (pc.field(S.MODEL) == index.model_name) & (pc.field(S.DATASET) == index.dataset_name)
-        ),
+        filters=selection_filter(index.model_name, index.dataset_name),
     )
     order = {item: row for row, item in enumerate(table.column(S.ID).to_pylist())}
     positions = np.array([order[str(i)] for i in index.ids])

@@ -164,16 +164,37 @@ def write_photo_folder(
 
     Ids are what ``image_folder`` makes of them: the path relative to ``root``.
     """
-    root = Path(root)
-    ids = []
-    for i in range(count):
-        relative = f"{i // per_folder:03d}/{i:06d}.jpg"
-        path = root / relative
+    relative = [f"{i // per_folder:03d}/{i:06d}.jpg" for i in range(count)]
+    return write_jpegs(root, relative, size)
+
+
+def write_jpegs(root: str | Path, relative: list[str], size: tuple[int, int]) -> list[str]:
+    """``synthetic_image(i)`` at ``root / relative[i]`` (files already there are kept); returns ``relative``."""
+    for number, name in enumerate(relative):
+        path = Path(root) / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(jpeg_bytes(synthetic_image(i, size), quality=85))
-        ids.append(relative)
-    return ids
+            path.write_bytes(jpeg_bytes(synthetic_image(number, size), quality=85))
+    return relative
+
+
+def inat24_class_folder(number: int) -> str:
+    return f"{number:05d}_Animalia_Chordata_Aves_Genus_species{number}"
+
+
+def write_inat24_like(
+    root: str | Path, classes: int, per_class: int, size: tuple[int, int] = (32, 32)
+) -> list[str]:
+    """iNat24's layout under ``root``: ``train/<class folder>/<uuid-like name>.jpg``, small JPEGs.
+
+    Returns the paths relative to ``root`` as INQUIRE's annotations write them
+    (``train/00003_Animalia_…/0000002a-….jpg``), class by class.
+    """
+    relative = [
+        f"train/{inat24_class_folder(n // per_class)}/{n:08x}-{n * 7919 % 65536:04x}-img.jpg"
+        for n in range(classes * per_class)
+    ]
+    return write_jpegs(root, relative, size)
 
 
 def write_img2dataset_tar(

@@ -6,36 +6,15 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_CAPTIONS, SAMPLE_PHOTOS, built_once, cli_runner, run_module
+from conftest import SAMPLE_PHOTOS, run_module
 
 import img_search
 
 
 @pytest.fixture(scope="module")
-def clip_tables(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
+def clip_tables(sample_tables) -> dict[str, str]:
     """The sample photos and their captions, embedded by the tiny CLIP."""
-    clip = ["models=clip", f"models.clip.model_name={tiny_checkpoints['clip']}", "tasks.cpu=true"]
-
-    def build(root):
-        tables = {
-            "images": str(root / "images.parquet"),
-            "captions": str(root / "captions.parquet"),
-        }
-        cli_runner("img_search.pipeline.embed")(
-            *clip,
-            "datasets=image_folder",
-            f"datasets.image_folder.path={SAMPLE_PHOTOS}",
-            f"output_path={tables['images']}",
-        )
-        cli_runner("img_search.pipeline.embed_text")(
-            *clip,
-            "text_dataset=captions_jsonl",
-            f"text_dataset.path={SAMPLE_CAPTIONS}",
-            f"output_path={tables['captions']}",
-        )
-        return tables
-
-    return built_once(tmp_path_factory, "api-clip-tables", build)
+    return sample_tables("clip")
 
 
 def test_rows_and_metadata(clip_tables) -> None:

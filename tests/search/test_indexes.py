@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from img_search.eval.ann import ann_benchmark, random_unit_vectors, recall_against
 from img_search.registry import UnknownNameError
-from img_search.search.ann import ann_benchmark, random_unit_vectors, recall_against
 from img_search.search.indexes import make_index
 
 N, DIM, QUERIES, K = 100_000, 256, 200, 10

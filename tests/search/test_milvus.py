@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import OFFLINE, REPO, cli_runner
 
-from img_search.search.ann import ann_benchmark, random_unit_vectors, recall_against
+from img_search.eval.ann import ann_benchmark, random_unit_vectors, recall_against
 from img_search.search.build import build_all
 from img_search.search.indexes import FilterError, index_dir, load_index
 from img_search.search.milvus import Filter, MilvusError, parse_filter

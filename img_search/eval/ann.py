@@ -99,23 +99,32 @@ def ann_benchmark(
     specs: Mapping[str, Mapping[str, Any]],
     k: int = 10,
     single_seconds: float = 2.0,
+    progress: bool = False,
 ) -> list[AnnResult]:
-    """Exact search first (the reference), then every configured index over the same queries."""
+    """Exact search first (the reference), then every configured index over the same queries.
+
+    ``progress`` shows a bar over the indexes, naming the one being built and timed.
+    """
+    from img_search.console import make_progress
+
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, len(vectors))
-    exact, truth = measure(
-        "exact", FlatIndex(vectors.shape[1]), vectors, queries, None, k, single_seconds
-    )
-    results = [exact]
-    for name, (kind, params) in index_specs(specs).items():
-        if kind == "flat":
-            continue  # that is the reference itself
-        index = make_index(kind, vectors.shape[1], **params)
-        try:
-            results.append(measure(name, index, vectors, queries, truth, k, single_seconds)[0])
-        finally:
-            index.close()  # milvus: the connection, and a scratch Milvus Lite file
+    others = {n: spec for n, spec in index_specs(specs).items() if spec[0] != "flat"}
+    with make_progress(progress) as bar:
+        task = bar.add_task("ann: exact", total=1 + len(others), rate="")
+        exact, truth = measure(
+            "exact", FlatIndex(vectors.shape[1]), vectors, queries, None, k, single_seconds
+        )
+        results = [exact]
+        for name, (kind, params) in others.items():  # flat: that is the reference itself
+            bar.update(task, advance=1, description=f"ann: {name}")
+            index = make_index(kind, vectors.shape[1], **params)
+            try:
+                results.append(measure(name, index, vectors, queries, truth, k, single_seconds)[0])
+            finally:
+                index.close()  # milvus: the connection, and a scratch Milvus Lite file
+        bar.update(task, advance=1, description="ann benchmark")
     return results
 
 

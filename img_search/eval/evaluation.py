@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from img_search.search.metrics import inquire_ap_at_k, inquire_rerank_metrics, recall_at_k
+from img_search.eval.metrics import inquire_ap_at_k, inquire_rerank_metrics, recall_at_k
 from img_search.search.tables import TableSelection
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def inquire_rerank(
         y_true = np.asarray(query.relevant)
         values = inquire_rerank_metrics(y_true, scores)
         for k in ap_ks:
-            values[f"AP@{k}"] = 100.0 * inquire_ap_at_k(
+            values[f"rerank_AP@{k}"] = 100.0 * inquire_ap_at_k(
                 y_true.astype(np.float64), scores.astype(np.float64), int(y_true.sum()), int(k)
             )
         per_query.append({"query": query.query, "candidates": len(rows), **values})

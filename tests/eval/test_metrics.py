@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from img_search.search.metrics import (
+from img_search.eval.metrics import (
     inquire_ap_at_k,
     inquire_mrr,
     inquire_ndcg,

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from conftest import cli_runner
 
-from img_search.search.evaluation import (
+from img_search.eval.evaluation import (
     InquireQuery,
     caption_image_retrieval,
     group_queries,
     inquire_rerank,
 )
-from img_search.search.metrics import inquire_rerank_metrics, recall_at_k
+from img_search.eval.metrics import inquire_rerank_metrics, recall_at_k
 from img_search.search.query_encoder import ModelMismatch
 from img_search.search.tables import TableSelection, load_selection
 from img_search.store import read_embeddings
@@ -85,7 +85,7 @@ def test_inquire_rerank_by_hand():
     assert result.metrics["AP"] == pytest.approx(100 * 5 / 12)
     assert result.metrics["MRR"] == pytest.approx(1 / 3)
     assert result.metrics["nDCG"] == pytest.approx(100 * 0.930677 / 1.630930, abs=1e-4)
-    assert result.metrics["AP@2"] == 0.0  # no relevant item in the top 2
+    assert result.metrics["rerank_AP@2"] == 0.0  # no relevant item in the top 2
 
 
 def test_group_queries_keeps_candidate_order():
@@ -185,7 +185,7 @@ def test_inquire_cli_equals_direct_computation(
     tiny_checkpoints, inquire_dir, tmp_path, run_evaluate
 ):
     from img_search.embedding import get_encoder
-    from img_search.search.evaluation import read_inquire_labels
+    from img_search.eval.evaluation import read_inquire_labels
 
     root, _ = inquire_dir
     images = tmp_path / "inquire.parquet"
@@ -213,7 +213,7 @@ def test_inquire_cli_equals_direct_computation(
         for name in ("AP", "nDCG", "MRR"):
             expected = np.mean([m[name] for m in per_query])
             assert got[split][name] == pytest.approx(expected, abs=1e-4)
-        assert 0 <= got[split]["AP@10"] <= 100
+        assert 0 <= got[split]["rerank_AP@10"] <= 100
 
 
 def test_ann_cli_writes_one_csv_row_per_index(run_evaluate, tmp_path):
@@ -236,24 +236,37 @@ def test_ann_cli_writes_one_csv_row_per_index(run_evaluate, tmp_path):
 
 
 def test_ann_cli_on_a_table(demo_tables, run_evaluate, tmp_path):
-    out = tmp_path / "ann.csv"
-    run_evaluate(
-        "task=ann",
-        f"ann.table={demo_tables['captions']}",
-        "indexes=[faiss_hnsw]",
-        "ann.k=5",
-        "ann.single_seconds=0.05",
-        f"output={out}",
-    )
+    table = tmp_path / "captions.parquet"  # a copy: nothing may appear next to it
+    shutil.copy(demo_tables["captions"], table)
+    options = ["task=ann", f"ann.table={table}", "indexes=[faiss_hnsw]", "ann.k=5"]
+    options.append("ann.single_seconds=0.05")
+    printed = run_evaluate(*options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["captions.parquet"]
+    assert "faiss_hnsw" in printed.stdout and "ann benchmark" in printed.stderr  # progress
+    out = tmp_path / "results" / "ann.csv"
+    result = run_evaluate(*options, f"output={out}", "plot=true")
     rows = list(csv.DictReader(out.open()))
     assert [r["name"] for r in rows] == ["exact", "faiss_hnsw"]
     assert int(rows[1]["rows"]) == 29 and int(rows[1]["queries"]) == 3  # 10% held out as queries
     assert float(rows[1]["recall"]) == 1.0
+    figure = out.with_suffix(".png")
+    assert f"figure: {figure}" in result.stdout.replace("\n", "")
+    assert_png_drawn(figure)
+
+
+def assert_png_drawn(path):
+    """A PNG that decodes and is not blank (more than one distinct pixel value)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100
+        assert image.convert("RGB").getcolors(maxcolors=1) is None  # None: more colours than 1
 
 
 def test_unknown_task_and_missing_table(run_evaluate):
     result = run_evaluate("task=speed", expect_ok=False)
-    assert result.returncode == 2 and "choose one of retrieval, inquire, ann" in result.stderr
+    assert result.returncode == 2
+    assert "choose one of retrieval, inquire, inquire_fullrank, ann" in result.stderr
     result = run_evaluate("task=retrieval", expect_ok=False)
     assert result.returncode == 2 and "task=retrieval needs images=<table.parquet>" in result.stderr
 
@@ -264,7 +277,7 @@ def test_recall_helper_matches_on_this_small_case():
 
 
 def test_captions_join_on_their_file_before_the_stem():
-    from img_search.search.evaluation import image_of_caption
+    from img_search.eval.evaluation import image_of_caption
 
     images = np.array(["birds/1.jpg", "cats/1.jpg", "dogs/2.jpg", "3"], dtype=object)
     rows = image_of_caption(

@@ -1,0 +1,201 @@
+"""``img-search report``: two tiny models over the sample photos and captions, checked against the
+single-task commands, and the folder a paper takes its table and figures from."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_module
+from omegaconf import OmegaConf
+from test_evaluate import assert_png_drawn
+
+from img_search.eval.report import Run, markdown, rows_of
+
+QUERIES = [
+    ("1", "an astronaut in a flight suit", "Appearance", "People"),
+    ("2", "a cat with green eyes", "Species", "Mammals"),
+    ("3", "space and stars", "Context", "Sky"),
+    ("4", "a cup of coffee", "Context", "Food"),
+]
+ANNOTATIONS = [
+    ("1", "astronaut.jpg"),
+    ("2", "chelsea.jpg"),
+    ("3", "hubble_deep_field.jpg"),
+    ("3", "rocket.jpg"),
+    ("4", "coffee.jpg"),
+    ("4", "not_in_the_table.jpg"),
+]
+
+
+@pytest.fixture(scope="module")
+def report(sample_tables, tmp_path_factory):
+    """The report over CLIP and SigLIP tables: retrieval, INQUIRE-Fullrank (on the photos) and ANN."""
+    root = tmp_path_factory.mktemp("report")
+    with (root / "queries.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["query_id", "query_text", "supercategory", "iconic_group"])
+        writer.writerows(QUERIES)
+    with (root / "annotations.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("query_id", "image_path"), *ANNOTATIONS])
+    tables = {model: sample_tables(model) for model in ("clip", "siglip")}
+    runs = ",".join(f"{{images:{t['images']},captions:{t['captions']}}}" for t in tables.values())
+    options = {
+        "fullrank": [
+            f"inquire_fullrank.queries={root / 'queries.csv'}",
+            f"inquire_fullrank.annotations={root / 'annotations.csv'}",
+            "inquire_fullrank.k=3",
+        ],
+        "ann": ["indexes=[faiss_hnsw]", "ann.k=3", "ann.single_seconds=0.05"],
+    }
+    out = root / "out"
+    result = run_module(
+        "img_search.search.report",
+        f"runs=[{runs}]",
+        "task=[retrieval,inquire_fullrank,ann]",
+        *options["fullrank"],
+        *options["ann"],
+        f"output={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"out": out, "tables": tables, "options": options, "result": result}
+
+
+def test_the_folder_holds_csv_json_markdown_and_figures(report):
+    out = report["out"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ann_recall_vs_qps.png",
+        "inquire_fullrank_supercategory.png",
+        "recall_at_k.png",
+        "report.md",
+        "results.csv",
+        "results.json",
+    ]
+    for figure in out.glob("*.png"):
+        assert_png_drawn(figure)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    saved = json.loads((out / "results.json").read_text())
+    assert len(rows) == len(saved["rows"])
+    for row, kept in zip(rows, saved["rows"], strict=True):
+        assert float(row["value"]) == kept["value"] and row["metric"] == kept["metric"]
+    assert {r["run"] for r in rows} == {"clip", "siglip"}
+    assert {r["task"] for r in rows} == {"retrieval", "inquire_fullrank", "ann"}
+    assert [run["name"] for run in saved["runs"]] == ["clip", "siglip"]
+    text = (out / "report.md").read_text()
+    assert "| task | split | metric | clip | siglip |" in text
+    assert "**" in text and "![Recall@K](recall_at_k.png)" in text
+    assert "open_clip" in text and "INQUIRE" in text  # the sources, named
+    assert "## INQUIRE-Fullrank AP@3 by supercategory" in text
+    printed = report["result"]
+    assert "2 runs" in printed.stdout and "text_to_image_R@1" in printed.stdout
+    assert "report:" in printed.stderr or "report " in printed.stderr  # the overall progress bar
+
+
+def values(rows, run, task, group="all"):
+    return {
+        r["metric"]: float(r["value"])
+        for r in rows
+        if r["run"] == run and r["task"] == task and r["group"] == group
+    }
+
+
+def test_the_numbers_are_the_single_task_commands(report):
+    rows = list(csv.DictReader((report["out"] / "results.csv").open()))
+    for model, tables in report["tables"].items():
+        retrieval = evaluate(
+            "task=retrieval", f"images={tables['images']}", f"captions={tables['captions']}"
+        )
+        got = values(rows, model, "retrieval")
+        assert got == {k: v for k, v in retrieval.items() if "_R@" in k} and len(got) == 6
+        fullrank = evaluate(
+            "task=inquire_fullrank", f"images={tables['images']}", *report["options"]["fullrank"]
+        )
+        got = values(rows, model, "inquire_fullrank")
+        assert got == {m: fullrank[m] for m in ("AP@3", "nDCG@3", "MRR", "precision@3", "recall@3")}
+        for name, means in fullrank["by_supercategory"].items():
+            got = values(rows, model, "inquire_fullrank", f"supercategory={name}")
+            assert got == {m: v for m, v in means.items() if m != "queries"}
+        ann = evaluate("task=ann", f"ann.table={tables['images']}", *report["options"]["ann"])
+        for result in ann["results"]:
+            got = values(rows, model, "ann", f"index={result['name']}")
+            assert got["recall@3"] == result["recall"]
+            assert set(got) == {"recall@3", "build_s", "batch_qps", "single_qps", "memory_mib"}
+
+
+def evaluate(*args: str) -> dict:
+    result = run_module("img_search.search.evaluate", *args, "json=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_published_numbers_sit_next_to_a_known_checkpoint(tmp_path):
+    """report.md of a run whose table records openai/clip-vit-base-patch32: open_clip's R@1."""
+    tables = OmegaConf.create({"images": "images.parquet", "captions": "captions.parquet"})
+    known = Run("CLIP B/32", tables, ["retrieval"], "clip", "openai/clip-vit-base-patch32")
+    other = Run("mine", tables, ["retrieval"], "clip", "/my/checkpoint")
+    known.results["retrieval"] = {"text_to_image_R@1": 0.5, "image_to_text_R@1": 0.7}
+    other.results["retrieval"] = {"text_to_image_R@1": 0.6, "image_to_text_R@1": 0.7}
+    rerank = {"queries": 2, "missing_candidates": 0, "AP": 30.0, "rerank_AP@50": 25.0}
+    known.results["inquire"] = {"splits": {"test": {**rerank, "per_query": []}}}
+    rows = rows_of(known) + rows_of(other)
+    reference = {r["metric"]: r["reference"] for r in rows if r["run"] == "CLIP B/32"}
+    assert reference == {
+        "text_to_image_R@1": 0.5878,
+        "image_to_text_R@1": 0.7890,
+        "AP": "",  # INQUIRE's table: not checked, not listed
+        "rerank_AP@50": "",
+    }
+    assert [(r["split"], r["metric"]) for r in rows if r["task"] == "inquire"] == [
+        ("test", "AP"),
+        ("test", "rerank_AP@50"),
+    ]
+    assert all(r["reference"] == "" for r in rows if r["run"] == "mine")
+    text = markdown([known, other], rows, {})
+    assert "| task | split | metric | CLIP B/32 | mine | CLIP B/32: *published* |" in text
+    assert "| retrieval |  | text_to_image_R@1 | 50.00 | **60.00** | 58.78 |" in text
+    assert "| retrieval |  | image_to_text_R@1 | **70.00** | **70.00** | 78.90 |" in text
+    assert "**open_clip**" in text and "(used above)" in text
+    assert "| inquire | test | rerank_AP@50 | 25.00 |  |  |" in text
+
+
+def test_runs_are_checked_before_anything_runs(run_report, sample_tables, tmp_path):
+    clip = sample_tables("clip")
+    result = run_report(
+        f"runs=[{{images:{clip['images']},captoins:{clip['captions']}}}]",
+        f"output={tmp_path / 'out'}",
+        expect_ok=False,
+    )
+    assert result.returncode == 2 and "runs[0]: unknown key captoins" in result.stderr
+    result = run_report(
+        f"runs=[{{images:{clip['images']}}}]",
+        "task=[retrieval]",
+        f"output={tmp_path / 'out'}",
+        expect_ok=False,
+    )
+    assert result.returncode == 2 and "run clip: task retrieval needs captions=" in result.stderr
+    assert not (tmp_path / "out").exists()
+    result = run_report(f"output={tmp_path / 'out'}", expect_ok=False)
+    assert result.returncode == 2 and "give the runs to compare" in result.stderr
+
+
+def test_two_runs_of_one_model_are_told_apart(run_report, sample_tables, tmp_path):
+    clip = sample_tables("clip")
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(Path(clip["images"]).read_bytes())
+    out = tmp_path / "out"
+    printed = run_report(
+        f"runs=[{{images:{clip['images']}}},{{images:{copy}}}]",
+        "task=[ann]",
+        *("indexes=[flat]", "ann.k=2", "ann.single_seconds=0.01"),
+        f"output={out}",
+        "json=true",
+    )
+    saved = json.loads((out / "results.json").read_text())
+    assert json.loads(printed.stdout) == saved
+    assert [run["name"] for run in saved["runs"]] == [
+        "clip (images.parquet)",
+        "clip (copy.parquet)",
+    ]
+    assert [r["value"] for r in saved["rows"] if r["metric"] == "recall@2"] == [1.0, 1.0]
