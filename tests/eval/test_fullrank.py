@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_runner
+from conftest import built_once, cli_runner
 from test_fullrank_metrics import reference
 
 from img_search.eval.fullrank import image_keys, read_queries
@@ -45,25 +46,35 @@ NONE_RETRIEVED = 11  # this query's positives are all outside its top 50, or mis
 @pytest.fixture(scope="module")
 def gallery(tiny_checkpoints, tmp_path_factory):
     """3,000 32×32 JPEGs in 30 class folders, embedded by the tiny CLIP with image_folder pointed
-    at inat24/ (ids train/<class>/<file>.jpg) and at inat24/train/ (ids <class>/<file>.jpg)."""
-    root = tmp_path_factory.mktemp("fullrank")
-    paths = write_inat24_like(root / "inat24", classes=30, per_class=100)
-    tables = {"inat24": root / "inat24.parquet", "train": root / "train.parquet"}
-    for folder, table in (("inat24", tables["inat24"]), ("inat24/train", tables["train"])):
-        cli_runner("img_search.pipeline.embed")(
-            "models=clip",
-            f"models.clip.model_name={tiny_checkpoints['clip']}",
-            "datasets=image_folder",
-            f"datasets.image_folder.path={root / folder}",
-            "tasks.batch_size=256",
-            "tasks.cpu=true",
-            f"output_path={table}",
-        )
-    return {"root": root, "paths": paths, **tables}
+    at inat24/ (ids train/<class>/<file>.jpg) and at inat24/train/ (ids <class>/<file>.jpg);
+    built once for all the test workers."""
+
+    def build(root: Path) -> dict:
+        paths = write_inat24_like(root / "inat24", classes=30, per_class=100)
+        tables = {"inat24": root / "inat24.parquet", "train": root / "train.parquet"}
+        for folder, table in (("inat24", tables["inat24"]), ("inat24/train", tables["train"])):
+            cli_runner("img_search.pipeline.embed")(
+                "models=clip",
+                f"models.clip.model_name={tiny_checkpoints['clip']}",
+                "datasets=image_folder",
+                f"datasets.image_folder.path={root / folder}",
+                "tasks.batch_size=256",
+                "tasks.cpu=true",
+                f"output_path={table}",
+            )
+        return {"root": str(root), "paths": list(paths), **{k: str(v) for k, v in tables.items()}}
+
+    built = built_once(tmp_path_factory, "fullrank-gallery", build)
+    return {
+        "root": Path(built["root"]),
+        "paths": built["paths"],
+        "inat24": Path(built["inat24"]),
+        "train": Path(built["train"]),
+    }
 
 
 @pytest.fixture(scope="module")
-def benchmark(gallery, tiny_checkpoints):
+def benchmark(gallery, tiny_checkpoints, tmp_path_factory):
     """Queries and annotations written like INQUIRE's, with positives chosen from the true ranking:
     some in the top 50, some below it, some not in the table; one query with none retrieved."""
     from img_search.embedding import get_encoder
@@ -98,7 +109,7 @@ def benchmark(gallery, tiny_checkpoints):
                 "iconic_group": ICONIC_GROUPS[q % 3],
             }
         )
-    root = gallery["root"]
+    root = tmp_path_factory.mktemp("inquire")  # this worker's own files (the gallery is shared)
     with (root / "inquire_queries_test.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(queries[0]))
         writer.writeheader()
