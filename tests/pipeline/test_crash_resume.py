@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import accelerate_two_ranks, run_module
+from conftest import accelerate_two_ranks, built_once, run_module
 
 from img_search.store import read_embeddings
 
@@ -58,10 +59,14 @@ def run(args, fault=None, launcher=None):
 @pytest.fixture(scope="module")
 def clean_table(inquire_dir, tmp_path_factory):
     root, _ = inquire_dir
-    out = tmp_path_factory.mktemp("clean") / "clean.parquet"
-    result = run(job_args(root, out))
-    assert result.returncode == 0, result.stderr
-    return read_embeddings(out)
+
+    def build(folder: Path) -> str:  # once per session: the launch tests interleave modules
+        out = folder / "clean.parquet"
+        result = run(job_args(root, out))
+        assert result.returncode == 0, result.stderr
+        return str(out)
+
+    return read_embeddings(built_once(tmp_path_factory, "crash-resume-clean", build))
 
 
 def assert_same_table(got, clean):

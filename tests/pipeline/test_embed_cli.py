@@ -94,19 +94,23 @@ def test_tiny_checkpoint_matches_transformers(
 @pytest.fixture(scope="module")
 def two_model_run(tiny_checkpoints, inquire_dir, tmp_path_factory):
     """One process, ``models=[clip,siglip2]`` into one file: the reference for the multi-rank runs."""
-    from conftest import run_module
+    from conftest import built_once, run_module
 
     root, _ = inquire_dir
-    out = tmp_path_factory.mktemp("two_models") / "both.parquet"
-    result = run_module(
-        "img_search.pipeline.embed",
-        "models=[clip,siglip2]",
-        f"models.clip.model_name={tiny_checkpoints['clip']}",
-        f"models.siglip2.model_name={tiny_checkpoints['siglip2']}",
-        *inquire_args(root, out, batch_size=5, workers=0),
-    )
-    assert result.returncode == 0, result.stderr
-    return out
+
+    def build(folder: Path) -> str:  # once per session: the launch tests interleave modules
+        out = folder / "both.parquet"
+        result = run_module(
+            "img_search.pipeline.embed",
+            "models=[clip,siglip2]",
+            f"models.clip.model_name={tiny_checkpoints['clip']}",
+            f"models.siglip2.model_name={tiny_checkpoints['siglip2']}",
+            *inquire_args(root, out, batch_size=5, workers=0),
+        )
+        assert result.returncode == 0, result.stderr
+        return str(out)
+
+    return Path(built_once(tmp_path_factory, "embed-two-models", build))
 
 
 def test_two_models_land_in_one_file(two_model_run, inquire_dir):

@@ -12,9 +12,10 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from conftest import run_module
+from conftest import built_once, run_module
 from test_scale_out import checked, same_rows
 from test_scale_out import clip_job as scale_out_job
 
@@ -58,27 +59,42 @@ def clip_job(checkpoint: Path, folder: Path, out: Path, *extra: str) -> list[str
     )
 
 
+# Built once per session (``built_once``), not per module: the launch tests of several modules
+# run interleaved on one worker, and a module fixture would be made again after each switch.
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ray") / "photos"
-    write_photo_folder(folder, IMAGES)
-    return folder
+    def build(root: Path) -> str:
+        write_photo_folder(root / "photos", IMAGES)
+        return str(root / "photos")
+
+    return Path(built_once(tmp_path_factory, "ray-photos", build))
 
 
 @pytest.fixture(scope="module")
 def local_table(photos, tiny_checkpoints, tmp_path_factory):
     """The job run by ``engine=local``: what every engine must write."""
-    out = tmp_path_factory.mktemp("local") / "local.parquet"
-    checked(run_module(EMBED, *clip_job(tiny_checkpoints["clip"], photos, out, "engine=local")))
-    return read_embeddings(out)
+
+    def build(root: Path) -> str:
+        out = root / "local.parquet"
+        job = clip_job(tiny_checkpoints["clip"], photos, out, "engine=local")
+        checked(run_module(EMBED, *job))
+        return str(out)
+
+    return read_embeddings(built_once(tmp_path_factory, "ray-local-table", build))
 
 
 @pytest.fixture(scope="module")
 def ray_run(photos, tiny_checkpoints, tmp_path_factory):
     """One ``engine=ray`` run (about 30 s here: Ray's start and two actors' imports), asserted on below."""
-    out = tmp_path_factory.mktemp("ray") / "ray.parquet"
-    job = clip_job(tiny_checkpoints["clip"], photos, out, *RAY)
-    return out, checked(run_module(EMBED, *job, env=RAY_ENV, timeout=600))
+
+    def build(root: Path) -> dict[str, str]:
+        out = root / "ray.parquet"
+        job = clip_job(tiny_checkpoints["clip"], photos, out, *RAY)
+        result = checked(run_module(EMBED, *job, env=RAY_ENV, timeout=600))
+        return {"out": str(out), "stdout": result.stdout, "stderr": result.stderr}
+
+    built = built_once(tmp_path_factory, "ray-run", build)
+    return Path(built["out"]), SimpleNamespace(stdout=built["stdout"], stderr=built["stderr"])
 
 
 @on_ray

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import OFFLINE, REPO, run_module, venv_bin
+from conftest import OFFLINE, REPO, built_once, run_module, venv_bin
 
 from img_search.data.base import position_shards
 from img_search.store import EmbeddingMatrix, read_embeddings, read_metadata
@@ -29,9 +29,16 @@ def torchrun(ranks: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> dict[int, tuple[Path, list[str]]]:
-    """Folders of 2,003 and 503 small JPEGs (the 503 are the first of the 2,003)."""
-    root = tmp_path_factory.mktemp("photos")
-    return {n: (root / str(n), write_photo_folder(root / str(n), n)) for n in (2003, 503)}
+    """Folders of 2,003 and 503 small JPEGs (the 503 are the first of the 2,003), made once per
+    session: the launch tests of several modules run interleaved on one worker."""
+
+    def build(root: Path) -> dict[str, list]:
+        return {
+            str(n): [str(root / str(n)), write_photo_folder(root / str(n), n)] for n in (2003, 503)
+        }
+
+    built = built_once(tmp_path_factory, "scale-out-photos", build)
+    return {int(n): (Path(folder), ids) for n, (folder, ids) in built.items()}
 
 
 def clip_job(checkpoint: Path, folder: Path, out: Path, *extra: str) -> list[str]:
