@@ -53,7 +53,7 @@ def test_subcommands_forward_every_override(tiny_checkpoints, tmp_path) -> None:
     )
     assert embed.returncode == 0, embed.stderr[-2000:]
     assert "rows: 8" in embed.stdout
-    query = ["index=" + str(table), "text=a cup of coffee", "k=3", "json=true", "device=cpu"]
+    query = ["index=" + str(table), "id=coffee.jpg", "k=3", "json=true"]  # no model to load
     short = img_search("query", *query)
     long = run_module("img_search.search.query", *query)
     assert short.returncode == long.returncode == 0, short.stderr[-2000:]
