@@ -1,16 +1,5 @@
-"""The Python API: ``load_encoder``, ``embed`` and ``open_table`` (re-exported by ``img_search``)."""
+"""The Python API's modules: encoding (``load_encoder``), jobs (``embed``), tables (``open_table``).
 
-from img_search.api.encoding import EncodedImages, ImageFailure, ModelEncoder, load_encoder
-from img_search.api.jobs import EmbedSummary, embed
-from img_search.api.tables import Table, open_table
-
-__all__ = [
-    "EmbedSummary",
-    "EncodedImages",
-    "ImageFailure",
-    "ModelEncoder",
-    "Table",
-    "embed",
-    "load_encoder",
-    "open_table",
-]
+Users import the names from ``img_search``, which lists them (``__all__``) and loads each
+module on first use; this package re-exports nothing, so there is one list.
+"""
