@@ -11,12 +11,18 @@ open_clip's Flickr30k numbers are on the 1,000-image Karpathy test split
 lmms-lab/flickr30k unless ``datasets.flickr30k.ids_file`` restricts it.
 
 INQUIRE-Rerank AP from the INQUIRE paper is not listed: its table could not
-be checked from here, and a number not checked is not shipped. Add a
-``Reference`` to ``REFERENCES`` (and its ``Source``) to show one.
+be checked from here, and a number not checked is not shipped. A user who
+has the paper gives its numbers to ``img-search report references=<csv>``
+(``read_references``); they are shown like these, under the source the file
+names. To ship one, add a ``Reference`` to ``REFERENCES`` (and its ``Source``).
 """
 
 from __future__ import annotations
 
+import csv
+import math
+import os
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 
@@ -48,7 +54,8 @@ SOURCES = {
     "inquire": Source(
         name="INQUIRE: A Natural World Text-to-Image Retrieval Benchmark (Vendrow et al., NeurIPS 2024)",
         url="https://arxiv.org/abs/2411.02537",
-        note="no value listed: the paper's Rerank table was not checked here",
+        note="no value shipped: the paper's Rerank table was not checked here; give its numbers "
+        "with references=<csv>",
     ),
 }
 
@@ -93,11 +100,91 @@ REFERENCES = (
 
 
 def reference_for(
-    checkpoint: str | None, task: str, metric: str, split: str = ""
+    checkpoint: str | None,
+    task: str,
+    metric: str,
+    split: str = "",
+    references: Iterable[Reference] = REFERENCES,
 ) -> Reference | None:
-    """The published value of ``metric`` of ``task`` (and ``split``) for this checkpoint, if listed."""
+    """The published value of ``metric`` of ``task`` (and ``split``) for this checkpoint, if listed
+    (the first of ``references`` that matches)."""
     wanted = (checkpoint, task, metric, split)
-    for reference in REFERENCES:
+    for reference in references:
         if (reference.checkpoint, reference.task, reference.metric, reference.split) == wanted:
             return reference
     return None
+
+
+#: The columns of a references file; ``split`` (INQUIRE: validation / test) and ``note`` may be absent.
+FILE_COLUMNS = ("checkpoint", "task", "metric", "value", "source", "url", "as_named")
+OPTIONAL_COLUMNS = ("split", "note")
+
+
+def read_references(
+    path: str | os.PathLike[str], tasks: Collection[str]
+) -> tuple[dict[str, Source], tuple[Reference, ...]]:
+    """Published numbers a user copied from a paper into a CSV, one line per checkpoint × metric.
+
+    Values are in the units ``img-search evaluate`` reports for that metric
+    (R@K as fractions, INQUIRE AP ×100), so they sit in the row of our value.
+    Each ``source`` becomes a source of its own in ``report.md``, with the
+    file named as where it came from: the numbers are the user's, not checked
+    here. A malformed line is one error naming the file and the line.
+    """
+    where = os.fspath(path)
+    try:
+        handle = open(where, newline="", encoding="utf-8")  # noqa: SIM115
+    except FileNotFoundError:
+        raise ValueError(f"references={where}: no such file") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in FILE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"references={where}: no column {', '.join(missing)}; the header is "
+                f"{','.join(FILE_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]"
+            )
+        urls: dict[str, str] = {}
+        notes: dict[str, list[str]] = {}
+        references = []
+        for line, row in enumerate(reader, start=2):
+            fields = {k: (row.get(k) or "").strip() for k in (*FILE_COLUMNS, *OPTIONAL_COLUMNS)}
+            at = f"references={where} line {line}"
+            empty = [c for c in FILE_COLUMNS if not fields[c]]
+            if empty:
+                raise ValueError(f"{at}: {', '.join(empty)} left empty")
+            if fields["task"] not in tasks:
+                raise ValueError(
+                    f"{at}: unknown task {fields['task']!r}; choose among {', '.join(tasks)}"
+                )
+            try:
+                value = float(fields["value"])
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"{at}: value {fields['value']!r} is not a number")
+            name = fields["source"]
+            if urls.setdefault(name, fields["url"]) != fields["url"]:
+                raise ValueError(
+                    f"{at}: source {name!r} has two urls ({urls[name]}, {fields['url']}); "
+                    "give each its own name"
+                )
+            said = notes.setdefault(name, [])
+            if fields["note"] and fields["note"] not in said:
+                said.append(fields["note"])
+            references.append(
+                Reference(
+                    fields["checkpoint"],
+                    fields["task"],
+                    fields["metric"],
+                    value,
+                    name,
+                    fields["as_named"],
+                    fields["split"],
+                )
+            )
+    sources = {
+        name: Source(name, url, "; ".join([f"given in {where}, not checked here", *notes[name]]))
+        for name, url in urls.items()
+    }
+    return sources, tuple(references)

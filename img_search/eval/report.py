@@ -25,13 +25,20 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from img_search.eval.references import SOURCES, reference_for
+from img_search.eval.references import (
+    REFERENCES,
+    SOURCES,
+    Reference,
+    Source,
+    read_references,
+    reference_for,
+)
 from img_search.eval.tasks import RUNNERS, format_value
 
 console = Console(width=160)
 
 #: Keys of the report's own config, not options of the runs.
-REPORT_KEYS = ("runs", "task", "output", "json")
+REPORT_KEYS = ("runs", "task", "output", "json", "references")
 #: Keys a run may set besides the evaluate options.
 RUN_KEYS = ("name", "task")
 #: Metrics where less is better (the others: more).
@@ -160,14 +167,17 @@ def run_all(runs: Sequence[Run], progress: bool = True) -> None:
 # -- rows -----------------------------------------------------------------------------------
 
 
-def rows_of(run: Run) -> list[dict[str, Any]]:
-    """One row per task × metric of a run; INQUIRE splits, breakdowns and ANN indexes in ``split`` and ``group``."""
+def rows_of(run: Run, references: Sequence[Reference] = REFERENCES) -> list[dict[str, Any]]:
+    """One row per task × metric of a run; INQUIRE splits, breakdowns and ANN indexes in ``split``
+    and ``group``; the published value of the run's checkpoint from ``references``, if any."""
     from img_search.eval.fullrank import QUERY_FIELDS
 
     rows = []
 
     def add(task: str, metric: str, value: float, split: str = "", group: str = "all") -> None:
-        reference = reference_for(run.checkpoint, task, metric, split) if group == "all" else None
+        reference = None
+        if group == "all":
+            reference = reference_for(run.checkpoint, task, metric, split, references)
         rows.append(
             {
                 "run": run.name,
@@ -213,7 +223,10 @@ def rows_of(run: Run) -> list[dict[str, Any]]:
 
 
 def write_report(
-    runs: Sequence[Run], rows: Sequence[dict[str, Any]], folder: str | os.PathLike[str]
+    runs: Sequence[Run],
+    rows: Sequence[dict[str, Any]],
+    folder: str | os.PathLike[str],
+    sources: dict[str, Source] = SOURCES,
 ) -> dict[str, Path]:
     """results.csv, results.json, the figures and report.md in ``folder``; returns what was written."""
     folder = Path(folder)
@@ -244,7 +257,7 @@ def write_report(
     )
     written.update(draw_figures(runs, folder))
     written["markdown"] = folder / "report.md"
-    written["markdown"].write_text(markdown(runs, rows, written), encoding="utf-8")
+    written["markdown"].write_text(markdown(runs, rows, written, sources), encoding="utf-8")
     return written
 
 
@@ -295,7 +308,12 @@ def draw_figures(runs: Sequence[Run], folder: Path) -> dict[str, Path]:
     return drawn
 
 
-def markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]], written: dict[str, Path]) -> str:
+def markdown(
+    runs: Sequence[Run],
+    rows: Sequence[dict[str, Any]],
+    written: dict[str, Path],
+    sources: dict[str, Source] = SOURCES,
+) -> str:
     names = [run.name for run in runs]
     overall = [r for r in rows if r["group"] == "all"]
     published = [n for n in names if any(r["run"] == n and r["reference"] != "" for r in overall)]
@@ -353,12 +371,14 @@ def markdown(runs: Sequence[Run], rows: Sequence[dict[str, Any]], written: dict[
         lines += [f"![{titles[key]}]({path.name})" for key, path in pictures]
     lines += ["", "## Published numbers", ""]
     used = {r["reference_source"] for r in rows if r["reference_source"]}
-    for key, source in SOURCES.items():
+    for key, source in sources.items():
         state = "used above" if key in used else "nothing here to compare with"
-        lines.append(f"- **{key}**: {source.name}, <{source.url}> ({state}). {source.note}.")
+        name = "" if source.name == key else f"{source.name}, "
+        lines.append(f"- **{key}**: {name}<{source.url}> ({state}). {source.note}.")
     lines.append(
-        "- Only numbers checked against their source are listed (`img_search/eval/references.py`); "
-        "a checkpoint is matched by the Hub id recorded in its table."
+        "- Shipped numbers are only those checked against their source "
+        "(`img_search/eval/references.py`); numbers given with `references=` are shown as given. "
+        "A checkpoint is matched by the Hub id recorded in its table."
     )
     return "\n".join(lines) + "\n"
 
@@ -406,14 +426,32 @@ def markdown_table(headers: Sequence[str], body: Sequence[Sequence[Cell]], keys:
     return out
 
 
+def published_numbers(
+    path: str | os.PathLike[str] | None,
+) -> tuple[dict[str, Source], tuple[Reference, ...]]:
+    """The shipped references, and before them those of the user's file (``references=<csv>``):
+    a number the user gives for a checkpoint and metric is the one shown."""
+    if not path:
+        return SOURCES, REFERENCES
+    sources, references = read_references(path, tuple(RUNNERS))
+    taken = sorted(set(sources) & set(SOURCES))
+    if taken:
+        raise ValueError(
+            f"references={path}: source {', '.join(taken)} is the name of a shipped source "
+            "(eval/references.py); name yours another way"
+        )
+    return {**sources, **SOURCES}, references + REFERENCES
+
+
 def report_command(cfg: DictConfig) -> None:
     """``img-search report``: the runs' tasks, then the folder; prints the main table and what was written."""
     if OmegaConf.is_missing(cfg, "output") or not cfg.output:
         raise ValueError("give the folder to write: output=<folder>")
+    sources, references = published_numbers(cfg.get("references"))
     runs = runs_of(cfg)
     run_all(runs)
-    rows = [row for run in runs for row in rows_of(run)]
-    written = write_report(runs, rows, str(cfg.output))
+    rows = [row for run in runs for row in rows_of(run, references)]
+    written = write_report(runs, rows, str(cfg.output), sources)
     if cfg.json:
         sys.stdout.write(written["json"].read_text() + "\n")
         return

@@ -12,7 +12,9 @@ from conftest import run_module
 from omegaconf import OmegaConf
 from test_evaluate import assert_png_drawn
 
+from img_search.eval.references import FILE_COLUMNS
 from img_search.eval.report import Run, markdown, rows_of
+from img_search.search.tables import selection_info
 
 QUERIES = [
     ("1", "an astronaut in a flight suit", "Appearance", "People"),
@@ -30,6 +32,20 @@ ANNOTATIONS = [
 ]
 
 
+def published_line(checkpoint: str) -> list[str]:
+    """A line of a references file: the columns of FILE_COLUMNS, then a note."""
+    return [
+        checkpoint,
+        "retrieval",
+        "text_to_image_R@1",
+        "0.125",
+        "A paper, Table 2",
+        "https://example.org/paper",
+        "Tiny CLIP",
+        "1k test split",
+    ]
+
+
 @pytest.fixture(scope="module")
 def report(sample_tables, tmp_path_factory):
     """The report over CLIP and SigLIP tables: retrieval, INQUIRE-Fullrank (on the photos) and ANN."""
@@ -41,6 +57,11 @@ def report(sample_tables, tmp_path_factory):
     with (root / "annotations.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([("query_id", "image_path"), *ANNOTATIONS])
     tables = {model: sample_tables(model) for model in ("clip", "siglip")}
+    checkpoint = selection_info(tables["clip"]["images"], None, None).identity["checkpoint"]
+    with (root / "published.csv").open("w", newline="") as handle:  # a user's copy of a paper
+        writer = csv.writer(handle)
+        writer.writerow([*FILE_COLUMNS, "note"])
+        writer.writerow(published_line(checkpoint))
     runs = ",".join(f"{{images:{t['images']},captions:{t['captions']}}}" for t in tables.values())
     options = {
         "fullrank": [
@@ -57,10 +78,11 @@ def report(sample_tables, tmp_path_factory):
         "task=[retrieval,inquire_fullrank,ann]",
         *options["fullrank"],
         *options["ann"],
+        f"references={root / 'published.csv'}",
         f"output={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"out": out, "tables": tables, "options": options, "result": result}
+    return {"out": out, "tables": tables, "options": options, "result": result, "root": root}
 
 
 def test_the_folder_holds_csv_json_markdown_and_figures(report):
@@ -87,6 +109,19 @@ def test_the_folder_holds_csv_json_markdown_and_figures(report):
     assert "| task | split | metric | clip | siglip |" in text
     assert "**" in text and "![Recall@K](recall_at_k.png)" in text
     assert "open_clip" in text and "INQUIRE" in text  # the sources, named
+    # the user's references file: its number next to the run whose table records the checkpoint
+    published = [r for r in rows if r["reference"]]
+    assert [(r["run"], r["metric"], float(r["reference"])) for r in published] == [
+        ("clip", "text_to_image_R@1", 0.125)
+    ]
+    assert published[0]["reference_source"] == "A paper, Table 2"
+    assert "| task | split | metric | clip | siglip | clip: *published* |" in text
+    line = next(x for x in text.splitlines() if x.startswith("| retrieval |  | text_to_image_R@1"))
+    assert line.endswith("| 12.50 |")
+    assert (
+        "- **A paper, Table 2**: <https://example.org/paper> (used above). given in "
+        f"{report['root'] / 'published.csv'}, not checked here; 1k test split." in text
+    )
     assert "## INQUIRE-Fullrank AP@3 by supercategory" in text
     printed = report["result"]
     assert "2 runs" in printed.stdout and "text_to_image_R@1" in printed.stdout
@@ -178,6 +213,29 @@ def test_runs_are_checked_before_anything_runs(run_report, sample_tables, tmp_pa
     assert not (tmp_path / "out").exists()
     result = run_report(f"output={tmp_path / 'out'}", expect_ok=False)
     assert result.returncode == 2 and "give the runs to compare" in result.stderr
+    published = tmp_path / "published.csv"
+    for line, said in (
+        (
+            ["ckpt", "retrieval", "R@1", "high", "p", "u", "m"],
+            "line 2: value 'high' is not a number",
+        ),
+        (["ckpt", "retreival", "R@1", "1", "p", "u", "m"], "line 2: unknown task 'retreival'"),
+        (["ckpt", "retrieval", "R@1", "1", "open_clip", "u", "m"], "source open_clip is the name"),
+    ):
+        published.write_text(",".join(FILE_COLUMNS) + "\n" + ",".join(line) + "\n")
+        result = run_report(
+            f"runs=[{{images:{clip['images']}}}]",
+            "task=[ann]",
+            f"references={published}",
+            f"output={tmp_path / 'out'}",
+            expect_ok=False,
+        )
+        assert result.returncode == 2 and f"references={published}" in result.stderr, result.stderr
+        assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    published.write_text("checkpoint,task,value\n")
+    result = run_report(f"references={published}", f"output={tmp_path / 'out'}", expect_ok=False)
+    assert "no column metric, source, url, as_named; the header is checkpoint," in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_two_runs_of_one_model_are_told_apart(run_report, sample_tables, tmp_path):
