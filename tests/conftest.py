@@ -25,6 +25,20 @@ SAMPLE_PHOTOS = REPO / "img_search" / "samples" / "photos"
 SAMPLE_CAPTIONS = REPO / "img_search" / "samples" / "captions.jsonl"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest work first, so that no worker is left with it at the end: the tests that start
+    launchers (the xdist group "launch": ports, and several processes each on two cores, so they
+    run one after another on one worker, the longest chain of the suite), then the other ``slow``
+    tests, then the rest."""
+
+    def rank(item: pytest.Item) -> int:
+        if any(mark.args[:1] == ("launch",) for mark in item.iter_markers("xdist_group")):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)  # stable: collection order within each
+
+
 #: ``accelerate launch`` on 2 gloo ranks (``--cpu`` would start only one process).
 def accelerate_two_ranks() -> list[str]:
     return [

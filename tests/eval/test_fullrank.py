@@ -162,6 +162,7 @@ def expected_rows(benchmark) -> dict[str, dict[str, float]]:
 METRICS = (f"AP@{K}", f"nDCG@{K}", "MRR", f"precision@{K}", f"recall@{K}")
 
 
+@pytest.mark.slow
 def test_fullrank_cli_equals_the_inquire_definitions(gallery, benchmark, run_evaluate, tmp_path):
     result = run_evaluate(
         "task=inquire_fullrank", f"images={gallery['inat24']}", *benchmark["options"], "json=true"

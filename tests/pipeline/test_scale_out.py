@@ -19,7 +19,7 @@ from img_search.data.base import position_shards
 from img_search.store import EmbeddingMatrix, read_embeddings, read_metadata
 from img_search.testing.fixtures import write_photo_folder
 
-#: Launchers listen on ports: the tests that start them run one at a time (pytest -n 2).
+#: Launchers listen on ports: the tests that start them run one at a time (the xdist group "launch").
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("launch")]
 
 

@@ -98,6 +98,7 @@ def test_a_missing_tar_is_one_line_and_exit_2(tiny_checkpoints, tmp_path, run_em
     assert not out.exists() and not out.with_name("out.parquet.partial").exists()
 
 
+@pytest.mark.slow
 def test_two_ranks_list_the_tars_together_and_give_the_same_table(
     runs, tiny_checkpoints, tmp_path
 ) -> None:

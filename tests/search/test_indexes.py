@@ -45,12 +45,20 @@ def test_exact_search_returns_the_true_top_10(data, truth):
     assert (positions == expected_positions).mean() == 1.0
 
 
-@pytest.mark.parametrize(("kind", "rows"), [("faiss_hnsw", N), ("usearch", 10_000)])
-def test_graph_indexes_reach_the_recall_goal(kind, rows, data, truth):
+@pytest.mark.parametrize(
+    ("kind", "rows", "params"),
+    [
+        # ef_construction 40, not the default 80: half the build (30 s on one core here) for
+        # recall 0.998 on this data; the defaults are measured by benchmarks/ann.py
+        pytest.param("faiss_hnsw", N, {"ef_construction": 40}, marks=pytest.mark.slow),
+        ("usearch", 10_000, {}),
+    ],
+)
+def test_graph_indexes_reach_the_recall_goal(kind, rows, params, data, truth):
     """FAISS HNSW on all 100k; usearch (slower to build here) on the first 10k."""
     vectors, queries = data
     vectors = vectors[:rows]
-    index = make_index(kind, DIM)
+    index = make_index(kind, DIM, **params)
     index.add(vectors)
     scores, positions = index.search(queries, K)
     expected = truth[0] if rows == N else np.argsort(-(queries @ vectors.T), axis=1)[:, :K]
