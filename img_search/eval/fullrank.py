@@ -21,19 +21,18 @@ which annotated images the table holds.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from img_search.eval.csv_files import read_csv_rows
 from img_search.eval.fullrank_metrics import fullrank_query_metrics, mean_metrics
 from img_search.search.exact import exact_top_k
 from img_search.store import schema as S
@@ -90,8 +89,8 @@ def _key_array(paths: Iterable[str] | pa.Array | pa.ChunkedArray) -> pa.Array | 
 
 def read_queries(queries_csv: str | os.PathLike[str], annotations_csv: str | os.PathLike[str]):
     """INQUIRE's queries file and annotations file → the queries with their positives, in file order."""
-    query_rows = _read_csv(queries_csv, ("query_id", "query_text"))
-    annotation_rows = _read_csv(annotations_csv, ("query_id", "image_path"))
+    query_rows = read_csv_rows(queries_csv, ("query_id", "query_text"))
+    annotation_rows = read_csv_rows(annotations_csv, ("query_id", "image_path"))
     queries: dict[str, FullrankQuery] = {}
     for row in query_rows:
         query_id = str(row["query_id"]).strip()
@@ -110,20 +109,6 @@ def read_queries(queries_csv: str | os.PathLike[str], annotations_csv: str | os.
         if query is not None:  # annotations of the other split
             query.positives.add(key)
     return list(queries.values())
-
-
-def _read_csv(path: str | os.PathLike[str], required: Sequence[str]) -> list[dict[str, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"not found: {path}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{path} has no column {', '.join(missing)} (it has {', '.join(reader.fieldnames or [])})"
-            )
-        return list(reader)
 
 
 def keys_in_table(

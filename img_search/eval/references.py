@@ -19,11 +19,12 @@ names. To ship one, add a ``Reference`` to ``REFERENCES`` (and its ``Source``).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+
+from img_search.eval.csv_files import MissingColumns, read_csv_rows
 
 
 @dataclass(frozen=True)
@@ -133,56 +134,53 @@ def read_references(
     """
     where = os.fspath(path)
     try:
-        handle = open(where, newline="", encoding="utf-8")  # noqa: SIM115
+        rows = read_csv_rows(where, FILE_COLUMNS)
     except FileNotFoundError:
         raise ValueError(f"references={where}: no such file") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in FILE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
+    except MissingColumns as exc:
+        raise ValueError(
+            f"references={where}: no column {', '.join(exc.missing)}; the header is "
+            f"{','.join(FILE_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]"
+        ) from None
+    urls: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
+    references = []
+    for line, row in enumerate(rows, start=2):
+        fields = {k: (row.get(k) or "").strip() for k in (*FILE_COLUMNS, *OPTIONAL_COLUMNS)}
+        at = f"references={where} line {line}"
+        empty = [c for c in FILE_COLUMNS if not fields[c]]
+        if empty:
+            raise ValueError(f"{at}: {', '.join(empty)} left empty")
+        if fields["task"] not in tasks:
             raise ValueError(
-                f"references={where}: no column {', '.join(missing)}; the header is "
-                f"{','.join(FILE_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]"
+                f"{at}: unknown task {fields['task']!r}; choose among {', '.join(tasks)}"
             )
-        urls: dict[str, str] = {}
-        notes: dict[str, list[str]] = {}
-        references = []
-        for line, row in enumerate(reader, start=2):
-            fields = {k: (row.get(k) or "").strip() for k in (*FILE_COLUMNS, *OPTIONAL_COLUMNS)}
-            at = f"references={where} line {line}"
-            empty = [c for c in FILE_COLUMNS if not fields[c]]
-            if empty:
-                raise ValueError(f"{at}: {', '.join(empty)} left empty")
-            if fields["task"] not in tasks:
-                raise ValueError(
-                    f"{at}: unknown task {fields['task']!r}; choose among {', '.join(tasks)}"
-                )
-            try:
-                value = float(fields["value"])
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise ValueError(f"{at}: value {fields['value']!r} is not a number")
-            name = fields["source"]
-            if urls.setdefault(name, fields["url"]) != fields["url"]:
-                raise ValueError(
-                    f"{at}: source {name!r} has two urls ({urls[name]}, {fields['url']}); "
-                    "give each its own name"
-                )
-            said = notes.setdefault(name, [])
-            if fields["note"] and fields["note"] not in said:
-                said.append(fields["note"])
-            references.append(
-                Reference(
-                    fields["checkpoint"],
-                    fields["task"],
-                    fields["metric"],
-                    value,
-                    name,
-                    fields["as_named"],
-                    fields["split"],
-                )
+        try:
+            value = float(fields["value"])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{at}: value {fields['value']!r} is not a number")
+        name = fields["source"]
+        if urls.setdefault(name, fields["url"]) != fields["url"]:
+            raise ValueError(
+                f"{at}: source {name!r} has two urls ({urls[name]}, {fields['url']}); "
+                "give each its own name"
             )
+        said = notes.setdefault(name, [])
+        if fields["note"] and fields["note"] not in said:
+            said.append(fields["note"])
+        references.append(
+            Reference(
+                fields["checkpoint"],
+                fields["task"],
+                fields["metric"],
+                value,
+                name,
+                fields["as_named"],
+                fields["split"],
+            )
+        )
     sources = {
         name: Source(name, url, "; ".join([f"given in {where}, not checked here", *notes[name]]))
         for name, url in urls.items()
