@@ -1,6 +1,12 @@
 """What every tool prints: log lines (rich on a terminal, one plain line otherwise) and progress bars.
 
 Shared by the pipelines, search, evaluation and the Python API; imports only rich.
+
+What we print holds user text (query texts, captions, run and table names,
+fields of a user's CSV), so no console here reads rich markup or emoji codes:
+``[/x]`` or ``:smile:`` in a query is printed as typed, never parsed (a
+closing tag without its opening one is an error in rich). Style goes in
+``rich.text.Text(..., style=...)``, never in markup.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -20,7 +27,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+#: Console settings that print user text as it is.
+PLAIN: dict[str, Any] = {"markup": False, "emoji": False}
+
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140, **PLAIN)
+
+
+def stdout_console(width: int | None = 160) -> Console:
+    """A console for results on stdout (tables, the files written) that prints user text as it is."""
+    return Console(width=width, **PLAIN)
 
 
 def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bool = False) -> None:
@@ -34,7 +49,7 @@ def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bo
         root.removeHandler(handler)
     if sys.stderr.isatty():
         handler: logging.Handler = RichHandler(
-            console=console, show_path=False, rich_tracebacks=rich_tracebacks
+            console=console, show_path=False, rich_tracebacks=rich_tracebacks, markup=False
         )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
@@ -55,11 +70,11 @@ def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bo
 
 def make_progress(enabled: bool) -> Progress:
     """Bars with done/total, a rate column (``rate=`` field), elapsed and remaining time, on stderr."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
+    return Progress(  # a description names user things (models, datasets, runs): never markup
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[rate]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

@@ -85,3 +85,42 @@ def test_search_and_serve_do_not_import_the_pipeline() -> None:
                     if name.startswith("img_search.pipeline")
                 ]
     assert offenders == []
+
+
+def test_user_text_prints_as_typed_in_tables_bars_and_log_lines(monkeypatch) -> None:
+    """Rich markup or emoji codes in a query text, a run name or a CSV field are text: a closing
+    tag alone (``[/x]``) would raise in rich, ``[bold]`` or ``:smile:`` would change what is shown."""
+    import logging
+    import sys
+
+    from rich.table import Table
+
+    from img_search.console import console, make_progress, setup_logging, stdout_console
+
+    typed = "a cat [/x] :smile: [bold]b"
+    out = stdout_console(width=200)
+    with out.capture() as captured:
+        table = Table(title=typed, caption=typed)
+        table.add_column(typed)
+        table.add_row(typed)
+        out.print(table)
+        out.print(typed)
+    assert captured.get().count(typed) == 5
+    with console.capture() as captured, make_progress(True) as bar:
+        task = bar.add_task(typed, total=1, rate=typed)
+        bar.update(task, advance=1)
+    assert captured.get().count(typed) == 2
+    root = logging.getLogger()
+    kept = (list(root.handlers), root.level)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    try:
+        setup_logging("INFO")  # a terminal: rich log lines
+        with console.capture() as captured:
+            logging.getLogger("img_search").warning("query %s", typed)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in kept[0]:
+            root.addHandler(handler)
+        root.setLevel(kept[1])
+    assert f"query {typed}" in captured.get()

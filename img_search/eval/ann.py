@@ -8,12 +8,9 @@ search box, where exact search scans every vector for each query).
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -126,17 +123,6 @@ def ann_benchmark(
                 index.close()  # milvus: the connection, and a scratch Milvus Lite file
         bar.update(task, advance=1, description="ann benchmark")
     return results
-
-
-def write_csv(results: list[AnnResult], path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(results[0])))
-        writer.writeheader()
-        for result in results:
-            writer.writerow(asdict(result))
-    return path
 
 
 def results_table(results: list[AnnResult], title: str) -> Any:

@@ -3,6 +3,10 @@
 - ``recall_curves``: Recall@K against K, one line per model (solid text → image, dashed image → text);
 - ``group_bars``: one metric per group (INQUIRE supercategory), a bar per model;
 - ``ann_tradeoff``: recall@k against queries/s for each index (one query per call, and batched).
+
+Names in a figure are user text (run names, INQUIRE supercategories, index
+names); each goes through ``plain`` so that a ``$`` is drawn, never read as
+the start of matplotlib's math text (where ``$\\frac$`` fails to draw).
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ from typing import Any
 #: One colour per model, the same in every figure of a report.
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 LINES = ("-", "--", ":", "-.")
+
+
+def plain(text: object) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` escaped, so no math text is parsed."""
+    return str(text).replace("$", r"\$")
 
 
 def _figure(width: float = 7.0, height: float = 4.5, columns: int = 1) -> tuple[Any, Any]:
@@ -49,7 +58,7 @@ def recall_curves(
                 marker="o",
                 color=COLOURS[number % len(COLOURS)],
                 linestyle=LINES[line % len(LINES)],
-                label=f"{model}: {direction}",
+                label=plain(f"{model}: {direction}"),
             )
     axes.set_xscale("log")
     axes.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])
@@ -57,7 +66,7 @@ def recall_curves(
     axes.set_xlabel("K")
     axes.set_ylabel("Recall@K (%)")
     axes.set_ylim(0, 100)
-    axes.set_title(title)
+    axes.set_title(plain(title))
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     return _save(figure, path)
@@ -77,10 +86,10 @@ def group_bars(
     for number, model in enumerate(models):
         xs = [i + (number - (len(models) - 1) / 2) * width for i in range(len(groups))]
         heights = [values[model].get(group, 0.0) for group in groups]
-        axes.bar(xs, heights, width, label=model, color=COLOURS[number % len(COLOURS)])
-    axes.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
+        axes.bar(xs, heights, width, label=plain(model), color=COLOURS[number % len(COLOURS)])
+    axes.set_xticks(range(len(groups)), [plain(g) for g in groups], rotation=20, ha="right")
+    axes.set_ylabel(plain(ylabel))
+    axes.set_title(plain(title))
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize="small")
     return _save(figure, path)
@@ -104,10 +113,10 @@ def ann_tradeoff(
             colour = COLOURS[number % len(COLOURS)]
             xs = [float(row[column]) for row in rows]
             ys = [float(row["recall"]) for row in rows]
-            axes.scatter(xs, ys, color=colour, label=model, zorder=3)
+            axes.scatter(xs, ys, color=colour, label=plain(model), zorder=3)
             for row, x, y in zip(rows, xs, ys, strict=True):
                 axes.annotate(
-                    str(row["name"]),
+                    plain(row["name"]),
                     (x, y),
                     textcoords="offset points",
                     xytext=(4, 4),
@@ -120,5 +129,5 @@ def ann_tradeoff(
         axes.set_ylim(-0.02, 1.05)
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
-    figure.suptitle(title)
+    figure.suptitle(plain(title))
     return _save(figure, path)

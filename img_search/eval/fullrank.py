@@ -26,13 +26,14 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from img_search.eval.csv_files import read_csv_rows
+from img_search.eval.csv_files import CsvFileError, read_csv_rows
 from img_search.eval.fullrank_metrics import fullrank_query_metrics, mean_metrics
 from img_search.search.exact import exact_top_k
 from img_search.store import schema as S
@@ -92,20 +93,26 @@ def read_queries(queries_csv: str | os.PathLike[str], annotations_csv: str | os.
     query_rows = read_csv_rows(queries_csv, ("query_id", "query_text"))
     annotation_rows = read_csv_rows(annotations_csv, ("query_id", "image_path"))
     queries: dict[str, FullrankQuery] = {}
+    first_line: dict[str, int] = {}
     for row in query_rows:
-        query_id = str(row["query_id"]).strip()
+        query_id = row["query_id"].strip()
         if query_id in queries:
-            raise ValueError(f"{queries_csv}: query_id {query_id} appears twice")
+            raise CsvFileError(
+                Path(queries_csv),
+                row.line,
+                f"query_id {query_id} appears twice (first on line {first_line[query_id]})",
+            )
+        first_line[query_id] = row.line
         queries[query_id] = FullrankQuery(
             query_id=query_id,
-            text=str(row["query_text"]),
-            supercategory=str(row.get("supercategory") or ""),
-            category=str(row.get("category") or ""),
-            iconic_group=str(row.get("iconic_group") or ""),
+            text=row["query_text"],
+            supercategory=row.get("supercategory", ""),
+            category=row.get("category", ""),
+            iconic_group=row.get("iconic_group", ""),
         )
-    keys = image_keys(str(row["image_path"]) for row in annotation_rows)
+    keys = image_keys(row["image_path"] for row in annotation_rows)
     for row, key in zip(annotation_rows, keys, strict=True):
-        query = queries.get(str(row["query_id"]).strip())
+        query = queries.get(row["query_id"].strip())
         if query is not None:  # annotations of the other split
             query.positives.add(key)
     return list(queries.values())

@@ -24,7 +24,7 @@ import os
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from img_search.eval.csv_files import MissingColumns, read_csv_rows
+from img_search.eval.csv_files import CsvFileError, MissingColumns, read_csv_rows
 
 
 @dataclass(frozen=True)
@@ -142,15 +142,14 @@ def read_references(
             f"references={where}: no column {', '.join(exc.missing)}; the header is "
             f"{','.join(FILE_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]"
         ) from None
+    except CsvFileError as exc:
+        raise ValueError(f"references={where} line {exc.line}: {exc.reason}") from None
     urls: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
     references = []
-    for line, row in enumerate(rows, start=2):
-        fields = {k: (row.get(k) or "").strip() for k in (*FILE_COLUMNS, *OPTIONAL_COLUMNS)}
-        at = f"references={where} line {line}"
-        empty = [c for c in FILE_COLUMNS if not fields[c]]
-        if empty:
-            raise ValueError(f"{at}: {', '.join(empty)} left empty")
+    for row in rows:
+        fields = {k: row.get(k, "").strip() for k in (*FILE_COLUMNS, *OPTIONAL_COLUMNS)}
+        at = f"references={where} line {row.line}"
         if fields["task"] not in tasks:
             raise ValueError(
                 f"{at}: unknown task {fields['task']!r}; choose among {', '.join(tasks)}"

@@ -11,8 +11,6 @@ figures (``eval.figures``).
 
 from __future__ import annotations
 
-import csv
-import datetime
 import json
 import os
 import sys
@@ -22,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from img_search.console import stdout_console
+from img_search.eval.csv_files import write_csv_rows
 from img_search.eval.references import (
     REFERENCES,
     SOURCES,
@@ -33,16 +33,15 @@ from img_search.eval.references import (
     read_references,
     reference_for,
 )
-from img_search.eval.tasks import RUNNERS, format_value
+from img_search.eval.report_markdown import MAIN_KEYS, markdown, side_by_side
+from img_search.eval.tasks import RUNNERS
 
-console = Console(width=160)
+console = stdout_console()
 
 #: Keys of the report's own config, not options of the runs.
 REPORT_KEYS = ("runs", "task", "output", "json", "references")
 #: Keys a run may set besides the evaluate options.
 RUN_KEYS = ("name", "task")
-#: Metrics where less is better (the others: more).
-LOWER_IS_BETTER = ("build_s", "memory_mib")
 #: What each task needs, as (config key, what to give).
 NEEDS = {
     "retrieval": (("images", "<table>"), ("captions", "<caption table>")),
@@ -54,8 +53,6 @@ NEEDS = {
     ),
     "ann": (("ann.table", "<table>"),),
 }
-#: The columns of the main table's lines.
-MAIN_KEYS = ("task", "split", "metric")
 COLUMNS = (
     "run",
     "model_name",
@@ -232,10 +229,7 @@ def write_report(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = {"csv": folder / "results.csv", "json": folder / "results.json"}
-    with written["csv"].open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_rows(written["csv"], COLUMNS, rows)
     written["json"].write_text(
         json.dumps(
             {
@@ -308,124 +302,6 @@ def draw_figures(runs: Sequence[Run], folder: Path) -> dict[str, Path]:
     return drawn
 
 
-def markdown(
-    runs: Sequence[Run],
-    rows: Sequence[dict[str, Any]],
-    written: dict[str, Path],
-    sources: dict[str, Source] = SOURCES,
-) -> str:
-    names = [run.name for run in runs]
-    overall = [r for r in rows if r["group"] == "all"]
-    published = [n for n in names if any(r["run"] == n and r["reference"] != "" for r in overall)]
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "# Model comparison",
-        "",
-        f"Written by `img-search report` on {today}.",
-        "",
-        "| run | model | checkpoint | tables | tasks |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {run.name} | {run.model_name} | {run.checkpoint or ''} | "
-            f"{', '.join(f'{k}: `{v}`' for k, v in run.tables().items())} | {', '.join(run.tasks)} |"
-            for run in runs
-        ),
-    ]
-    if overall:
-        lines += [
-            "",
-            "## Results",
-            "",
-            "Caption ↔ image R@K in %; AP, nDCG and precision × 100; MRR and recall as fractions. "
-            "The best value of each row is in bold"
-            + (
-                "; *published* columns hold the numbers the sources below report for the same "
-                "checkpoint."
-                if published
-                else "."
-            ),
-            "",
-            *markdown_table(*side_by_side(overall, names, MAIN_KEYS, published), len(MAIN_KEYS)),
-        ]
-    for group, title in (("supercategory", "supercategory"), ("iconic_group", "iconic group")):
-        selected = [
-            r for r in rows if r["group"].startswith(f"{group}=") and r["metric"].startswith("AP@")
-        ]
-        if selected:
-            metric = selected[0]["metric"]
-            lines += ["", f"## INQUIRE-Fullrank {metric} by {title}", ""]
-            shown = [{**r, "group": r["group"].split("=", 1)[1]} for r in selected]
-            lines += markdown_table(*side_by_side(shown, names, ("group",)), 1)
-    ann_rows = [{**r, "index": r["group"].split("=", 1)[1]} for r in rows if r["task"] == "ann"]
-    if ann_rows:
-        lines += ["", "## ANN indexes against exact search", ""]
-        lines += markdown_table(*side_by_side(ann_rows, names, ("index", "metric")), 2)
-    pictures = [(key, path) for key, path in written.items() if path.suffix == ".png"]
-    if pictures:
-        lines += ["", "## Figures", ""]
-        titles = {
-            "recall": "Recall@K",
-            "supercategory": "INQUIRE-Fullrank AP by supercategory",
-            "ann": "ANN recall against queries/s",
-        }
-        lines += [f"![{titles[key]}]({path.name})" for key, path in pictures]
-    lines += ["", "## Published numbers", ""]
-    used = {r["reference_source"] for r in rows if r["reference_source"]}
-    for key, source in sources.items():
-        state = "used above" if key in used else "nothing here to compare with"
-        name = "" if source.name == key else f"{source.name}, "
-        lines.append(f"- **{key}**: {name}<{source.url}> ({state}). {source.note}.")
-    lines.append(
-        "- Shipped numbers are only those checked against their source "
-        "(`img_search/eval/references.py`); numbers given with `references=` are shown as given. "
-        "A checkpoint is matched by the Hub id recorded in its table."
-    )
-    return "\n".join(lines) + "\n"
-
-
-Cell = tuple[str, bool]  # text, best of its row
-
-
-def side_by_side(
-    rows: Sequence[dict[str, Any]],
-    names: Sequence[str],
-    keys: Sequence[str],
-    published: Sequence[str] = (),
-) -> tuple[list[str], list[list[Cell]]]:
-    """Headers and lines of a table: one line per distinct ``keys``, a column per run, then a
-    *published* column per run in ``published``; each run's best value of a line is marked."""
-    lines: dict[tuple, dict[str, Any]] = {}
-    for row in rows:
-        line = lines.setdefault(tuple(row[k] for k in keys), {"metric": row["metric"]})
-        line[row["run"]] = row["value"]
-        if row["reference"] != "":
-            line[f"{row['run']} published"] = row["reference"]
-    headers = [*keys, *names, *(f"{name}: *published*" for name in published)]
-    body = []
-    for key, line in lines.items():
-        metric = line["metric"]
-        values = [line.get(name) for name in names]
-        present = [v for v in values if v is not None]
-        best = (min if metric in LOWER_IS_BETTER else max)(present) if len(present) > 1 else None
-        best_text = None if best is None else format_value(metric, best)
-        cells: list[Cell] = [(str(k), False) for k in key]
-        for value in values:  # equal as shown: all bold
-            text = "" if value is None else format_value(metric, value)
-            cells.append((text, value is not None and text == best_text))
-        for name in published:
-            value = line.get(f"{name} published")
-            cells.append(("" if value is None else format_value(metric, value), False))
-        body.append(cells)
-    return headers, body
-
-
-def markdown_table(headers: Sequence[str], body: Sequence[Sequence[Cell]], keys: int) -> list[str]:
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * keys + "---:|" * (len(headers) - keys)]
-    for cells in body:
-        out.append("| " + " | ".join(f"**{t}**" if best else t for t, best in cells) + " |")
-    return out
-
-
 def published_numbers(
     path: str | os.PathLike[str] | None,
 ) -> tuple[dict[str, Source], tuple[Reference, ...]]:
@@ -465,9 +341,9 @@ def report_command(cfg: DictConfig) -> None:
         indexes = [{**r, "index": r["group"].split("=", 1)[1]} for r in rows if r["task"] == "ann"]
         headers, body = side_by_side(indexes, names, keys)
     summary = Table(title=f"{len(runs)} runs, the best in bold (report.md: every table)")
-    for number, header in enumerate(headers):
+    for number, (header, _) in enumerate(headers):
         summary.add_column(header, justify="left" if number < len(keys) else "right")
     for cells in body:
-        summary.add_row(*(f"[bold]{text}[/bold]" if best else text for text, best in cells))
+        summary.add_row(*(Text(text, style="bold" if best else "") for text, best in cells))
     console.print(summary)
     console.print(f"written to {cfg.output}: " + ", ".join(p.name for p in written.values()))

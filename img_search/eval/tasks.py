@@ -14,7 +14,6 @@ call the same runners.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -24,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
+from img_search.console import stdout_console
+from img_search.eval.csv_files import write_csv_rows
 from img_search.failures import explain_hub_failure
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from img_search.search.tables import SelectionInfo, TableSelection
 
 log = logging.getLogger("img_search")
-console = Console(width=160)
+console = stdout_console()
 
 #: Query texts per forward pass of the text tower.
 TEXT_BATCH = 64
@@ -308,12 +308,7 @@ def write_results(results: dict[str, Any], path: str | os.PathLike[str]) -> Path
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
         return path
     rows = csv_rows(results)
-    columns = list(dict.fromkeys(name for row in rows for name in row))
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_csv_rows(path, list(dict.fromkeys(name for row in rows for name in row)), rows)
 
 
 def evaluate_command(cfg: DictConfig) -> None:

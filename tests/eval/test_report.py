@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from omegaconf import OmegaConf
 from test_evaluate import assert_png_drawn
 
 from img_search.eval.references import FILE_COLUMNS
-from img_search.eval.report import Run, markdown, rows_of
+from img_search.eval.report import Run, rows_of
+from img_search.eval.report_markdown import markdown, md_cell
 from img_search.search.tables import selection_info
 
 QUERIES = [
@@ -119,8 +121,9 @@ def test_the_folder_holds_csv_json_markdown_and_figures(report):
     line = next(x for x in text.splitlines() if x.startswith("| retrieval |  | text_to_image_R@1"))
     assert line.endswith("| 12.50 |")
     assert (
-        "- **A paper, Table 2**: <https://example.org/paper> (used above). given in "
-        f"{report['root'] / 'published.csv'}, not checked here; 1k test split." in text
+        "- **A paper, Table 2**: <https://example.org/paper> (used above). "
+        + md_cell(f"given in {report['root'] / 'published.csv'}, not checked here; 1k test split")
+        in text
     )
     assert "## INQUIRE-Fullrank AP@3 by supercategory" in text
     printed = report["result"]
@@ -257,3 +260,65 @@ def test_two_runs_of_one_model_are_told_apart(run_report, sample_tables, tmp_pat
         "clip (copy.parquet)",
     ]
     assert [r["value"] for r in saved["rows"] if r["metric"] == "recall@2"] == [1.0, 1.0]
+
+
+def cells_of(line: str) -> list[str]:
+    """The cells of a markdown table line: split at each ``|`` not escaped by a backslash."""
+    return re.split(r"(?<!\\)((?:\\\\)*)\|", line.strip())[::2][1:-1]
+
+
+def test_markdown_cells_escape_table_syntax_html_and_line_breaks():
+    assert md_cell("a|b") == "a\\|b" and cells_of(f"| {md_cell('a|b')} | 1 |") == [" a\\|b ", " 1 "]
+    assert md_cell("<img src=x onerror=alert(1)> & co") == (
+        "&lt;img src=x onerror=alert(1)&gt; &amp; co"
+    )
+    assert md_cell("[click](http://x) *a* _b_ `c` ~d~ $x$") == (
+        "\\[click\\](http://x) \\*a\\* \\_b\\_ \\`c\\` \\~d\\~ \\$x\\$"
+    )
+    assert md_cell("text_to_image_R@1") == "text_to_image_R@1"  # never emphasis: kept as typed
+    assert md_cell("one\ntwo\r\nthree") == "one<br>two<br>three"
+    path = md_cell("C:\\data\\|x")
+    assert path == "C:\\\\data\\\\\\|x" and len(cells_of(f"| {path} | 1 |")) == 2
+
+
+def test_user_text_cannot_break_the_report(run_report, sample_tables, tmp_path):
+    """Run names and INQUIRE fields holding table syntax, HTML, rich markup, math text and
+    formulas: the report runs (exit 0), every table line has its header's cells, results.csv
+    holds no formula, the figures are drawn and the printed table shows the names as typed."""
+    names = ("a|b [/x]", "=cmd $\\frac$ <i>x</i>")
+    with (tmp_path / "queries.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [
+                ("query_id", "query_text", "supercategory", "iconic_group"),
+                ("1", "an astronaut [/x]", "Appearance|People", "$\\frac$"),
+                ("2", "=1+1 a cat", "<b>Species</b>", "[bold]Mammals"),
+                ("3", "space\nand stars", "Context\nSky", ":smile:"),
+            ]
+        )
+    with (tmp_path / "annotations.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("query_id", "image_path"), *ANNOTATIONS[:4]])
+    images = sample_tables("clip")["images"]
+    out = tmp_path / "out"
+    printed = run_report(
+        "runs=[" + ",".join(f"{{images:{images},name:'{name}'}}" for name in names) + "]",
+        "task=[inquire_fullrank]",
+        f"inquire_fullrank.queries={tmp_path / 'queries.csv'}",
+        f"inquire_fullrank.annotations={tmp_path / 'annotations.csv'}",
+        "inquire_fullrank.k=3",
+        f"output={out}",
+    )
+    text = (out / "report.md").read_text()
+    blocks = re.findall(r"(?m)(?:^\|.*\n)+", text)  # the tables: runs, results, two breakdowns
+    assert len(blocks) == 4
+    for block in blocks:
+        lines = block.splitlines()
+        assert [len(cells_of(line)) for line in lines] == [len(cells_of(lines[0]))] * len(lines)
+    assert f"| task | split | metric | {md_cell(names[0])} | {md_cell(names[1])} |" in text
+    assert "<i>" not in text and "<b>" not in text and "&lt;b&gt;Species&lt;/b&gt;" in text
+    assert "| Context<br>Sky |" in text and "| Appearance\\|People |" in text
+    rows = list(csv.DictReader((out / "results.csv").open(newline="", encoding="utf-8")))
+    assert {row["run"] for row in rows} == {names[0], "'" + names[1]}
+    for figure in out.glob("*.png"):
+        assert_png_drawn(figure)
+    assert (out / "inquire_fullrank_supercategory.png").exists()
+    assert all(name in printed.stdout for name in names)
