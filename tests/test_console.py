@@ -124,3 +124,31 @@ def test_user_text_prints_as_typed_in_tables_bars_and_log_lines(monkeypatch) -> 
             root.addHandler(handler)
         root.setLevel(kept[1])
     assert f"query {typed}" in captured.get()
+
+
+def test_query_and_build_print_ids_and_paths_with_markup_as_typed(tiny_checkpoints, tmp_path):
+    """An image in folders ``cats [`` / ``x] b`` (id ``cats [/x] b/cat.jpg``), its table in ``t [`` /
+    ``x]``: the id and the index path are printed as typed (rich would raise on ``[/x]``)."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    (photos / "cats [" / "x] b").mkdir(parents=True)
+    shutil.copy(SAMPLE_PHOTOS / "chelsea.jpg", photos / "cats [" / "x] b" / "cat.jpg")
+    shutil.copy(SAMPLE_PHOTOS / "coffee.jpg", photos / "coffee.jpg")
+    table = tmp_path / "t [/x]" / "photos.parquet"
+    embed = run_module(
+        "img_search.pipeline.embed",
+        "models=clip",
+        f"models.clip.model_name={tiny_checkpoints['clip']}",
+        "datasets=image_folder",
+        f"datasets.image_folder.path={photos}",
+        "tasks.cpu=true",
+        f"output_path='{table}'",
+    )
+    assert embed.returncode == 0, embed.stderr[-2000:]
+    query = run_module("img_search.search.query", f"index='{table}'", "id=coffee.jpg", "k=2")
+    assert query.returncode == 0, query.stderr[-2000:]
+    assert "cats [/x] b/cat.jpg" in query.stdout
+    build = run_module("img_search.search.build", f"table='{table}'", "indexes=[flat]")
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert "t [/x]" in build.stdout

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
 from img_search.cli import user_errors_exit
 from img_search.command_line import hydra_entry
+from img_search.console import stdout_console
 
 if TYPE_CHECKING:
     from img_search.search.indexes import SavedIndex
@@ -57,7 +57,7 @@ def print_built(built: list[SavedIndex]) -> None:
             f"{saved.index.nbytes() / 2**20:.1f}",
             str(saved.path),
         )
-    Console(width=200).print(table)
+    stdout_console(width=200).print(table)  # names and paths: user text
 
 
 @hydra_entry(config_path="pkg://img_search.config.search", config_name="build")

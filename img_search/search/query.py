@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
 from img_search.cli import pick_device, user_errors_exit
 from img_search.command_line import hydra_entry
+from img_search.console import stdout_console
 
 if TYPE_CHECKING:  # numpy, pyarrow and the index libraries load once the config is composed
     import numpy as np
@@ -128,7 +128,7 @@ def print_hits(hits: list[Hit], index: SavedIndex, as_json: bool) -> None:
         table.add_column(column)
     for h in hits:
         table.add_row(str(h.rank), f"{h.score:.4f}", h.id, *(getattr(h, c) or "" for c in extra))
-    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+    stdout_console(width=160 if not sys.stdout.isatty() else None).print(table)  # ids: user text
 
 
 @hydra_entry(config_path="pkg://img_search.config.search", config_name="query")
