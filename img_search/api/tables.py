@@ -39,7 +39,12 @@ def open_table(
 
 class Table:
     """``ids``, ``vectors`` (float32, one unit row per id), ``metadata``, ``to_pandas()``,
-    ``search(...)`` and ``evaluate(...)``; the vectors are read on first use."""
+    ``search(...)`` and ``evaluate(...)``; the vectors are read on first use.
+
+    Rows whose vector is null or not finite are in neither ``ids`` nor
+    ``vectors`` (nor any index): a warning names them, and ``left_out`` gives
+    each one's reason. ``to_pandas()`` keeps every row as stored.
+    """
 
     def __init__(self, path: Path, model_name: str, dataset_name: str) -> None:
         self.path, self.model_name, self.dataset_name = path, model_name, dataset_name
@@ -68,6 +73,11 @@ class Table:
     @property
     def vectors(self) -> np.ndarray:
         return self.selection.vectors
+
+    @property
+    def left_out(self) -> dict[str, str]:
+        """Rows left out of ``ids`` and ``vectors``: id → why (its vector is null, or not finite)."""
+        return self.selection.left_out.reasons()
 
     @property
     def metadata(self) -> dict[str, Any]:
