@@ -137,12 +137,12 @@ class Table:
         return search(saved, query, k, None if id is None else str(id), where)
 
     def _index(self, index: str) -> SavedIndex:
-        from img_search.search.indexes import index_dir, open_index
+        from img_search.search.indexes import open_index, saved_index_dir
 
         if index not in self._indexes:
             folder = Path(index)
             if not (folder / "index.json").is_file():
-                folder = index_dir(self.path, self.model_name, self.dataset_name, index)
+                folder = saved_index_dir(self.path, self.model_name, self.dataset_name, index)
                 if index != "flat" and not (folder / "index.json").is_file():
                     raise FileNotFoundError(
                         f"no index {index!r} of {self.model_name} × {self.dataset_name} next to "

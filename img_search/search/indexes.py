@@ -41,15 +41,21 @@ log = logging.getLogger(__name__)
 
 
 def index_dir(table: str | os.PathLike[str], model_name: str, dataset_name: str, name: str) -> Path:
-    """Where the index ``name`` of one (model, dataset) of ``table`` is saved, or found when an
-    earlier img_search saved a folder table's index beside it (``TableLayout.index_dir``)."""
-    layout = TableLayout(Path(table))
-    place = layout.index_dir(model_name, dataset_name, name)
-    earlier = layout.legacy_side_file(place.name)
+    """Where the index ``name`` of one (model, dataset) of ``table`` is saved (``TableLayout.index_dir``)."""
+    return TableLayout(Path(table)).index_dir(model_name, dataset_name, name)
+
+
+def saved_index_dir(
+    table: str | os.PathLike[str], model_name: str, dataset_name: str, name: str
+) -> Path:
+    """Where that index is found: its place, or beside a folder table where an earlier img_search
+    saved it, when it records that table (a rebuild saves it in its place)."""
+    place = index_dir(table, model_name, dataset_name, name)
+    earlier = TableLayout(Path(table)).legacy_side_file(place.name)
     if earlier is not None and not (place / "index.json").exists():
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             recorded = json.loads((earlier / "index.json").read_text())["table"]
-            if Path(recorded) == layout.path.resolve():
+            if Path(recorded) == Path(table).resolve():
                 return earlier
     return place
 
@@ -250,7 +256,7 @@ def open_index(
     if not path.exists():
         raise FileNotFoundError(f"no saved index or embedding table at {path}")
     model_name, dataset_name = choose_selection(path, model_name, dataset_name)
-    saved = index_dir(path, model_name, dataset_name, name)
+    saved = saved_index_dir(path, model_name, dataset_name, name)
     if (saved / "index.json").exists():
         try:
             return load_index(saved, table=path)

@@ -173,11 +173,11 @@ def test_folder_table_killed_while_finishing_then_rerun(tmp_path, run_embed):
     rerun = run_embed(*args)
     assert "rows: 9" in rerun.stdout and "errors: 1" in rerun.stdout
     assert sorted(read_embeddings(out).ids) == [f"{i}.jpg" for i in range(9)]
-    errors = pq.read_table(tmp_path / "photos_table.errors.parquet").to_pylist()
+    errors = pq.read_table(tmp_path / "photos_table.side" / "errors.parquet").to_pylist()
     assert [(e["id"], e["model_name"]) for e in errors] == [("broken.jpg", "simulated")]
     assert "cannot decode" in errors[0]["reason"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "photos",
         "photos_table",
-        "photos_table.errors.parquet",
+        "photos_table.side",  # the folder table's side files: its errors
     ]
