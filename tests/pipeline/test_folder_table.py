@@ -120,7 +120,7 @@ def test_search_query_build_and_evaluate_take_a_folder(tables, inquire_dir):
         "img_search.search.build", f"table={folder}", "model_name=other", "indexes=[faiss_hnsw]"
     )
     assert built.returncode == 0, built.stderr
-    assert folder.with_name("inquire.other.inquire.faiss_hnsw.index").is_dir()
+    assert (folder.with_name("inquire.side") / "other.inquire.faiss_hnsw.index").is_dir()
     evaluated = run_module(
         "img_search.search.evaluate",
         "task=inquire",
