@@ -1,9 +1,8 @@
 """``milvus``: an index kind whose vectors live in a Milvus collection.
 
 The same client (``pymilvus.MilvusClient``) reaches Milvus Lite — a local
-``.db`` folder, embedded, the default: the table's own (``TableLayout.milvus_lite_file``:
-``<stem>.milvus.db`` next to a file table, ``<folder>.side/milvus.db`` for a folder
-table) — or a Milvus server or cluster (``uri=http://host:19530``, ``token``).
+``.db`` folder, embedded, the default: the table's ``TableLayout.milvus_lite_file``
+— or a Milvus server or cluster (``uri=http://host:19530``, ``token``).
 Behind ``VectorIndex`` it is built, saved, reloaded, searched and benchmarked
 like the other kinds; the index folder next to the table holds the ids, the
 model identity and ``milvus.json`` (where the collection is), never vectors.
@@ -350,15 +349,8 @@ def disconnect(client: Any, uri: str) -> None:
 
 
 def collection_name(table: Path, model_name: str, dataset_name: str) -> str:
-    """``<table stem>_<model>_<dataset>`` in the characters Milvus allows (a hash when any were changed).
-
-    A folder table's name is ``<folder>.side``, as its side files are, so that the file table
-    ``x.parquet`` and the folder ``x`` never share a collection on one server.
-    """
-    layout = TableLayout(table)
-    wanted = (
-        f"{layout.side_dir.name if layout.is_folder else layout.stem}_{model_name}_{dataset_name}"
-    )
+    """``<side name>_<model>_<dataset>`` in the characters Milvus allows (a hash when any were changed)."""
+    wanted = f"{TableLayout(table).side_name}_{model_name}_{dataset_name}"
     name = re.sub(r"\W", "_", wanted, flags=re.ASCII)
     if not re.match(r"[A-Za-z_]", name):
         name = "c_" + name
@@ -461,8 +453,8 @@ class MilvusIndex(VectorIndex):
         identity: dict[str, Any],
     ) -> None:
         """Make the collection hold exactly these rows: recreated if its model or layout differ,
-        else only the missing ids upserted and the ids the table lost deleted. The vectors are
-        finite: ``load_selection`` left out the others (``store.vectors``)."""
+        else only the missing ids upserted and the ids the table lost deleted (finite vectors:
+        ``load_selection`` left out the others)."""
         self.fields = ["id", *scalars, *captions]
         columns = {
             "id": _text_column("id", ids),

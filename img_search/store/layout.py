@@ -71,6 +71,12 @@ class TableLayout:
         """Where the side files are: the folder next to a folder table, the table's folder for a file."""
         return self.path.with_name(self.path.name + SIDE) if self.is_folder else self.path.parent
 
+    @property
+    def side_name(self) -> str:
+        """What the side files are named after: ``x`` for ``x.parquet``, ``x.side`` for the folder
+        ``x`` (also a Milvus collection's name, so the two never share one on a server)."""
+        return self.side_dir.name if self.is_folder else self.stem
+
     def side_file(self, name: str) -> Path:
         """``x.<name>`` next to the file table ``x.parquet``; ``x.side/<name>`` for the folder ``x``."""
         return (
