@@ -39,7 +39,12 @@ def open_table(
 
 class Table:
     """``ids``, ``vectors`` (float32, one unit row per id), ``metadata``, ``to_pandas()``,
-    ``search(...)`` and ``evaluate(...)``; the vectors are read on first use."""
+    ``search(...)`` and ``evaluate(...)``; the vectors are read on first use.
+
+    Rows whose vector is null or not finite are in neither ``ids`` nor
+    ``vectors`` (nor any index): a warning names them, and ``left_out`` gives
+    each one's reason. ``to_pandas()`` keeps every row as stored.
+    """
 
     def __init__(self, path: Path, model_name: str, dataset_name: str) -> None:
         self.path, self.model_name, self.dataset_name = path, model_name, dataset_name
@@ -68,6 +73,11 @@ class Table:
     @property
     def vectors(self) -> np.ndarray:
         return self.selection.vectors
+
+    @property
+    def left_out(self) -> dict[str, str]:
+        """Rows left out of ``ids`` and ``vectors``: id → why (its vector is null, or not finite)."""
+        return self.selection.left_out.reasons()
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -127,12 +137,12 @@ class Table:
         return search(saved, query, k, None if id is None else str(id), where)
 
     def _index(self, index: str) -> SavedIndex:
-        from img_search.search.indexes import index_dir, open_index
+        from img_search.search.indexes import open_index, saved_index_dir
 
         if index not in self._indexes:
             folder = Path(index)
             if not (folder / "index.json").is_file():
-                folder = index_dir(self.path, self.model_name, self.dataset_name, index)
+                folder = saved_index_dir(self.path, self.model_name, self.dataset_name, index)
                 if index != "flat" and not (folder / "index.json").is_file():
                     raise FileNotFoundError(
                         f"no index {index!r} of {self.model_name} × {self.dataset_name} next to "

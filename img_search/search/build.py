@@ -42,7 +42,19 @@ def build_all(
 
 def print_built(built: list[SavedIndex]) -> None:
     table = Table(title="indexes")
-    for column in ("name", "kind", "model", "dataset", "rows", "dim", "build s", "MiB", "path"):
+    columns = (
+        "name",
+        "kind",
+        "model",
+        "dataset",
+        "rows",
+        "left out",
+        "dim",
+        "build s",
+        "MiB",
+        "path",
+    )
+    for column in columns:
         table.add_column(column)
     for saved in built:
         m = saved.meta
@@ -52,6 +64,7 @@ def print_built(built: list[SavedIndex]) -> None:
             m["model_name"],
             m["dataset_name"],
             str(m["count"]),
+            str(len(saved.left_out)),  # null or non-finite vectors (``store.vectors``)
             str(m["dim"]),
             f"{m['build_seconds']:.2f}",
             f"{saved.index.nbytes() / 2**20:.1f}",

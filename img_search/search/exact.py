@@ -15,8 +15,12 @@ first; equal scores by lower row position, a row's position being its index
 in the selection's row order (the order ``load_selection`` reads). That is
 ``np.argsort(-scores, axis=1, kind="stable")[:, :k]`` over the full
 (queries × rows) matrix of the same scores, and the per-block cut and the
-merge keep it exactly, ties across block boundaries included. NaN scores
-(from NaN vectors) rank last, as ``-inf``.
+merge keep it exactly, ties across block boundaries included.
+
+Rows whose vector is null or not finite are left out before scoring, as every
+index leaves them out (``store.vectors``): they have no position, and one
+warning names them at the end. ``RunningTopK`` fed such rows directly ranks a
+NaN score last, as ``-inf``.
 
 Scores are float32 inner products, block by block. BLAS may sum one dot
 product in another order for a matrix of another shape, so a product over
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -41,7 +45,8 @@ import pyarrow.parquet as pq
 from img_search.search.tables import choose_selection
 from img_search.store import TableLayout, open_table
 from img_search.store import schema as S
-from img_search.store.reader import chunk_vectors, selection_batches, selection_filter
+from img_search.store.reader import selection_batches, selection_filter
+from img_search.store.vectors import LeftOut, usable_rows
 
 #: Stored vectors per block: 16 MiB (10,922 rows of 768-d float16, 5,461 of float32). Decoding
 #: a block of list column from Parquet takes about ten times that; the product is efficient
@@ -57,6 +62,7 @@ class TopK:
     rows: np.ndarray  # (queries, k) int64: positions in the selection's row order
     ids: np.ndarray | None  # (queries, k) object array of str; None when no ids were given
     scanned: int  # rows searched
+    left_out: LeftOut = field(default_factory=LeftOut)  # rows not searched: null or non-finite
 
 
 class RunningTopK:
@@ -172,6 +178,7 @@ def exact_top_k(
     )
     block_rows = max(1, block_bytes // (running.queries.shape[1] * value_type.byte_width))
     limit = max_rows if max_rows is not None else float("inf")
+    left_out = LeftOut()
     with make_progress(progress) as bar:
         total = None
         if progress:
@@ -180,14 +187,24 @@ def exact_top_k(
         task = bar.add_task(f"exact top-{k} {model_name} × {dataset_name}", total=total, rate="")
         started = time.perf_counter()
         for block in selection_batches(path, model_name, dataset_name, batch_rows=block_rows):
-            block = block.slice(0, min(block.num_rows, limit - running.scanned))
-            running.add(chunk_vectors(block.column(S.EMBEDDING)), block.column(S.ID))
+            usable = usable_rows(block.column(S.EMBEDDING), block.column(S.ID))
+            left_out.extend(usable.left_out)
+            ids = block.column(S.ID)
+            if not usable.complete:
+                ids = ids.filter(pa.array(usable.keep))
+            vectors = usable.vectors[: max(0, int(min(len(ids), limit - running.scanned)))]
+            running.add(vectors, ids.slice(0, len(vectors)))
             rate = running.scanned / max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=running.scanned, rate=f"{rate:,.0f} rows/s")
             if running.scanned >= limit:
                 break
+    source = f"{path} ({model_name} × {dataset_name})"
+    left_out.refuse_if_all(source, running.scanned + len(left_out))
+    left_out.warn(source)
     if running.scanned == 0:
         raise ValueError(
             f"{path} holds no rows for model {model_name!r} and dataset {dataset_name!r}"
         )
-    return running.result()
+    result = running.result()
+    result.left_out = left_out
+    return result

@@ -1,8 +1,8 @@
 """``milvus``: an index kind whose vectors live in a Milvus collection.
 
 The same client (``pymilvus.MilvusClient``) reaches Milvus Lite — a local
-``.db`` folder, embedded, the default: ``<table stem>.milvus.db`` next to the
-table — or a Milvus server or cluster (``uri=http://host:19530``, ``token``).
+``.db`` folder, embedded, the default: the table's ``TableLayout.milvus_lite_file``
+— or a Milvus server or cluster (``uri=http://host:19530``, ``token``).
 Behind ``VectorIndex`` it is built, saved, reloaded, searched and benchmarked
 like the other kinds; the index folder next to the table holds the ids, the
 model identity and ``milvus.json`` (where the collection is), never vectors.
@@ -47,8 +47,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from img_search.faults import fail_point
-from img_search.search.indexes import FilterError, VectorIndex
+from img_search.search.kinds import FilterError, VectorIndex
 from img_search.search.tables import CAPTION_COLUMNS, TableSelection
+from img_search.store import TableLayout
 
 log = logging.getLogger(__name__)
 
@@ -348,8 +349,8 @@ def disconnect(client: Any, uri: str) -> None:
 
 
 def collection_name(table: Path, model_name: str, dataset_name: str) -> str:
-    """``<table stem>_<model>_<dataset>`` in the characters Milvus allows (a hash when any were changed)."""
-    wanted = f"{table.name.removesuffix('.parquet')}_{model_name}_{dataset_name}"
+    """``<side name>_<model>_<dataset>`` in the characters Milvus allows (a hash when any were changed)."""
+    wanted = f"{TableLayout(table).side_name}_{model_name}_{dataset_name}"
     name = re.sub(r"\W", "_", wanted, flags=re.ASCII)
     if not re.match(r"[A-Za-z_]", name):
         name = "c_" + name
@@ -365,7 +366,7 @@ class MilvusIndex(VectorIndex):
     kind = "milvus"
     file_name = "milvus.json"
     defaults: ClassVar[dict[str, Any]] = {
-        "uri": None,  # None: Milvus Lite, <table stem>.milvus.db next to the table
+        "uri": None,  # None: the table's Milvus Lite file (TableLayout.milvus_lite_file)
         "token": None,  # never saved; MILVUS_TOKEN when not given
         "collection": None,  # None: <table stem>_<model>_<dataset>[_<index name unless milvus>]
         "index_type": "AUTOINDEX",
@@ -432,8 +433,8 @@ class MilvusIndex(VectorIndex):
         """Decide the uri and the collection name (from ``dataset_name`` as given), and connect."""
         uri = self.params["uri"]
         if uri is None and table is not None:
-            self.lite_file = f"{table.name.removesuffix('.parquet')}.milvus.db"
-            uri = str(table.with_name(self.lite_file))
+            lite = TableLayout(table).milvus_lite_file  # beside the index folders, as they are
+            self.lite_file, uri = lite.name, str(lite)
         elif is_lite(str(uri)):  # a Lite file the user named: recorded as an absolute path
             uri = self.params["uri"] = os.path.abspath(str(uri))
         self.uri = str(uri)
@@ -452,7 +453,8 @@ class MilvusIndex(VectorIndex):
         identity: dict[str, Any],
     ) -> None:
         """Make the collection hold exactly these rows: recreated if its model or layout differ,
-        else only the missing ids upserted and the ids the table lost deleted."""
+        else only the missing ids upserted and the ids the table lost deleted (finite vectors:
+        ``load_selection`` left out the others)."""
         self.fields = ["id", *scalars, *captions]
         columns = {
             "id": _text_column("id", ids),
@@ -460,22 +462,15 @@ class MilvusIndex(VectorIndex):
         }
         for name, value in scalars.items():  # the model and dataset names: the same length check
             _text_column(name, np.array([value], dtype=object))
-        finite = np.isfinite(vectors).all(axis=1)
-        if not finite.all():
-            log.warning(
-                "%d rows with NaN or infinite vectors are not loaded into Milvus (for example %r)",
-                int((~finite).sum()),
-                str(ids[~finite][0]),
-            )
         self.identity = identity
         with self._errors():
             created = self._ensure_collection(self._layout(), identity)
-            todo = finite if created else finite & self._missing(ids)
-            self._upsert(columns, scalars, vectors, np.flatnonzero(todo))
+            todo = np.arange(len(ids)) if created else np.flatnonzero(self._missing(ids))
+            self._upsert(columns, scalars, vectors, todo)
             self.client.flush(self.collection)
             self.count = self._count()
-            if self.count > int(finite.sum()):
-                self._delete_except(set(columns["id"][finite]))
+            if self.count > len(ids):
+                self._delete_except(set(columns["id"]))
             self._wait_indexed()
 
     def _layout(self) -> dict[str, Any]:

@@ -118,7 +118,8 @@ def print_hits(hits: list[Hit], index: SavedIndex, as_json: bool) -> None:
             "dataset_name": index.dataset_name,
             "hits": [{k: v for k, v in asdict(h).items() if v is not None} for h in hits],
         }
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+        # every score is finite (``SavedIndex.top_k``): the output is strict JSON, never a bare NaN
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
         return
     table = Table(title=f"{index.model_name} × {index.dataset_name} ({len(index.ids)} items)")
     for column in ("rank", "score", "id"):

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from img_search.store import read_metadata, read_table
 from img_search.store import schema as S
-from img_search.store.reader import embedding_matrix, selection_filter, table_columns
+from img_search.store.reader import selection_filter, table_columns
+from img_search.store.vectors import LeftOut, usable_rows
 
 CAPTION_COLUMNS = ("caption", "image_id", "image")
 
@@ -54,6 +56,8 @@ class TableSelection:
     model_spec: dict[str, Any]  # the resolved encoder spec, to rebuild the query encoder
     dataset: dict[str, Any]  # the dataset description recorded by the pipeline
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # caption, image_id, image
+    #: rows whose vector is null or not finite: in none of the arrays above (``store.vectors``)
+    left_out: LeftOut = field(default_factory=LeftOut)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -111,7 +115,11 @@ def load_selection(
     model_name: str | None = None,
     dataset_name: str | None = None,
 ) -> TableSelection:
-    """Read one (model, dataset) of the table at ``path``; refuses an ambiguous choice."""
+    """Read one (model, dataset) of the table at ``path``; refuses an ambiguous choice.
+
+    Rows whose vector is null or not finite are left out of it, and named in a
+    warning (``store.vectors``); a selection of nothing else is refused.
+    """
     info = selection_info(path, model_name, dataset_name)
     names = table_columns(info.path)
     columns = [S.ID, S.EMBEDDING, *(c for c in CAPTION_COLUMNS if c in names)]
@@ -123,6 +131,12 @@ def load_selection(
             f"{info.path} holds no rows for model {info.model_name!r} and dataset "
             f"{info.dataset_name!r}"
         )
+    usable = usable_rows(table.column(S.EMBEDDING), table.column(S.ID))
+    source = f"{info.path} ({info.model_name} × {info.dataset_name})"
+    usable.left_out.refuse_if_all(source, table.num_rows)
+    usable.left_out.warn(source)
+    if not usable.complete:
+        table = table.filter(pa.array(usable.keep))
     return TableSelection(
         path=info.path,
         model_name=info.model_name,
@@ -130,7 +144,7 @@ def load_selection(
         kind=info.kind,
         # object arrays of str: a fixed-width str array pads every id to the longest
         ids=table.column(S.ID).to_numpy(zero_copy_only=False),
-        vectors=np.ascontiguousarray(embedding_matrix(table.column(S.EMBEDDING))),
+        vectors=np.array(usable.vectors, dtype=np.float32, order="C"),  # (a copy of Arrow's)
         identity=info.identity,
         model_spec=info.model_spec,
         dataset=info.dataset,
@@ -139,6 +153,7 @@ def load_selection(
             for c in CAPTION_COLUMNS
             if c in table.column_names
         },
+        left_out=usable.left_out,
     )
 
 
@@ -183,17 +198,24 @@ def _choose(what: str, wanted: str | None, available: list[str], path: Path) -> 
 
 
 def vector_of(path: str | os.PathLike[str], model_name: str, dataset_name: str, item_id: str):
-    """The stored vector of one item (for "more like this")."""
+    """The stored vector of one item (for "more like this"); one that is left out cannot be a query."""
     table = read_table(
         path,
-        columns=[S.EMBEDDING],
+        columns=[S.ID, S.EMBEDDING],
         filters=selection_filter(model_name, dataset_name) & (pc.field(S.ID) == item_id),
     )
     if table.num_rows == 0:
         raise UnknownItem(
             f"no item with id {item_id!r} for {model_name} × {dataset_name} in {path}"
         )
-    return embedding_matrix(table.column(S.EMBEDDING))[0]
+    usable = usable_rows(table.column(S.EMBEDDING), table.column(S.ID))
+    if not usable.keep[0]:
+        reason = usable.left_out.reasons()[item_id]
+        raise ValueError(
+            f"item {item_id!r} of {model_name} × {dataset_name} in {path} is left out of "
+            f"search: {reason}"
+        )
+    return np.array(usable.vectors[0], dtype=np.float32)
 
 
 def row_details(

@@ -3,9 +3,11 @@
 Everything is loaded and checked once, at start-up, so a request only encodes
 its query (when it has one) and searches. A table that cannot be searched
 correctly is refused then, with one line: vectors of another dimension than
-its model's, duplicate ids, no rows. Rows whose vectors hold NaN or infinity
-are listed (log and ``/api/tables``) and left out of every answer. Items are
-reached only by their ids; a path never comes from a request.
+its model's, duplicate ids, no rows, no row with a usable vector. Rows whose
+vector is null or not finite are not in the index (``store.vectors``, the
+policy of every reader and index): they are listed (log and ``/api/tables``)
+and never answered nor searched from. Items are reached only by their ids; a
+path never comes from a request.
 """
 
 from __future__ import annotations
@@ -29,13 +31,10 @@ from img_search.search.tables import CAPTION_COLUMNS
 from img_search.serve.thumbnails import IMAGE_SOURCE_WAIT_S, ItemImages, item_images_of
 from img_search.store import is_table, open_table, read_table
 from img_search.store import schema as S
-from img_search.store.reader import embedding_matrix, selection_filter, table_columns
+from img_search.store.reader import selection_filter, table_columns
+from img_search.store.vectors import LeftOut, NoUsableRows
 
 log = logging.getLogger(__name__)
-
-#: Rows with NaN or infinite vectors that a table may have and still be served: every search
-#: asks its index for this many more hits, to drop them, so the number must stay small.
-MAX_LEFT_OUT = 1000
 
 
 @dataclass
@@ -48,15 +47,15 @@ class LoadedTable:
     encoder: Encoder | None
     details: dict[str, np.ndarray] = field(default_factory=dict)  # caption columns by row
     row_of: dict[str, int] = field(default_factory=dict)  # searchable items only
-    #: items whose vectors hold NaN or infinity, by id: never returned, never searched from
-    left_out: dict[str, int] = field(default_factory=dict)
+    #: items whose vector is null or not finite, id → reason: never returned, never searched from
+    left_out: dict[str, str] = field(default_factory=dict)
     images: ItemImages | None = None
     #: caption tables: the loaded image table their images come from
     image_table: str | None = None
 
     @property
     def rows(self) -> int:
-        return len(self.index.ids) - len(self.left_out)
+        return len(self.index.ids)
 
     @property
     def dim(self) -> int:
@@ -79,10 +78,7 @@ class LoadedTable:
 
         ``where``: a filter parsed by ``index.parse_filter`` (milvus indexes).
         """
-        if not self.left_out:
-            return self.index.top_k(vector, k, exclude, where)
-        hits = self.index.top_k(vector, k + len(self.left_out), exclude, where)
-        return [hit for hit in hits if hit[1] not in self.left_out][:k]
+        return self.index.top_k(vector, k, exclude, where)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -96,7 +92,7 @@ class LoadedTable:
             "text_search": self.reads("text"),
             "image_search": self.reads("image"),
             "image_table": self.image_table,
-            "left_out": sorted(self.left_out)[:20],  # NaN or infinite vectors, first 20 ids
+            "left_out": sorted(self.left_out)[:20],  # null or non-finite vectors, first 20 ids
         }
 
 
@@ -115,15 +111,18 @@ def load_table(
     code that its checkpoint ships.
     """
     refuse_empty(name, Path(str(spec["table"])))
-    index = open_index(
-        str(spec["table"]),
-        spec.get("model_name"),
-        spec.get("dataset_name"),
-        name=str(spec.get("index", "flat")),
-        kind=str(spec.get("index", "flat")),
-    )
+    try:
+        index = open_index(
+            str(spec["table"]),
+            spec.get("model_name"),
+            spec.get("dataset_name"),
+            name=str(spec.get("index", "flat")),
+            kind=str(spec.get("index", "flat")),
+        )
+    except NoUsableRows as exc:
+        raise NoUsableRows(f"table {name}: {exc}") from None
     row_of = unique_rows(name, index)
-    left_out = {item: row_of.pop(item) for item in nonfinite_ids(name, index)}
+    LeftOut.of(index.left_out).warn(f"table {name}")
     kind = str(index.meta.get("table_kind", "image"))
     identity = index.meta.get("identity") or {}
     encoders = {} if encoders is None else encoders
@@ -145,7 +144,7 @@ def load_table(
         encoder=encoder,
         details=caption_details(index),
         row_of=row_of,
-        left_out=left_out,
+        left_out=index.left_out,
     )
     if kind == "image":
         loaded.images = item_images_of(name, index.table, index.dataset_name)
@@ -175,39 +174,6 @@ def unique_rows(name: str, index: SavedIndex) -> dict[str, int]:
             "each item must be embedded once: embed it again into a new table"
         )
     return row_of
-
-
-def nonfinite_ids(name: str, index: SavedIndex) -> list[str]:
-    """Ids whose vectors hold NaN or infinity, read batch by batch (the table may exceed memory).
-
-    Such a vector scores NaN or infinity against every query: it would vanish
-    or come first. It is logged and left out; a table of nothing else is refused.
-    """
-    batches = open_table(index.table).to_batches(
-        columns=[S.ID, S.EMBEDDING], filter=selection_filter(index.model_name, index.dataset_name)
-    )
-    bad: list[str] = []
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        finite = np.isfinite(embedding_matrix(batch.column(S.EMBEDDING))).all(axis=1)
-        if not finite.all():
-            bad.extend(str(i) for i in batch.column(S.ID).filter(~finite).to_pylist())
-    if not bad:
-        return bad
-    if len(bad) == len(index.ids) or len(bad) > MAX_LEFT_OUT:
-        raise ValueError(
-            f"table {name}: {len(bad)} of its {len(index.ids)} vectors hold NaN or infinity "
-            f"(for example {', '.join(map(repr, bad[:3]))}); embed them again"
-        )
-    log.warning(
-        "table %s: %d rows with NaN or infinite vectors are left out: %s%s",
-        name,
-        len(bad),
-        ", ".join(map(repr, bad[:10])),
-        " …" if len(bad) > 10 else "",
-    )
-    return bad
 
 
 def check_dimension(name: str, index: SavedIndex, encoder: Encoder) -> None:

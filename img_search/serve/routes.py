@@ -245,7 +245,7 @@ def similar(
     parsed = where_of(loaded, where)
     if id in loaded.left_out:
         raise HTTPException(
-            422, f"item {id!r} of table {loaded.name} is left out: its vector is not finite"
+            422, f"item {id!r} of table {loaded.name} is left out: {loaded.left_out[id]}"
         )
     row = loaded.row_of.get(id)
     if row is None:

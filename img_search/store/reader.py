@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ from pyarrow.fs import LocalFileSystem
 
 from img_search.store import schema as S
 from img_search.store.layout import TableLayout
+from img_search.store.vectors import LeftOut, usable_rows
+from img_search.store.vectors import chunk_vectors as chunk_vectors  # (their home is store.vectors)
+from img_search.store.vectors import embedding_matrix as embedding_matrix
 
 
 @dataclass
@@ -25,6 +28,7 @@ class EmbeddingMatrix:
 
     ids: np.ndarray  # object array of str
     vectors: np.ndarray  # (n, dim) float32
+    left_out: LeftOut = field(default_factory=LeftOut)  # rows without a usable vector
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -39,7 +43,62 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(S.METADATA_KEY)
     if raw is None:
         raise ValueError(f"{path} is not an img_search embedding table (no metadata)")
-    return json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except ValueError as exc:  # (not UTF-8, or not JSON)
+        raise ValueError(f"{path}: its img_search metadata is not valid JSON ({exc})") from None
+    check_metadata(metadata, path)
+    return metadata
+
+
+#: Fields of the metadata that readers look into, and the JSON type each must have.
+METADATA_TYPES: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "models": dict,
+    "datasets": dict,
+    "listings": dict,
+    "job": dict,
+    "config": dict,
+    "parts": list,
+    "rows": int,
+    "errors": int,
+}
+#: Fields (by path) whose values are one object per model or dataset name.
+METADATA_MAPS = (("models",), ("datasets",), ("job", "models"), ("config", "models"))
+
+
+def check_metadata(metadata: Any, path: str | os.PathLike[str]) -> None:
+    """Refuse, in one line naming the file, metadata that is not what the writer writes (a JSON list,
+    a field of another type): readers would otherwise fail deep inside with an AttributeError."""
+
+    def json_type(value: Any) -> str:
+        names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+        return names.get(type(value), "a number")
+
+    def refuse(what: str) -> None:
+        raise ValueError(
+            f"{path}: its img_search metadata is damaged ({what}); embed the table again"
+        )
+
+    if not isinstance(metadata, dict):
+        refuse(f"{json_type(metadata)}, not an object")
+    for name, kind in METADATA_TYPES.items():
+        value = metadata.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            refuse(f"{name} is {json_type(value)}")
+    if not all(isinstance(part, str) for part in metadata.get("parts") or []):
+        refuse("parts holds something else than file names")
+    for keys in METADATA_MAPS:
+        value: Any = metadata
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            refuse(f"{'.'.join(keys)} is {json_type(value)}")
+        for name, entry in value.items():
+            if entry is not None and not isinstance(entry, dict):
+                refuse(f"{'.'.join(keys)}.{name} is {json_type(entry)}")
 
 
 def is_table(path: str | os.PathLike[str]) -> bool:
@@ -88,35 +147,6 @@ def read_table(
     return open_table(path, memory_map).to_table(
         columns=list(columns) if columns is not None else None, filter=filters
     )
-
-
-def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A (fixed-size) list column of equal-length vectors → one float32 matrix."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    if pa.types.is_fixed_size_list(column.type):
-        empty = np.zeros((0, column.type.list_size), dtype=np.float32)
-    else:
-        empty = np.zeros((0, 0), dtype=np.float32)
-    parts = [chunk_vectors(chunk) for chunk in chunks if len(chunk)]
-    if not parts:
-        return empty
-    if len({part.shape[1] for part in parts}) > 1:
-        raise ValueError("vectors of different dimensions in one selection: filter by model_name")
-    return np.concatenate(parts).astype(np.float32, copy=False)
-
-
-def chunk_vectors(chunk: pa.Array) -> np.ndarray:
-    """One non-empty chunk of a (fixed-size) list column → (rows, dim) in the stored dtype, a view where Arrow allows."""
-    if not pa.types.is_fixed_size_list(chunk.type):
-        lengths = pc.list_value_length(chunk)
-        low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
-        if low != high:
-            raise ValueError(
-                f"vectors of different dimensions ({low} to {high}) in one selection: "
-                "filter by model_name"
-            )
-    values = chunk.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(len(chunk), -1)
 
 
 def selection_filter(model_name: str | None, dataset_name: str | None) -> pc.Expression | None:
@@ -186,12 +216,24 @@ def read_embeddings(
     *,
     memory_map: bool = True,
 ) -> EmbeddingMatrix:
-    """ids and vectors of one (model, dataset) selection of a table of either form; both filters optional."""
+    """ids and vectors of one (model, dataset) selection of a table of either form; both filters optional.
+
+    Rows whose vector is null or not finite are left out, with a warning that
+    names them (``store.vectors``).
+    """
     table = read_table(
         path,
         columns=[S.ID, S.EMBEDDING],
         filters=selection_filter(model_name, dataset_name),
         memory_map=memory_map,
     )
-    ids = table.column(S.ID).to_numpy(zero_copy_only=False)
-    return EmbeddingMatrix(ids=ids, vectors=embedding_matrix(table.column(S.EMBEDDING)))
+    usable = usable_rows(table.column(S.EMBEDDING), table.column(S.ID))
+    usable.left_out.warn(str(path))
+    ids = table.column(S.ID)
+    if not usable.complete:
+        ids = ids.filter(pa.array(usable.keep))
+    return EmbeddingMatrix(
+        ids=ids.to_numpy(zero_copy_only=False),
+        vectors=np.array(usable.vectors, dtype=np.float32),
+        left_out=usable.left_out,
+    )

@@ -206,6 +206,7 @@ def write_errors(path: str | os.PathLike[str], rows: Sequence[Sequence[str]]) ->
     table = pa.Table.from_arrays(
         [pa.array(list(c), pa.string()) for c in columns], schema=S.ERRORS_SCHEMA
     )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # a folder table's ``<folder>.side/``
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 

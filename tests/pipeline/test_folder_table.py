@@ -120,7 +120,7 @@ def test_search_query_build_and_evaluate_take_a_folder(tables, inquire_dir):
         "img_search.search.build", f"table={folder}", "model_name=other", "indexes=[faiss_hnsw]"
     )
     assert built.returncode == 0, built.stderr
-    assert folder.with_name("inquire.other.inquire.faiss_hnsw.index").is_dir()
+    assert (folder.with_name("inquire.side") / "other.inquire.faiss_hnsw.index").is_dir()
     evaluated = run_module(
         "img_search.search.evaluate",
         "task=inquire",
@@ -173,11 +173,11 @@ def test_folder_table_killed_while_finishing_then_rerun(tmp_path, run_embed):
     rerun = run_embed(*args)
     assert "rows: 9" in rerun.stdout and "errors: 1" in rerun.stdout
     assert sorted(read_embeddings(out).ids) == [f"{i}.jpg" for i in range(9)]
-    errors = pq.read_table(tmp_path / "photos_table.errors.parquet").to_pylist()
+    errors = pq.read_table(tmp_path / "photos_table.side" / "errors.parquet").to_pylist()
     assert [(e["id"], e["model_name"]) for e in errors] == [("broken.jpg", "simulated")]
     assert "cannot decode" in errors[0]["reason"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "photos",
         "photos_table",
-        "photos_table.errors.parquet",
+        "photos_table.side",  # the folder table's side files: its errors
     ]

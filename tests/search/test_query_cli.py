@@ -12,6 +12,7 @@ import pytest
 from conftest import SAMPLE_PHOTOS
 from PIL import Image
 
+from img_search import open_table
 from img_search.search.indexes import index_dir, load_index
 from img_search.store import schema as S
 
@@ -218,3 +219,31 @@ def test_trust_remote_code_covers_only_the_configured_checkpoint(
     assert "trust_remote_code=true covers only jinaai/jina-embeddings-v4" in result.stderr
     assert f"+model_overrides.model_name={folder}" in result.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "metadata, why",
+    [
+        (["a", "list"], "an array, not an object"),
+        ({"kind": "image", "models": ["efficientnet_lite0"]}, "models is an array"),
+        (
+            {"kind": "image", "job": {"models": {"efficientnet_lite0": "x"}}},
+            "job.models.efficientnet_lite0 is a string",
+        ),
+    ],
+)
+def test_damaged_metadata_is_one_line_naming_the_file(
+    demo_tables, tmp_path, run_query, metadata, why
+):
+    """Before: a JSON list as the metadata gave an AttributeError traceback."""
+    table = pq.read_table(demo_tables["images"])
+    damaged = tmp_path / "damaged.parquet"
+    encoded = {**table.schema.metadata, S.METADATA_KEY: json.dumps(metadata).encode()}
+    pq.write_table(table.replace_schema_metadata(encoded), damaged)
+    result = run_query(f"index={damaged}", "id=rocket.jpg", expect_ok=False)
+    assert result.returncode == 2 and result.stdout == ""
+    message = f"{damaged}: its img_search metadata is damaged ({why}); embed the table again"
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    with pytest.raises(ValueError, match=r"its img_search metadata is damaged"):
+        open_table(damaged).vectors  # noqa: B018 (reading them is the test)

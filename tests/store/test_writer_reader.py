@@ -103,7 +103,7 @@ def make_file(
         earlier_type = pq.read_schema(earlier).field(S.EMBEDDING).type
         dims.add(earlier_type.list_size if pa.types.is_fixed_size_list(earlier_type) else -1)
     dim = dims.pop() if len(dims) == 1 else None
-    schema = with_metadata(table_schema(dim, output_dtype), metadata or {"job": "test"})
+    schema = with_metadata(table_schema(dim, output_dtype), metadata or {"job": {"name": "test"}})
     return assemble_file(path, schema, parts, earlier=earlier)
 
 
@@ -434,7 +434,7 @@ def test_publish_new_folder(tmp_path: Path, two_groups: list[Group]) -> None:
     assert not path.exists()
     assert not is_table(path)
 
-    metadata = {"job": "nightly", "rows": 15}
+    metadata = {"job": {"name": "nightly"}, "rows": 15}
     publish_folder(layout, folder_schema([p.name for p in parts], metadata), parts)
 
     assert listing(path) == [COMMON_METADATA, "part-00000.parquet", "part-00001.parquet"]
@@ -555,7 +555,7 @@ def test_unfinished_folder_is_not_a_table(tmp_path: Path, two_groups: list[Group
 def test_folder_opens_with_other_tools(
     tmp_path: Path, two_groups: list[Group], mixed_dims: list[Group]
 ) -> None:
-    """pyarrow, polars, DuckDB and 🤗 datasets read the folder as it is, errors table beside it."""
+    """pyarrow, polars, DuckDB and 🤗 datasets read the folder as it is, errors table in ``emb.side/`` beside it."""
     import datasets
     import duckdb
     import polars as pl
@@ -565,8 +565,8 @@ def test_folder_opens_with_other_tools(
     groups = [two_groups[0], *mixed_dims]  # models of 8 and 4 dimensions
     layout = make_folder(path, groups)
     write_errors(layout.errors_path, [("bad.jpg", "inquire", "clip", "cannot decode image")])
-    assert layout.errors_path == tmp_path / "emb.errors.parquet"
-    assert "emb.errors.parquet" not in listing(path)
+    assert layout.errors_path == tmp_path / "emb.side" / "errors.parquet"
+    assert "emb.side" in listing(tmp_path) and "errors.parquet" not in listing(path)
     total = sum(len(g[2]) for g in groups)
 
     table = ds.dataset(path, format="parquet").to_table()
@@ -688,7 +688,7 @@ def test_metadata(tmp_path: Path, two_groups: list[Group], form: str) -> None:
     path = tmp_path / form
     passed = {
         "format": S.FORMAT,
-        "job": "nightly",
+        "job": {"name": "nightly"},
         "models": {"clip": {"dim": 8}},
         "seed": 3,
         "when": Path("/x"),
@@ -703,7 +703,7 @@ def test_metadata(tmp_path: Path, two_groups: list[Group], form: str) -> None:
     )
     assert metadata == {
         "format": S.FORMAT,
-        "job": "nightly",
+        "job": {"name": "nightly"},
         "models": {"clip": {"dim": 8}},
         "seed": 3,
         "when": "/x",  # non-JSON values are stored as strings
