@@ -99,6 +99,17 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 
 @pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight open_clip model built by open_clip's factory, in the Hub layout (32-d)."""
+    from img_search.testing.open_clip_checkpoint import build_tiny_open_clip
+
+    built = built_once(
+        tmp_path_factory, "open-clip", lambda root: str(build_tiny_open_clip(root / "model"))
+    )
+    return Path(built)
+
+
+@pytest.fixture(scope="session")
 def inquire_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """An INQUIRE-Rerank-shaped local copy: 41 distinct images over 54 (query, image) rows."""
     from img_search.testing.fixtures import write_inquire_like
