@@ -18,9 +18,11 @@ open_clip's ``hf-hub:`` cannot.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,17 +113,16 @@ class OpenCLIPEncoder(Encoder):
         name, config = self._resolve(checkpoint)
         import open_clip
 
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=self.pretrained if checkpoint.kind == "architecture" else None
-        )
+        with open_clip_info_hidden():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=self.pretrained if checkpoint.kind == "architecture" else None
+            )
+            if checkpoint.kind == "hub" and config.get("text_cfg", {}).get("hf_tokenizer_name"):
+                # a Hugging Face tokenizer: open_clip fetches it by the Hub id its config names
+                name = HUB_PREFIX + checkpoint.where
+            self.tokenizer = open_clip.get_tokenizer(name)
         self.model = model.eval().to(self.device)
         self.transform = OpenCLIPImageTransform(preprocess, model.visual.preprocess_cfg)
-        text_cfg = config.get("text_cfg", {})
-        if checkpoint.kind == "hub" and text_cfg.get("hf_tokenizer_name"):
-            name = (
-                HUB_PREFIX + checkpoint.where
-            )  # a 🤗 tokenizer: open_clip fetches it by its Hub id
-        self.tokenizer = open_clip.get_tokenizer(name)
         self.dim = int(config["embed_dim"])
 
     def _resolve(self, checkpoint: Checkpoint) -> tuple[str, dict[str, Any]]:
@@ -168,8 +169,10 @@ class OpenCLIPEncoder(Encoder):
                 f"models.{self.name}.pretrained names the weights of {arch}: a tag "
                 f"({', '.join(tags) or 'open_clip has none'}) or a weights file; {given}"
             )
-        hub_id = open_clip.get_pretrained_cfg(arch, pretrained).get("hf_hub", "")
-        prepare_hub(hub_id.rstrip("/") or None)
+        weights = open_clip.get_pretrained_cfg(arch, pretrained)
+        if weights:  # a tag: fetched now, so that a Hub that cannot serve it fails cleanly
+            prepare_hub(weights.get("hf_hub", "").rstrip("/") or None)
+            open_clip.pretrained.download_pretrained(weights)
         return open_clip.get_model_config(arch)
 
     def image_transform(self) -> OpenCLIPImageTransform:
@@ -195,6 +198,24 @@ class OpenCLIPEncoder(Encoder):
             "context_length": getattr(self.tokenizer, "context_length", None),
         }
         return info
+
+
+@contextlib.contextmanager
+def open_clip_info_hidden() -> Iterator[None]:
+    """open_clip tells every step of a load at INFO on the root logger; its warnings stay."""
+    import open_clip
+
+    package = os.path.dirname(open_clip.__file__)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(package)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def fetch_hub_checkpoint(repo_id: str, revision: str | None) -> Path:

@@ -20,10 +20,13 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "PHOTO_SIZES",
     "TINY_OPEN_CLIP_DIM",
     "TINY_OPEN_CLIP_PREPROCESS",
     "build_tiny_open_clip",
+    "open_clip_vectors",
     "put_in_hub_cache",
+    "write_photos",
 ]
 
 #: Embedding dimension of the tiny checkpoint.
@@ -79,3 +82,39 @@ def put_in_hub_cache(folder: str | Path, cache: str | Path, repo_id: str) -> Pat
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+#: (width, height) of ``write_photos``: square, wide, tall, strips, smaller than the model's input
+PHOTO_SIZES = [(64, 64), (200, 80), (80, 200), (640, 48), (33, 300), (17, 23), (96, 95), (150, 150)]
+
+
+def write_photos(folder: str | Path) -> list[str]:
+    """PNGs and JPEGs of several sizes and aspect ratios (one grey), named ``p<n>.png|jpg``."""
+    from img_search.testing.fixtures import synthetic_image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for number, size in enumerate(PHOTO_SIZES):
+        image = synthetic_image(number, size)
+        if number == 3:
+            image = image.convert("L")
+        name = f"p{number}.{'png' if number % 2 else 'jpg'}"
+        image.save(folder / name)
+        names.append(name)
+    return names
+
+
+def open_clip_vectors(folder: str | Path, images=None, texts=None):
+    """What a user gets from open_clip itself, normalised: ``encode_image(preprocess(image))`` for
+    each of ``images``, or ``encode_text(tokenizer(texts))``."""
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    model.eval()
+    with torch.no_grad():
+        if images is not None:
+            vectors = model.encode_image(torch.stack([preprocess(image) for image in images]))
+        else:
+            vectors = model.encode_text(open_clip.get_tokenizer(f"local-dir:{folder}")(texts))
+    return torch.nn.functional.normalize(vectors, dim=-1).numpy()
