@@ -133,3 +133,36 @@ def test_cfg_job_shows_each_registry_entry(run_embed):
     for name, checkpoint in REGISTRY.items():
         assert f"  {name}:\n    model: open_clip\n    model_name: {checkpoint}\n" in result.stdout
     assert "pretrained: null" in result.stdout
+
+
+def test_query_and_serve_answer_with_open_clips_text_vectors(
+    open_clip_tables, tiny_open_clip, tmp_path, run_query
+):
+    from fastapi.testclient import TestClient
+
+    from img_search.serve.app import ServeSettings, create_app
+    from img_search.serve.catalog import load_catalog
+
+    table = tmp_path / "images.parquet"  # the query saves its index next to the table
+    shutil.copy(open_clip_tables["images"], table)
+    vectors = read_embeddings(table)
+    text = "a grey strip"
+    scores = vectors.vectors @ open_clip_vectors(tiny_open_clip, texts=[text])[0]
+    expected = [str(vectors.ids[i]) for i in np.argsort(-scores, kind="stable")]
+    hits = json.loads(run_query(f"index={table}", f"text={text}", "k=8", "json=true").stdout)
+    assert [h["id"] for h in hits["hits"]] == expected
+    np.testing.assert_allclose([h["score"] for h in hits["hits"]], np.sort(scores)[::-1], atol=1e-5)
+    refused = run_query(
+        f"index={table}", "text=x", "+model_overrides.pretrained=openai", expect_ok=False
+    )
+    assert refused.returncode == 2
+    assert "pretrained: index None, query 'openai'" in refused.stderr
+    catalog = load_catalog({"images": {"table": str(table)}})
+    with TestClient(create_app(catalog, ServeSettings(default_k=8))) as client:
+        body = client.get("/api/search/text", params={"q": text, "table": "images"}).json()
+        assert [h["id"] for h in body["results"]] == expected
+        photo = Path(open_clip_tables["photos"]) / expected[-1]
+        found = client.post(
+            "/api/search/image", files={"file": ("p.png", photo.read_bytes(), "image/png")}
+        ).json()
+        assert found["results"][0]["id"] == expected[-1]
