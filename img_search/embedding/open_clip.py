@@ -171,7 +171,7 @@ class OpenCLIPEncoder(Encoder):
             )
         weights = open_clip.get_pretrained_cfg(arch, pretrained)
         if weights:  # a tag: fetched now, so that a Hub that cannot serve it fails cleanly
-            prepare_hub(weights.get("hf_hub", "").rstrip("/") or None)
+            prepare_hub(os.path.split(weights.get("hf_hub", ""))[0] or None)  # org/repo[/file]
             open_clip.pretrained.download_pretrained(weights)
         return open_clip.get_model_config(arch)
 
