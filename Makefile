@@ -16,8 +16,8 @@ unexport PYTHONDONTWRITEBYTECODE
 
 install: $(STAMP)
 
-# Re-runs only when the dependency list or the pins change. torch is pinned through
-# constraints.txt: an unpinned torch pulls a multi-GB CUDA build.
+# Re-runs only when the dependency list or the pins change. torch and torchvision are pinned
+# together through constraints.txt (torchvision loads only with the torch it was built for).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

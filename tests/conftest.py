@@ -99,6 +99,51 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 
 @pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight open_clip model built by open_clip's factory, in the Hub layout (32-d)."""
+    from img_search.testing.open_clip_checkpoint import build_tiny_open_clip
+
+    built = built_once(
+        tmp_path_factory, "open-clip", lambda root: str(build_tiny_open_clip(root / "model"))
+    )
+    return Path(built)
+
+
+@pytest.fixture(scope="session")
+def open_clip_tables(tiny_open_clip, tmp_path_factory) -> dict[str, str]:
+    """``models=open_clip`` over photos of several sizes (``photos``, ``images``: batches of 3 of 8)
+    and over the sample captions (``captions``: batches of 5 of 32), each by one process."""
+    from img_search.testing.open_clip_checkpoint import write_photos
+
+    def build(root: Path) -> dict[str, str]:
+        write_photos(root / "photos")
+        built = {
+            "photos": str(root / "photos"),
+            "images": str(root / "images.parquet"),
+            "captions": str(root / "captions.parquet"),
+        }
+        model = ["models=open_clip", f"models.open_clip.model_name={tiny_open_clip}"]
+        cli_runner("img_search.pipeline.embed")(
+            *model,
+            "datasets=image_folder",
+            f"datasets.image_folder.path={built['photos']}",
+            f"output_path={built['images']}",
+            "tasks.batch_size=3",
+            "tasks.num_workers=1",
+        )
+        cli_runner("img_search.pipeline.embed_text")(
+            *model,
+            "text_dataset=captions_jsonl",
+            f"text_dataset.path={SAMPLE_CAPTIONS}",
+            f"output_path={built['captions']}",
+            "tasks.batch_size=5",
+        )
+        return built
+
+    return built_once(tmp_path_factory, "open-clip-tables", build)
+
+
+@pytest.fixture(scope="session")
 def inquire_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """An INQUIRE-Rerank-shaped local copy: 41 distinct images over 54 (query, image) rows."""
     from img_search.testing.fixtures import write_inquire_like

@@ -12,6 +12,7 @@ from typing import Any
 from img_search.embedding.base import Encoder, ImageTransform
 from img_search.embedding.efficientnet import EfficientNetLite0Encoder
 from img_search.embedding.jina_v4 import JinaV4Encoder
+from img_search.embedding.open_clip import OpenCLIPEncoder
 from img_search.embedding.sentence_transformers import SentenceTransformerEncoder
 from img_search.embedding.simulated import SimulatedEncoder
 from img_search.embedding.transformers_dual import CLIPEncoder, Siglip2Encoder, SiglipEncoder
@@ -22,6 +23,7 @@ ENCODERS: dict[str, type[Encoder]] = {
     "siglip": SiglipEncoder,
     "siglip2": Siglip2Encoder,
     "jina_v4": JinaV4Encoder,
+    "open_clip": OpenCLIPEncoder,
     "efficientnet_lite0": EfficientNetLite0Encoder,
     "sentence_transformers": SentenceTransformerEncoder,
     "simulated": SimulatedEncoder,
@@ -40,6 +42,7 @@ __all__ = [
     "Encoder",
     "ImageTransform",
     "JinaV4Encoder",
+    "OpenCLIPEncoder",
     "SentenceTransformerEncoder",
     "Siglip2Encoder",
     "SiglipEncoder",

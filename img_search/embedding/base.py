@@ -108,12 +108,14 @@ class Encoder(ABC):
         raise NotImplementedError(f"encoder {self.kind} has no text side")
 
     # -- description ----------------------------------------------------------
+    def source(self) -> dict[str, Any]:
+        """Where the weights come from, known before loading (compared with a table's before a query loads)."""
+        return {"encoder": self.kind, "checkpoint": self.model_name, "revision": self.revision}
+
     def identity(self) -> dict[str, Any]:
         """What produced the vectors: enough to refuse mixing two different models in one table."""
         info: dict[str, Any] = {
-            "encoder": self.kind,
-            "checkpoint": self.model_name,
-            "revision": self.revision,
+            **self.source(),
             "dim": self.dim,
             "normalized": True,
             "precision": self.precision,

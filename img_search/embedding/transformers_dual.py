@@ -78,7 +78,10 @@ class TransformersDualEncoder(Encoder):
         pinned = {"revision": self.revision, "trust_remote_code": False}
         self.model = AutoModel.from_pretrained(self.model_name, **pinned, **extra)
         self.model.eval().to(self.device)
-        self.processor = AutoProcessor.from_pretrained(self.model_name, **pinned)
+        # The PIL image processors, whether torchvision is installed or not: transformers picks its
+        # torchvision ones when it can, whose resizing gives other pixels, and so other vectors
+        # than those of every table embedded before torchvision came with open_clip.
+        self.processor = AutoProcessor.from_pretrained(self.model_name, backend="pil", **pinned)
         config = self.model.config
         self.dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
 

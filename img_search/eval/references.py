@@ -2,19 +2,22 @@
 
 Only numbers copied from their source and checked against it are listed;
 a checkpoint is matched by the Hub id recorded in the table (the encoder's
-``checkpoint``). Units are the ones ``img-search evaluate`` reports for the
-same metric, so a reference sits in the same row as our value.
+``checkpoint``: ``openai/clip-vit-base-patch32``, ``hf-hub:imageomics/bioclip``).
+Units are the ones ``img-search evaluate`` reports for the same metric, so a
+reference sits in the same row as our value, and only there: a reference
+whose metric or split no row of ours has (INQUIRE's AP@50 against our AP@100)
+is shown on a line of its own, under its own name (``report.published_apart``).
 
 Comparability is the reader's to judge, and the notes say what differs:
 open_clip's Flickr30k numbers are on the 1,000-image Karpathy test split
 (CLIP_benchmark), while ``datasets=flickr30k`` is every image of
-lmms-lab/flickr30k unless ``datasets.flickr30k.ids_file`` restricts it.
+lmms-lab/flickr30k unless ``datasets.flickr30k.ids_file`` restricts it;
+INQUIRE's leaderboards name no split.
 
-INQUIRE-Rerank AP from the INQUIRE paper is not listed: its table could not
-be checked from here, and a number not checked is not shipped. A user who
-has the paper gives its numbers to ``img-search report references=<csv>``
-(``read_references``); they are shown like these, under the source the file
-names. To ship one, add a ``Reference`` to ``REFERENCES`` (and its ``Source``).
+A user who has other numbers (a paper's table) gives them to ``img-search
+report references=<csv>`` (``read_references``); they are shown like these,
+under the source the file names. To ship one, add a ``Reference`` to
+``REFERENCES`` (and its ``Source``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Reference:
     source: str  # a key of SOURCES
     as_named: str  # what the source calls this model
     split: str = ""  # INQUIRE-Rerank: validation or test
+    group: str = "all"  # a breakdown, as report rows name it: supercategory=Species
 
 
 SOURCES = {
@@ -53,14 +57,55 @@ SOURCES = {
         "'Flickr image retr. R@1' is text → image, 'Flickr text retr. R@1' image → text",
     ),
     "inquire": Source(
-        name="INQUIRE: A Natural World Text-to-Image Retrieval Benchmark (Vendrow et al., NeurIPS 2024)",
-        url="https://arxiv.org/abs/2411.02537",
-        note="no value shipped: the paper's Rerank table was not checked here; give its numbers "
-        "with references=<csv>",
+        name="INQUIRE leaderboards (inquire-benchmark.github.io, app/page.js of "
+        "inquire-benchmark/inquire-benchmark.github.io)",
+        url="https://inquire-benchmark.github.io/",
+        note="The Fullrank and Rerank leaderboards of the INQUIRE project page, whose tables "
+        "have not changed since June 2024; the page reports AP@50 ('the average precision among "
+        "the top 50 retrieved images') and names no split (the INQUIRE repository's commands "
+        "run --split test). Fullrank AP@50 is task=inquire_fullrank's AP@50 at "
+        "inquire_fullrank.k=50 (at another k it stands on a line of its own); Rerank's is shown "
+        "apart under the page's name AP@50, since INQUIRE's eval_rerank_with_clip.py computes "
+        "AP over all 100 candidates (our AP) while our rerank_AP@50 cuts at the top 50",
     ),
 }
 
-#: Each value checked against its source (open_clip's CSV at commit 05e7db4).
+#: INQUIRE's leaderboards (app/page.js), AP@50: checkpoint → (the page's name, Fullrank overall
+#: and by supercategory, Rerank overall). The page's model → checkpoint: INQUIRE's code
+#: (src/utils.py) loads "BioCLIP" as hf-hub:imageomics/bioclip, "CLIP ViT-B/32 (OpenAI)" as
+#: hf_clip:openai/clip-vit-base-patch32 and "CLIP ViT-H/14-378 (DFN)" as
+#: open_clip:ViT-H-14-378-quickgelu/dfn5b, whose weights open_clip takes from
+#: apple/DFN5B-CLIP-ViT-H-14-378.
+INQUIRE_SUPERCATEGORIES = ("Appearance", "Behavior", "Context", "Species")
+INQUIRE_LEADERBOARDS = {
+    "hf-hub:apple/DFN5B-CLIP-ViT-H-14-378": (
+        "CLIP ViT-H/14-378 (DFN)",
+        (35.6, 25.7, 38.7, 36.5, 52.7),
+        44.6,
+    ),
+    "openai/clip-vit-base-patch32": ("CLIP ViT-B/32 (OpenAI)", (8.2, 5.8, 7.6, 8.9, 16.1), 31.3),
+    "hf-hub:imageomics/bioclip": ("BioCLIP", (3.6, 2.3, 0.5, 2.2, 21.1), 28.9),
+}
+
+
+def inquire_references() -> tuple[Reference, ...]:
+    """The leaderboard rows as references: Fullrank AP@50 overall and per supercategory, Rerank AP@50."""
+    references = []
+    for checkpoint, (as_named, fullrank, rerank) in INQUIRE_LEADERBOARDS.items():
+        groups = ("all", *(f"supercategory={name}" for name in INQUIRE_SUPERCATEGORIES))
+        for group, value in zip(groups, fullrank, strict=True):
+            references.append(
+                Reference(
+                    checkpoint, "inquire_fullrank", "AP@50", value, "inquire", as_named, "", group
+                )
+            )
+        references.append(Reference(checkpoint, "inquire", "AP@50", rerank, "inquire", as_named))
+    return tuple(references)
+
+
+#: Each value checked against its source: open_clip's CSV at commit 05e7db4 (f862f86 for DFN,
+#: which 05e7db4 does not list; the LAION ViT-B-32 row is the same in both), INQUIRE's page.js
+#: at commit 8cdfa80.
 REFERENCES = (
     # open_clip "ViT-B-32, openai": the OpenAI weights that openai/clip-vit-base-patch32 converts
     Reference(
@@ -97,6 +142,41 @@ REFERENCES = (
         "open_clip",
         "ViT-B-16-SigLIP (webli)",
     ),
+    # open_clip "ViT-B-32, laion2b_s34b_b79k": its weights are laion/CLIP-ViT-B-32-laion2B-s34B-b79K
+    Reference(
+        "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        "retrieval",
+        "text_to_image_R@1",
+        0.6678,
+        "open_clip",
+        "ViT-B-32 (laion2b_s34b_b79k)",
+    ),
+    Reference(
+        "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        "retrieval",
+        "image_to_text_R@1",
+        0.8410,
+        "open_clip",
+        "ViT-B-32 (laion2b_s34b_b79k)",
+    ),
+    # open_clip "ViT-H-14-378-quickgelu, dfn5b": its weights are apple/DFN5B-CLIP-ViT-H-14-378
+    Reference(
+        "hf-hub:apple/DFN5B-CLIP-ViT-H-14-378",
+        "retrieval",
+        "text_to_image_R@1",
+        0.8202,
+        "open_clip",
+        "ViT-H-14-378-quickgelu (dfn5b)",
+    ),
+    Reference(
+        "hf-hub:apple/DFN5B-CLIP-ViT-H-14-378",
+        "retrieval",
+        "image_to_text_R@1",
+        0.9400,
+        "open_clip",
+        "ViT-H-14-378-quickgelu (dfn5b)",
+    ),
+    *inquire_references(),
 )
 
 
@@ -106,14 +186,44 @@ def reference_for(
     metric: str,
     split: str = "",
     references: Iterable[Reference] = REFERENCES,
+    group: str = "all",
 ) -> Reference | None:
-    """The published value of ``metric`` of ``task`` (and ``split``) for this checkpoint, if listed
-    (the first of ``references`` that matches)."""
-    wanted = (checkpoint, task, metric, split)
+    """The published value of ``metric`` of ``task`` (and ``split``, ``group``) for this checkpoint,
+    if listed (the first of ``references`` that matches)."""
+    wanted = (checkpoint, task, metric, split, group)
     for reference in references:
-        if (reference.checkpoint, reference.task, reference.metric, reference.split) == wanted:
+        if reference_key(reference) == wanted:
             return reference
     return None
+
+
+def published_apart(
+    checkpoint: str | None,
+    tasks: Collection[str],
+    ours: Collection[tuple[str, str, str, str]],
+    references: Iterable[Reference] = REFERENCES,
+) -> list[Reference]:
+    """The overall published numbers of ``checkpoint`` for ``tasks`` whose (task, metric, split,
+    group) is none of ``ours``: a metric at another k (INQUIRE's AP@50 against our AP@100) or a
+    split the source does not name. They go on a line of their own, under the source's own
+    metric name, never next to a different number; the first for a key, as in reference_for."""
+    apart: dict[tuple[str, str, str, str], Reference] = {}
+    for reference in references:
+        key = reference_key(reference)[1:]
+        if (
+            reference.checkpoint == checkpoint
+            and reference.task in tasks
+            and reference.group == "all"
+            and key not in ours
+        ):
+            apart.setdefault(key, reference)
+    return list(apart.values())
+
+
+def reference_key(reference: Reference) -> tuple[str, str, str, str, str]:
+    """What a reference is matched by: checkpoint, task, metric, split and group."""
+    r = reference
+    return (r.checkpoint, r.task, r.metric, r.split, r.group)
 
 
 #: The columns of a references file; ``split`` (INQUIRE: validation / test) and ``note`` may be absent.

@@ -30,6 +30,7 @@ from img_search.eval.references import (
     SOURCES,
     Reference,
     Source,
+    published_apart,
     read_references,
     reference_for,
 )
@@ -171,10 +172,10 @@ def rows_of(run: Run, references: Sequence[Reference] = REFERENCES) -> list[dict
 
     rows = []
 
-    def add(task: str, metric: str, value: float, split: str = "", group: str = "all") -> None:
-        reference = None
-        if group == "all":
-            reference = reference_for(run.checkpoint, task, metric, split, references)
+    def add(
+        task: str, metric: str, value: float | None, split: str = "", group: str = "all"
+    ) -> None:
+        reference = reference_for(run.checkpoint, task, metric, split, references, group)
         rows.append(
             {
                 "run": run.name,
@@ -184,7 +185,7 @@ def rows_of(run: Run, references: Sequence[Reference] = REFERENCES) -> list[dict
                 "split": split,
                 "group": group,
                 "metric": metric,
-                "value": float(value),
+                "value": None if value is None else float(value),
                 "reference": "" if reference is None else reference.value,
                 "reference_source": "" if reference is None else reference.source,
             }
@@ -213,6 +214,9 @@ def rows_of(run: Run, references: Sequence[Reference] = REFERENCES) -> list[dict
                 for metric in ("recall", "build_s", "batch_qps", "single_qps", "memory_mib"):
                     name = f"recall@{result['k']}" if metric == "recall" else metric
                     add(task, name, result[metric], group=f"index={result['name']}")
+    ours = {(r["task"], r["metric"], r["split"], r["group"]) for r in rows}
+    for apart in published_apart(run.checkpoint, run.results, ours, references):
+        add(apart.task, apart.metric, None, apart.split)  # a line of its own, no value of ours
     return rows
 
 

@@ -122,7 +122,8 @@ def breakdowns(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str
             metric = selected[0]["metric"]
             lines += ["", f"## INQUIRE-Fullrank {metric} by {title}", ""]
             shown = [{**r, "group": r["group"].split("=", 1)[1]} for r in selected]
-            lines += markdown_table(*side_by_side(shown, names, ("group",)), 1)
+            by = [n for n in names if any(r["run"] == n and r["reference"] != "" for r in shown)]
+            lines += markdown_table(*side_by_side(shown, names, ("group",), by), 1)
     ann_rows = [{**r, "index": r["group"].split("=", 1)[1]} for r in rows if r["task"] == "ann"]
     if ann_rows:
         lines += ["", "## ANN indexes against exact search", ""]

@@ -276,7 +276,9 @@ def library_versions() -> dict[str, str]:
     for package in (
         "img_search",
         "torch",
+        "torchvision",
         "transformers",
+        "open_clip_torch",
         "accelerate",
         "datasets",
         "pyarrow",

@@ -55,10 +55,11 @@ def load_query_encoder(
 
 
 def check_same_source(encoder: Encoder, identity: Mapping[str, Any]) -> None:
-    """Before loading: the kind, checkpoint and revision the table records must be the spec's."""
+    """Before loading: the kind, checkpoint, revision (and open_clip's pretrained tag) the table
+    records must be the spec's."""
     if not identity:
         return
-    mine = {"encoder": encoder.kind, "checkpoint": encoder.model_name, "revision": encoder.revision}
+    mine = encoder.source()
     raise_differences(encoder, identity, mine, tuple(mine))
 
 
@@ -86,7 +87,7 @@ def check_same_model(encoder: Encoder, identity: Mapping[str, Any]) -> None:
     mine = encoder.identity()
     if mine.get("fingerprint") == identity.get("fingerprint"):
         return
-    keys = ("encoder", "checkpoint", "revision", "image_preprocessing")
+    keys = (*encoder.source(), "image_preprocessing")
     raise_differences(encoder, identity, mine, keys, always=True)
 
 

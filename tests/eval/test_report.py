@@ -182,12 +182,14 @@ def test_published_numbers_sit_next_to_a_known_checkpoint(tmp_path):
     assert reference == {
         "text_to_image_R@1": 0.5878,
         "image_to_text_R@1": 0.7890,
-        "AP": "",  # INQUIRE's table: not checked, not listed
+        "AP": "",  # INQUIRE's leaderboard says AP@50 and names no split: never next to ours
         "rerank_AP@50": "",
+        "AP@50": 31.3,  # on a line of its own, without a value of ours
     }
-    assert [(r["split"], r["metric"]) for r in rows if r["task"] == "inquire"] == [
-        ("test", "AP"),
-        ("test", "rerank_AP@50"),
+    assert [(r["split"], r["metric"], r["value"]) for r in rows if r["task"] == "inquire"] == [
+        ("test", "AP", 30.0),
+        ("test", "rerank_AP@50", 25.0),
+        ("", "AP@50", None),
     ]
     assert all(r["reference"] == "" for r in rows if r["run"] == "mine")
     text = markdown([known, other], rows, {})
@@ -196,6 +198,8 @@ def test_published_numbers_sit_next_to_a_known_checkpoint(tmp_path):
     assert "| retrieval |  | image_to_text_R@1 | **70.00** | **70.00** | 78.90 |" in text
     assert "**open_clip**" in text and "(used above)" in text
     assert "| inquire | test | rerank_AP@50 | 25.00 |  |  |" in text
+    assert "| inquire |  | AP@50 |  |  | 31.30 |" in text
+    assert "**inquire**: INQUIRE leaderboards" in text
 
 
 def test_runs_are_checked_before_anything_runs(run_report, sample_tables, tmp_path):

@@ -47,8 +47,9 @@ def test_help_imports_no_model_library(module):
         (
             "img_search.pipeline.embed",
             ["models=siglip22"],
-            "unknown models option 'siglip22'; the options are: clip, efficientnet_lite0, "
-            "jina_v4, minilm, siglip, siglip2, simulated; did you mean models=siglip2?",
+            "unknown models option 'siglip22'; the options are: bioclip, bioclip2, clip, "
+            "dfn5b_h14_378, efficientnet_lite0, jina_v4, minilm, open_clip, openclip_b32_laion2b, "
+            "siglip, siglip2, simulated; did you mean models=siglip2?",
         ),
         (
             "img_search.pipeline.embed",
@@ -58,8 +59,9 @@ def test_help_imports_no_model_library(module):
         (
             "img_search.pipeline.embed",
             ["models=[clip,siglip3]"],
-            "unknown models option 'siglip3'; the options are: clip, efficientnet_lite0, "
-            "jina_v4, minilm, siglip, siglip2, simulated; did you mean models=siglip?",
+            "unknown models option 'siglip3'; the options are: bioclip, bioclip2, clip, "
+            "dfn5b_h14_378, efficientnet_lite0, jina_v4, minilm, open_clip, openclip_b32_laion2b, "
+            "siglip, siglip2, simulated; did you mean models=siglip?",
         ),
         (
             "img_search.pipeline.embed_text",

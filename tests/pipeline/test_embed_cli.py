@@ -261,8 +261,8 @@ def test_cfg_job_shows_overrides(run_embed):
 def test_help_lists_config_groups(run_embed):
     result = run_embed("--help")
     assert (
-        "models: clip, efficientnet_lite0, jina_v4, minilm, siglip, siglip2, simulated"
-        in result.stdout
+        "models: bioclip, bioclip2, clip, dfn5b_h14_378, efficientnet_lite0, jina_v4, minilm, "
+        "open_clip, openclip_b32_laion2b, siglip, siglip2, simulated" in result.stdout
     )
     assert "datasets: flickr30k, hf_images, image_folder, inquire" in result.stdout
 
@@ -292,7 +292,10 @@ def test_multirun_sweeps_batch_size(tiny_checkpoints, inquire_dir, tmp_path, run
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["models=nope"], "unknown models option 'nope'; the options are: clip,"),
+        (
+            ["models=nope"],
+            "unknown models option 'nope'; the options are: bioclip, bioclip2, clip,",
+        ),
         (["datasets=nope"], "unknown datasets option 'nope'; the options are: flickr30k,"),
         (
             ["datasets=inquire", "datasets.inquire.path=/no/inquire/copy"],
