@@ -178,7 +178,8 @@ def side_by_side(
         _, values, references = lines.setdefault(
             tuple(row[k] for k in keys), (row["metric"], {}, {})
         )
-        values[row["run"]] = row["value"]
+        if row["value"] is not None:  # a published number apart has no value of ours
+            values[row["run"]] = row["value"]
         if row["reference"] != "":
             references[row["run"]] = row["reference"]
     headers = [*((h, False) for h in (*keys, *names)), *((name, True) for name in published)]
