@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from img_search.pipeline.state_files import read_json, warn_once
+from img_search.pipeline.state_files import load_json, warn_once
 
 SUFFIX = ".parquet"
 
@@ -149,13 +149,15 @@ def _plain(name: str) -> bool:
 
 def load_record(path: Path, model: str, dataset: str, shard: int) -> CompletionRecord | None:
     """The usable record at ``path``; None if there is none, or one that is not usable (named)."""
-    data = read_json(path)
-    if data is None:
+    data, reason = load_json(path)
+    if data is None and reason is None:
         return None
     try:
-        record = CompletionRecord.from_json(data)
+        record = CompletionRecord.from_json(data or {})
     except (KeyError, TypeError, ValueError) as exc:
-        reason = f"not a completion record of this img_search ({type(exc).__name__}: {exc})"
+        reason = (
+            reason or f"not a completion record of this img_search ({type(exc).__name__}: {exc})"
+        )
     else:
         reason = record.problem(model, dataset, shard)
         if reason is None:

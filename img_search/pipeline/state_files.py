@@ -37,20 +37,23 @@ def warn_once(path: Path, message: str) -> None:
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The JSON object in ``path``; None when it is absent or holds anything else (named once)."""
-    path = Path(path)
+    data, problem = load_json(Path(path))
+    if problem:
+        warn_once(Path(path), f"{problem}: ignored")
+    return data
+
+
+def load_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object in ``path``, None), (None, None) if absent, or (None, why it is not one)."""
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        warn_once(path, f"not a readable JSON object ({_why(exc)}): ignored")
-        return None
+        return None, f"not a readable JSON object ({_why(exc)})"
     if not isinstance(data, dict):
-        warn_once(
-            path, f"holds a JSON {_JSON_TYPES.get(type(data), 'value')}, not an object: ignored"
-        )
-        return None
-    return data
+        return None, f"holds a JSON {_JSON_TYPES.get(type(data), 'value')}, not an object"
+    return data, None
 
 
 def _why(exc: BaseException) -> str:
