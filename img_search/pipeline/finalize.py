@@ -33,7 +33,7 @@ from img_search.pipeline.claims import PairClaims
 from img_search.pipeline.ledger import Ledger, describe
 from img_search.pipeline.plan import Job
 from img_search.pipeline.record import CompletionRecord
-from img_search.pipeline.verify import part_problem
+from img_search.pipeline.verify import part_problems
 from img_search.store import read_metadata
 from img_search.store import schema as S
 from img_search.store.atomic import remove
@@ -70,9 +70,14 @@ def pair_claims(ledger: Ledger, model: str, dataset: str) -> PairClaims:
     """The claims of a pair, with its shards as the job agreed on them (by count)."""
     from img_search.data.base import Shard
 
-    listing = ledger.agreed(f"listing-{dataset}") or {}
-    count = int(listing.get("shards", 0))
+    count = agreed_shards(ledger, dataset) or 0
     return PairClaims(ledger, model, dataset, [Shard(i, 0, 0) for i in range(count)])
+
+
+def agreed_shards(ledger: Ledger, dataset: str) -> int | None:
+    """How many shards the job cut ``dataset`` into; None until its listing is recorded."""
+    shards = (ledger.agreed(f"listing-{dataset}") or {}).get("shards")
+    return shards if isinstance(shards, int) and not isinstance(shards, bool) else None
 
 
 def finalize(job: Job, ledger: Ledger) -> Outcome:
@@ -85,7 +90,7 @@ def finalize(job: Job, ledger: Ledger) -> Outcome:
     records: dict[tuple[str, str], list[CompletionRecord]] = {}
     for model, dataset in todo:
         claims = pair_claims(ledger, model, dataset)
-        if ledger.agreed(f"listing-{dataset}") is None:
+        if agreed_shards(ledger, dataset) is None:
             return _redo([(model, dataset)], "its listing is not recorded")
         unusable = claims.unusable()
         if unusable:
@@ -119,10 +124,7 @@ def _failed_checks(
     failed = []
     for (model, dataset), shard_records in records.items():
         claims = pair_claims(ledger, model, dataset)
-        for r in shard_records:
-            problem = part_problem(job.layout, r)
-            if problem is None:
-                continue
+        for r, problem in part_problems(job.layout, shard_records):
             log.warning(
                 "%s: %s; shard %d of %s × %s is redone",
                 claims.record_path(r.shard),

@@ -216,3 +216,28 @@ def test_a_folder_table_publishes_no_part_of_a_redone_shard(clean, inquire_dir, 
     parts = sorted(p.name for p in out.glob("part-*"))
     assert len(parts) == 6 and bad.name not in parts
     assert table_bytes(out) == clean
+
+
+#: State files other than the records, each made not a JSON object: (path in the state, content).
+MALFORMED = {
+    "job record": ("job.json", b"[1, 2]"),
+    "agreed listing": ("agreed/listing-inquire.json", b'"items"'),
+    "finaliser's hold": ("claims/_finalize.0", b"\xff\xfe"),
+}
+
+
+@pytest.mark.parametrize("what", list(MALFORMED))
+def test_a_malformed_state_file_is_named_once_and_never_a_crash(what, clean, inquire_dir, tmp_path):
+    root, _ = inquire_dir
+    out = tmp_path / "out.parquet"
+    state = killed_while_assembling(root, out)
+    name, content = MALFORMED[what]
+    (state / name).write_bytes(content)
+    rerun = embed(job_args(root, out))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    named = [line for line in rerun.stderr.splitlines() if f"{state / name}: " in line]
+    assert len(named) == 1 and "WARNING" in named[0] and named[0].endswith(": ignored")
+    assert "Traceback" not in rerun.stderr and "rows: 41" in rerun.stdout
+    if what == "job record":  # what it stood for is done again
+        assert "the job state" in rerun.stderr and "resumed" not in rerun.stdout
+    assert table_bytes(out) == clean
