@@ -88,11 +88,15 @@ def finalize(job: Job, ledger: Ledger) -> Outcome:
         return Outcome(False, waiting="the job state is gone: rerun to start again")
     todo = [tuple(p) for p in record["todo"]]
     records: dict[tuple[str, str], list[CompletionRecord]] = {}
+    working = {str(m.get("id")) for m in ledger.working_members()}
     for model, dataset in todo:
         claims = pair_claims(ledger, model, dataset)
         if agreed_shards(ledger, dataset) is None:
             return _redo([(model, dataset)], "its listing is not recorded")
-        unusable = claims.unusable()
+        # (a shard whose unusable record a live process holds, that process is redoing)
+        unusable = [
+            i for i in claims.unusable() if ledger.holder(claims.claim_name(i)) not in working
+        ]
         if unusable:
             for index in unusable:
                 claims.redo(index, "its record is not usable")
