@@ -69,14 +69,32 @@ def clean(inquire_dir, tmp_path_factory) -> dict[str, bytes]:
     return table_bytes(Path(built_once(tmp_path_factory, "state-tampering-clean", build)))
 
 
-def killed_while_assembling(root: Path, out: Path) -> Path:
-    """Run the job until it assembles the table (every shard committed); its state folder."""
-    crashed = embed(job_args(root, out), fault="finalize")
-    assert crashed.returncode != 0 and not out.exists()
-    state = out.with_name(out.name + ".partial")
-    records = sorted((state / "records" / "simulated" / "inquire").glob("*.json"))
-    assert len(records) == 6 and all(json.loads(r.read_text())["final"] for r in records)
-    return state
+@pytest.fixture(scope="module")
+def killed(inquire_dir, tmp_path_factory) -> Callable[[Path], Path]:
+    """``killed(out)``: the state the job leaves at ``out`` when it is killed while assembling the
+    table (every shard committed), made once per form and copied."""
+    root, _ = inquire_dir
+
+    def build(folder: Path) -> dict[str, str]:
+        states = {}
+        for name in ("out.parquet", "photos"):
+            out = folder / name
+            crashed = embed(job_args(root, out), fault="finalize")
+            assert crashed.returncode != 0 and not out.exists()
+            state = out.with_name(out.name + ".partial")
+            records = sorted((state / "records" / "simulated" / "inquire").glob("*.json"))
+            assert len(records) == 6 and all(json.loads(r.read_text())["final"] for r in records)
+            states[name] = str(state)
+        return states
+
+    states = built_once(tmp_path_factory, "state-tampering-killed", build)
+
+    def copy(out: Path) -> Path:
+        state = out.with_name(out.name + ".partial")
+        shutil.copytree(states[out.name], state, symlinks=True)
+        return state
+
+    return copy
 
 
 def record_path(state: Path, shard: int) -> Path:
@@ -151,10 +169,12 @@ TAMPERINGS: dict[str, Callable[[Path, Path], str]] = {
 
 
 @pytest.mark.parametrize("tampering", list(TAMPERINGS))
-def test_tampered_state_is_named_and_its_shard_redone(tampering, clean, inquire_dir, tmp_path):
+def test_tampered_state_is_named_and_its_shard_redone(
+    tampering, clean, killed, inquire_dir, tmp_path
+):
     root, _ = inquire_dir
     out = tmp_path / "out.parquet"
-    state = killed_while_assembling(root, out)
+    state = killed(out)
     named = TAMPERINGS[tampering](state, tmp_path)
     rerun = embed(job_args(root, out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -168,7 +188,7 @@ def test_tampered_state_is_named_and_its_shard_redone(tampering, clean, inquire_
 
 
 def test_a_record_naming_another_tables_part_leaves_that_table_untouched(
-    clean, inquire_dir, tmp_path
+    clean, killed, inquire_dir, tmp_path
 ):
     """``../../other/part-….parquet``: refused as outside the job folder; ``other`` byte-identical."""
     root, _ = inquire_dir
@@ -176,7 +196,7 @@ def test_a_record_naming_another_tables_part_leaves_that_table_untouched(
     assert embed(job_args(root, other)).returncode == 0  # a finished folder table beside it
     before = folder_digest(other)
     out = tmp_path / "out.parquet"
-    state = killed_while_assembling(root, out)
+    state = killed(out)
     victim = sorted(p.name for p in other.glob("part-*-000001-*.parquet"))[0]
     record = json.loads(record_path(state, 1).read_text())
     stolen = other / victim
@@ -200,12 +220,12 @@ def test_a_record_naming_another_tables_part_leaves_that_table_untouched(
     assert table_bytes(out) == table_bytes(other) == clean
 
 
-def test_a_folder_table_publishes_no_part_of_a_redone_shard(clean, inquire_dir, tmp_path):
+def test_a_folder_table_publishes_no_part_of_a_redone_shard(clean, killed, inquire_dir, tmp_path):
     """Killed after moving its parts into the folder being assembled; one of them is then cut short:
     the finished folder holds the redone shard's new part, not the bad one."""
     root, _ = inquire_dir
     out = tmp_path / "photos"
-    state = killed_while_assembling(root, out)
+    state = killed(out)
     bad = part_path(state, 1)
     assert bad.parent == state / "table"
     named = truncated_part(state, tmp_path)
@@ -227,10 +247,12 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("what", list(MALFORMED))
-def test_a_malformed_state_file_is_named_once_and_never_a_crash(what, clean, inquire_dir, tmp_path):
+def test_a_malformed_state_file_is_named_once_and_never_a_crash(
+    what, clean, killed, inquire_dir, tmp_path
+):
     root, _ = inquire_dir
     out = tmp_path / "out.parquet"
-    state = killed_while_assembling(root, out)
+    state = killed(out)
     name, content = MALFORMED[what]
     (state / name).write_bytes(content)
     rerun = embed(job_args(root, out))
