@@ -55,8 +55,6 @@ class Encoder(ABC):
     kind: ClassVar[str] = ""
     supports_images: ClassVar[bool] = True
     supports_texts: ClassVar[bool] = True
-    #: Options that change where the model runs, not what its vectors are (left out of a job's identity).
-    runtime_options: ClassVar[tuple[str, ...]] = ()
     #: Loading runs Python code shipped with the checkpoint (transformers ``trust_remote_code``).
     runs_checkpoint_code: ClassVar[bool] = False
 

@@ -35,7 +35,6 @@ class JinaV4Encoder(Encoder):
     """
 
     kind = "jina_v4"
-    runtime_options = ("device_map",)
     runs_checkpoint_code = True
 
     def __init__(

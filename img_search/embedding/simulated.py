@@ -42,7 +42,6 @@ class SimulatedEncoder(Encoder):
     """Sleeps ``batch_seconds × U(1 − jitter, 1 + jitter)`` per batch; returns ``dim``-d unit vectors."""
 
     kind = "simulated"
-    runtime_options = ("batch_seconds", "jitter")
 
     def __init__(
         self,

@@ -5,24 +5,25 @@
   one gets generation 0 of a shard. A claim whose owner is dead is taken over
   by creating the next generation, again exclusively, so a shard has one
   owner at a time however many processes race for it.
-- A *completion record* ``records/<model>/<dataset>/<shard>.json`` is the
-  commit point of a shard: the part files that hold its rows, the position
-  ranges they cover, its errors, and whether the shard is finished. It is
-  replaced atomically at every commit (every ``tasks.commit_every_s`` for a
-  long shard), so what is done is known by position range, and a part file
-  no record names does not count.
+- A *completion record* ``records/<model>/<dataset>/<shard>.json``
+  (``record.py``) is the commit point of a shard: the part files that hold
+  its rows, the position ranges they cover, its errors, and whether the
+  shard is finished. It is replaced atomically at every commit (every
+  ``tasks.commit_every_s`` for a long shard), so what is done is known by
+  position range, and a part file no record names does not count. A record
+  that is not usable is read as absent, and its shard is redone.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from img_search.data.base import Shard
-from img_search.pipeline.ledger import Ledger, read_json
+from img_search.pipeline.ledger import Ledger
+from img_search.pipeline.record import CompletionRecord, load_record, unusable
+from img_search.pipeline.state_files import read_json, warn_once
 from img_search.store.atomic import atomic_write_text
 
 
@@ -32,11 +33,11 @@ class ShardTask:
 
     shard: Shard
     generation: int
-    record: dict[str, Any] = field(default_factory=dict)
+    record: CompletionRecord | None = None
 
     @property
     def done(self) -> list[list[int]]:
-        return [list(r) for r in self.record.get("done", [])]
+        return [list(r) for r in self.record.done] if self.record else []
 
 
 def merge_ranges(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -76,28 +77,43 @@ class PairClaims:
     def record_path(self, index: int) -> Path:
         return self.records_dir / f"{index:06d}.json"
 
-    def record(self, index: int) -> dict[str, Any]:
-        return read_json(self.record_path(index)) or {}
+    def record(self, index: int) -> CompletionRecord | None:
+        return load_record(self.record_path(index), self.model, self.dataset, index)
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    def records(self) -> Iterator[CompletionRecord]:
         for shard in self.shards:
             record = self.record(shard.index)
-            if record:
+            if record is not None:
                 yield record
 
     def committed_rows(self) -> int:
-        return sum(int(r.get("rows", 0)) for r in self.records())
+        return sum(r.rows for r in self.records())
+
+    def finished(self, index: int) -> bool:
+        record = self.record(index)
+        return record is not None and record.final
 
     def unfinished(self) -> list[int]:
-        return [s.index for s in self.shards if not self.record(s.index).get("final")]
+        return [s.index for s in self.shards if not self.finished(s.index)]
 
-    def write_record(self, task: ShardTask, record: dict[str, Any]) -> bool:
+    def unusable(self) -> list[int]:
+        """Shards whose record file is there but not usable (named once): to be redone."""
+        paths = ((s.index, self.record_path(s.index)) for s in self.shards)
+        return [i for i, path in paths if unusable(path, self.model, self.dataset, i)]
+
+    def write_record(self, task: ShardTask, record: CompletionRecord) -> bool:
         """Commit ``record`` for ``task``'s shard, unless another process took the shard over."""
         if not self.still_mine(task):
             return False
-        atomic_write_text(self.record_path(task.shard.index), json.dumps(record, default=str))
+        atomic_write_text(self.record_path(task.shard.index), record.to_json())
         task.record = record
         return True
+
+    def redo(self, index: int, why: str) -> None:
+        """Send a finished shard back: its claim to nobody, its record away (its parts stay until
+        the job state goes, in case another record names them)."""
+        self.ledger.release(self.claim_name(index), why)
+        self.record_path(index).unlink(missing_ok=True)
 
     # -- claims -------------------------------------------------------------------
     def claim_name(self, index: int) -> str:
@@ -120,15 +136,29 @@ class PairClaims:
                 continue
             else:
                 return None
-            if self.record(index).get("final"):
+            if self.finished(index):
                 continue
             generation = self.ledger.take(self.claim_name(index))
             if generation is None:
                 self._held_by_others.append(index)
                 continue
             record = self.record(index)  # read after the claim: the previous holder's last commit
-            if not record.get("final"):
-                return ShardTask(self.shards[index], generation, record)
+            if record is None or not record.final:
+                return ShardTask(self.shards[index], generation, self._fits(record))
+
+    def _fits(self, record: CompletionRecord | None) -> CompletionRecord | None:
+        """``record``, if it covers its shard as this job cuts it (else named, and redone)."""
+        if record is None:
+            return None
+        shard = self.shards[record.shard]
+        if (record.start, record.stop) == (shard.start, shard.stop):
+            return record
+        warn_once(
+            self.record_path(shard.index),
+            f"it covers positions {record.start}-{record.stop}, and the shard {shard.start}-"
+            f"{shard.stop}; shard {shard.index} of {self.model} × {self.dataset} is redone",
+        )
+        return None
 
     def _look_again(self) -> bool:
         """Walk the shards others held once more: once, then while an owner of one is silent.
@@ -149,6 +179,15 @@ class PairClaims:
             self.ledger.outwait(owners)
         self._order, self._cursor, self._looked_again = held, 0, True
         return True
+
+
+def committed_by(ledger: Ledger) -> bool:
+    """Whether this process wrote any completion record of the job."""
+    me = ledger.me.id if ledger.me is not None else None
+    return any(
+        (read_json(path) or {}).get("owner") == me
+        for path in ledger.path("records").rglob("*.json")
+    )
 
 
 def claim_order(shards: Sequence[Shard], rank: int, ranks: int) -> list[int]:

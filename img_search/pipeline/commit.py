@@ -4,9 +4,10 @@ A shard's rows stream into a part file as batches come back from the model;
 the shard is committed when its last window is in, and also every
 ``tasks.commit_every_s`` while it runs (each commit closes the current part,
 renames it into place, then replaces the shard's record, which names the
-parts, the position ranges done and the errors so far). A part file that no
-record names — its writer died before the record was written — is ignored
-and deleted with the job state.
+parts — with their rows, size and sha256 —, the position ranges done and the
+errors so far: ``record.py``). A part file that no record names — its writer
+died before the record was written — is ignored and deleted with the job
+state.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from img_search.faults import fail_point
 from img_search.pipeline.claims import PairClaims, ShardTask, merge_ranges
+from img_search.pipeline.record import CompletionRecord, PartRef, part_name
 from img_search.pipeline.shards import Batch
+from img_search.pipeline.verify import part_digest
 from img_search.store import PartWriter
 
 log = logging.getLogger(__name__)
@@ -31,10 +34,7 @@ log = logging.getLogger(__name__)
 class OpenShard:
     task: ShardTask
     windows_left: int
-    done: list[list[int]]
-    errors: list[list[str]]
-    parts: list[str]
-    rows: int
+    record: CompletionRecord
     writer: PartWriter | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -83,7 +83,9 @@ class ShardCommitter:
             shard.writer.write(batch.ids, vectors, extra)
             self.stats.rows += len(batch.ids)
         self._add_errors(shard, batch.failures)
-        shard.done = merge_ranges([*shard.done, list(batch.window)])
+        record = shard.record
+        record.done = merge_ranges([*record.done, list(batch.window)])
+        record.skipped += batch.window[1] - batch.window[0] - len(batch.ids) - len(batch.failures)
         shard.windows_left -= 1
         if shard.windows_left == 0:
             self._commit(k, final=True)
@@ -99,54 +101,51 @@ class ShardCommitter:
         self.open.clear()
 
     def _open(self, k: int, task: ShardTask, n_windows: int) -> OpenShard:
-        record = task.record
-        shard = OpenShard(
-            task=task,
-            windows_left=n_windows,
-            done=merge_ranges(record.get("done", [])),
-            errors=[list(e) for e in record.get("errors", [])],
-            parts=list(record.get("parts", [])),
-            rows=int(record.get("rows", 0)),
-        )
-        if not record and task.shard.index == 0:
+        earlier = task.record  # what the previous holder committed (it covers this shard)
+        if earlier is not None:
+            record = replace(earlier, parts=[*earlier.parts], errors=[*earlier.errors])
+        else:
+            record = CompletionRecord(
+                model=self.claims.model,
+                dataset=self.claims.dataset,
+                shard=task.shard.index,
+                start=task.shard.start,
+                stop=task.shard.stop,
+                label=task.shard.label,
+            )
+        shard = OpenShard(task=task, windows_left=n_windows, record=record)
+        if earlier is None and task.shard.index == 0:
             self._add_errors(shard, self.problems)
+            record.problems = len(self.problems)
         self.open[k] = shard
         return shard
 
     def _add_errors(self, shard: OpenShard, failures: Sequence[Sequence[str]]) -> None:
-        shard.errors.extend([list(f) for f in failures])
+        shard.record.errors.extend([list(f) for f in failures])
         self.stats.errors += len(failures)
         for item_id, reason in failures:
             log.warning("skipped %s in %s: %s", item_id, self.claims.dataset, reason)
 
     def _part_name(self, shard: OpenShard) -> str:
         claims, task = self.claims, shard.task
-        return (
-            f"part-{claims.model}-{claims.dataset}-{task.shard.index:06d}"
-            f"-{task.generation:02d}-{len(shard.parts):03d}.parquet"
+        return part_name(
+            claims.model, claims.dataset, task.shard.index, task.generation, len(shard.record.parts)
         )
 
     def _commit(self, k: int, final: bool) -> None:
         shard = self.open[k]
+        record = shard.record
         if shard.writer is not None:
             rows = shard.writer.close()
-            shard.parts.append(shard.writer.path.name)
-            shard.rows += rows
+            path = shard.writer.path
+            part = PartRef(path.name, rows, path.stat().st_size, part_digest(path))
+            record.parts.append(part)
+            record.rows += rows
             shard.writer = None
         task = shard.task
-        record = {
-            "shard": task.shard.index,
-            "start": task.shard.start,
-            "stop": task.shard.stop,
-            "label": task.shard.label,
-            "done": shard.done,
-            "final": final,
-            "rows": shard.rows,
-            "parts": shard.parts,
-            "errors": shard.errors,
-            "owner": self.claims.ledger.me.id if self.claims.ledger.me else None,
-            "generation": task.generation,
-        }
+        record.final = final
+        record.owner = self.claims.ledger.me.id if self.claims.ledger.me else None
+        record.generation = task.generation
         self._last_commit = time.monotonic()
         if not self.claims.write_record(task, record):
             log.warning(

@@ -1,7 +1,10 @@
 """Finish the table once every shard of every pair is committed: errors first, then the table, then tidy up.
 
 Whichever process finds the job complete (the main process of the last
-launch to finish, or a rerun) takes the one ``_finalize`` hold and:
+launch to finish, or a rerun) takes the one ``_finalize`` hold, checks that
+every part file holds what its completion record vouches for (``verify.py``:
+a shard that fails is named in one line and sent back to be redone, and
+nothing is published), and:
 
 1. writes the errors table (the earlier table's errors, then every shard
    record's), under a temporary name and renamed;
@@ -29,6 +32,8 @@ import pyarrow.parquet as pq
 from img_search.pipeline.claims import PairClaims
 from img_search.pipeline.ledger import Ledger, describe
 from img_search.pipeline.plan import Job
+from img_search.pipeline.record import CompletionRecord
+from img_search.pipeline.verify import part_problems
 from img_search.store import read_metadata
 from img_search.store import schema as S
 from img_search.store.atomic import remove
@@ -57,15 +62,22 @@ class Outcome:
     pairs: list[dict[str, Any]] = field(default_factory=list)
     #: The table's ``run.processes``: every process of the job and the shards it committed.
     processes: list[dict[str, Any]] = field(default_factory=list)
+    #: Pairs with shards sent back to be redone (a record or part failed its check).
+    redo: list[tuple[str, str]] = field(default_factory=list)
 
 
 def pair_claims(ledger: Ledger, model: str, dataset: str) -> PairClaims:
     """The claims of a pair, with its shards as the job agreed on them (by count)."""
     from img_search.data.base import Shard
 
-    listing = ledger.agreed(f"listing-{dataset}") or {}
-    count = int(listing.get("shards", 0))
+    count = agreed_shards(ledger, dataset) or 0
     return PairClaims(ledger, model, dataset, [Shard(i, 0, 0) for i in range(count)])
+
+
+def agreed_shards(ledger: Ledger, dataset: str) -> int | None:
+    """How many shards the job cut ``dataset`` into; None until its listing is recorded."""
+    shards = (ledger.agreed(f"listing-{dataset}") or {}).get("shards")
+    return shards if isinstance(shards, int) and not isinstance(shards, bool) else None
 
 
 def finalize(job: Job, ledger: Ledger) -> Outcome:
@@ -75,9 +87,20 @@ def finalize(job: Job, ledger: Ledger) -> Outcome:
             return Outcome(True, rows=int(read_metadata(job.layout.path).get("rows", 0)))
         return Outcome(False, waiting="the job state is gone: rerun to start again")
     todo = [tuple(p) for p in record["todo"]]
-    records: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    records: dict[tuple[str, str], list[CompletionRecord]] = {}
+    working = {str(m.get("id")) for m in ledger.working_members()}
     for model, dataset in todo:
         claims = pair_claims(ledger, model, dataset)
+        if agreed_shards(ledger, dataset) is None:
+            return _redo([(model, dataset)], "its listing is not recorded")
+        # (a shard whose unusable record a live process holds, that process is redoing)
+        unusable = [
+            i for i in claims.unusable() if ledger.holder(claims.claim_name(i)) not in working
+        ]
+        if unusable:
+            for index in unusable:
+                claims.redo(index, "its record is not usable")
+            return _redo([(model, dataset)], f"{len(unusable)} record(s) not usable")
         unfinished = claims.unfinished()
         if unfinished:
             return Outcome(False, waiting=_waiting_text(ledger, claims, unfinished))
@@ -87,11 +110,45 @@ def finalize(job: Job, ledger: Ledger) -> Outcome:
     working = ledger.working_members()
     if working:
         return Outcome(False, waiting=_working_text(working))
-    if ledger.take(FINALIZE) is None:
+    mine = ledger.me is not None and ledger.holder(FINALIZE) == ledger.me.id  # (after a redo)
+    if not mine and ledger.take(FINALIZE) is None:
         ledger.outwait(lambda: [ledger.holder(FINALIZE)])
         if ledger.take(FINALIZE) is None:
             return Outcome(False, waiting="another process is assembling the table")
+    failed = _failed_checks(job, ledger, records)
+    if failed:
+        return _redo(failed, "a part failed its check")
     return _assemble(job, ledger, record, records)
+
+
+def _failed_checks(
+    job: Job, ledger: Ledger, records: dict[tuple[str, str], list[CompletionRecord]]
+) -> list[tuple[str, str]]:
+    """Each shard whose part files do not hold what its record vouches for: named and sent back."""
+    failed = []
+    for (model, dataset), shard_records in records.items():
+        claims = pair_claims(ledger, model, dataset)
+        for r, problem in part_problems(job.layout, shard_records):
+            log.warning(
+                "%s: %s; shard %d of %s × %s is redone",
+                claims.record_path(r.shard),
+                problem,
+                r.shard,
+                model,
+                dataset,
+            )
+            claims.redo(r.shard, problem)
+            failed.append((model, dataset))
+    return list(dict.fromkeys(failed))
+
+
+def _redo(pairs: list[tuple[str, str]], why: str) -> Outcome:
+    named = ", ".join(f"{m} × {d}" for m, d in pairs)
+    return Outcome(
+        False,
+        waiting=f"shards of {named} are to be redone ({why}): rerun this same command",
+        redo=pairs,
+    )
 
 
 #: What a process that leaves the table to others says, after what they still do.
@@ -126,7 +183,7 @@ def _assemble(
     job: Job,
     ledger: Ledger,
     record: dict[str, Any],
-    records: dict[tuple[str, str], list[dict[str, Any]]],
+    records: dict[tuple[str, str], list[CompletionRecord]],
 ) -> Outcome:
     layout = job.layout
     for leftover in (layout.path, layout.errors_path):  # a finaliser killed while writing
@@ -137,11 +194,11 @@ def _assemble(
     errors: list[tuple[str, str, str, str]] = []
     pairs = []
     for (model, dataset), shard_records in records.items():
-        pair_parts = [layout.locate_part(p) for r in shard_records for p in r.get("parts", [])]
-        pair_errors = [(e[0], dataset, model, e[1]) for r in shard_records for e in r["errors"]]
+        pair_parts = [layout.locate_part(p.name) for r in shard_records for p in r.parts]
+        pair_errors = [(e[0], dataset, model, e[1]) for r in shard_records for e in r.errors]
         parts += pair_parts
         errors += pair_errors
-        rows = sum(int(r.get("rows", 0)) for r in shard_records)
+        rows = sum(r.rows for r in shard_records)
         pairs.append({"model": model, "dataset": dataset, "rows": rows, "errors": len(pair_errors)})
     dims = {**(_earlier_dims(earlier)), **_part_dims(parts)}
     metadata = _metadata(job, ledger, record, earlier, pairs, dims, records)
@@ -152,6 +209,7 @@ def _assemble(
     extra = job.modality.extra_fields
     if layout.is_folder:
         metadata["parts"] = [*(earlier or {}).get("parts", []), *(p.name for p in parts)]
+        _clear_staging(layout, parts)
         schema = table_schema(None, job.settings.output_dtype, extra)
         publish_folder(layout, with_metadata(schema, metadata), parts)
     else:
@@ -168,6 +226,16 @@ def _assemble(
         pairs=pairs,
         processes=metadata["run"]["processes"],
     )
+
+
+def _clear_staging(layout: Any, parts: list[Path]) -> None:
+    """A new folder table holds its parts only: a part an earlier try moved there before its
+    shard was redone goes (the folder is the job's own)."""
+    keep = {p.name for p in parts}
+    if layout.staging_dir.is_dir():
+        for stray in layout.staging_dir.iterdir():
+            if stray.name not in keep:
+                remove(stray)
 
 
 def _part_dims(parts: list[Path]) -> dict[str, int]:
@@ -200,7 +268,7 @@ def _metadata(
     earlier: dict[str, Any] | None,
     pairs: list[dict[str, Any]],
     dims: dict[str, int],
-    records: dict[tuple[str, str], list[dict[str, Any]]],
+    records: dict[tuple[str, str], list[CompletionRecord]],
 ) -> dict[str, Any]:
     earlier = earlier or {}
     models = dict(earlier.get("models") or {})
@@ -251,14 +319,14 @@ def _metadata(
 
 
 def _processes(
-    ledger: Ledger, records: dict[tuple[str, str], list[dict[str, Any]]]
+    ledger: Ledger, records: dict[tuple[str, str], list[CompletionRecord]]
 ) -> list[dict[str, Any]]:
     """Every process that worked on this job (dead ones too), with the shards it committed."""
     committed: dict[str, dict[str, list[int]]] = {}
     for (model, dataset), shard_records in records.items():
         for r in shard_records:
-            owner = str(r.get("owner"))
-            committed.setdefault(owner, {}).setdefault(f"{model}/{dataset}", []).append(r["shard"])
+            owner = str(r.owner)
+            committed.setdefault(owner, {}).setdefault(f"{model}/{dataset}", []).append(r.shard)
     processes = []
     for data, _ in ledger.members():
         data = dict(data)

@@ -11,14 +11,16 @@ cluster coordinate through the filesystem alone:
   (a source's listing, a model's preprocessing): the first to know writes
   it, the others compare.
 
-A process is alive while its heartbeat is fresher than ``lease_s``; on its
-own machine a dead process is recognised at once (its pid is gone, or now
-belongs to a process that started later), and so is one of a Slurm job
-this job was started after the end of (``--dependency=afterany:<array>``).
-One on another machine that has missed two heartbeats is *silent*: probably dead (killed with its Slurm
-array task, its node lost), so whoever would leave work to it waits for it
-to beat again or for its lease to run out (``outwait``), and a rerun started
-right after a crash still finishes the job.
+A process is alive while its heartbeat is fresher than ``lease_s``; in its
+own PID namespace of the same boot (``liveness.provable``) a dead process is
+recognised at once (its pid is gone, or now belongs to a process that
+started later), and so is one of a Slurm job this job was started after the
+end of (``--dependency=afterany:<array>``). Any other (another machine,
+container or PID namespace) that has missed two heartbeats is *silent*:
+probably dead (killed with its Slurm array task, its node lost), so whoever
+would leave work to it waits for it to beat again or for its lease to run
+out (``outwait``), and a rerun started right after a crash still finishes
+the job.
 """
 
 from __future__ import annotations
@@ -36,37 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from img_search.pipeline.engines import array_task, ended_jobs, slurm_names
+from img_search.pipeline.liveness import here, pid_alive, process_start_time, provable
+from img_search.pipeline.state_files import read_json, warn_once
 from img_search.store.atomic import HOST, atomic_write_text, create_exclusive, is_temporary
 
 log = logging.getLogger(__name__)
-
-
-def process_start_time(pid: int) -> str | None:
-    """The start time of ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def pid_alive(pid: int, started: str | None) -> bool:
-    if os.path.isdir("/proc"):
-        return process_start_time(pid) is not None and process_start_time(pid) == started
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+__all__ = ["Ledger", "Member", "describe", "read_json"]
 
 
 @dataclass
@@ -85,9 +62,16 @@ class Member:
     array_task: int | None = None
     #: Its Slurm job (``SLURM_JOB_ID``): one per array task.
     slurm_job: str | None = None
+    #: Where its pid means something (``liveness.here``): the boot and the PID namespace.
+    boot_id: str | None = None
+    pid_namespace: int | None = None
 
     def describe(self) -> str:
         return describe(self.__dict__)
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
 
 
 def describe(member: dict[str, Any]) -> str:
@@ -132,13 +116,14 @@ class Ledger:
             id=f"{HOST}-{pid}-{uuid.uuid4().hex[:6]}",  # a reused pid is another process
             host=HOST,
             pid=pid,
-            started=process_start_time(pid),
+            started=process_start_time("self"),
             spec_fingerprint=spec_fingerprint,
             launch=launch,
             rank=rank,
             array_job=task.job if task else None,
             array_task=task.task if task else None,
             slurm_job=os.environ.get("SLURM_JOB_ID"),
+            **here(),
         )
         self.processes_dir.mkdir(parents=True, exist_ok=True)
         self.update({"joined": time.time()})
@@ -222,8 +207,8 @@ class Ledger:
         data = read_json(self.processes_dir / f"{member_id}.json")
         if data is None or slurm_names(data) & self.ended_jobs:
             return False
-        if data.get("host") == HOST:
-            return pid_alive(int(data["pid"]), data.get("started"))
+        if provable(data):
+            return pid_alive(data["pid"], data.get("started"))
         try:
             beat = (self.processes_dir / f"{member_id}.json").stat().st_mtime
         except FileNotFoundError:
@@ -236,7 +221,7 @@ class Ledger:
             return False
         path = self.processes_dir / f"{member_id}.json"
         data = read_json(path)
-        if data is None or data.get("host") == HOST or slurm_names(data) & self.ended_jobs:
+        if data is None or provable(data) or slurm_names(data) & self.ended_jobs:
             return False  # known dead (or alive) at once
         try:
             age = self.now() - path.stat().st_mtime
@@ -286,7 +271,7 @@ class Ledger:
         generation = self.generation(name)
         if generation is not None:
             holder = (read_json(self._hold_path(name, generation)) or {}).get("owner", "")
-            if self.is_alive(holder):
+            if self.is_alive(str(holder)):
                 return None
         generation = 0 if generation is None else generation + 1
         path = self._hold_path(name, generation)
@@ -300,6 +285,13 @@ class Ledger:
         if generation is None:
             return None
         return (read_json(self._hold_path(name, generation)) or {}).get("owner")
+
+    def release(self, name: str, why: str) -> None:
+        """Take ``name`` from whoever holds it, for nobody: the next ``take`` gets it."""
+        generation = self.generation(name)
+        path = self._hold_path(name, 0 if generation is None else generation + 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        create_exclusive(path, json.dumps({"owner": "", "released": why}))
 
     def holds(self, name: str, generation: int) -> bool:
         """Still ours: nobody took ``name`` over since."""
@@ -316,7 +308,20 @@ class Ledger:
 
     # -- the job record -------------------------------------------------------------
     def read_job(self) -> dict[str, Any] | None:
-        return read_json(self.job_file)
+        """The job record; None if there is none, or one that is not a job record (named once)."""
+        record = read_json(self.job_file)
+        if record is None:
+            return None
+        pairs, todo = record.get("pairs"), record.get("todo")
+        if (
+            isinstance(record.get("spec"), dict)
+            and isinstance(pairs, list)
+            and isinstance(todo, list)
+            and all(_is_pair(p) for p in [*pairs, *todo])
+        ):
+            return record
+        warn_once(self.job_file, "not a job record (a spec, its pairs, what is left): ignored")
+        return None
 
     def write_job(self, record: dict[str, Any]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,11 @@ def _open(job: Job, ledger: Ledger, launch: str) -> Opening:
         ledger.join(spec_fingerprint(spec), launch, rank=0)
     finished = _finished_metadata(job)
     recorded = ledger.read_job()
+    if recorded is None and ledger.exists():  # named already: what it stood for is redone
+        _refuse_other_jobs(ledger, spec, launch, any_spec=True)
+        log.warning("the job state %s is started over", ledger.state_dir)
+        _discard_state(ledger)
+        ledger.join(spec_fingerprint(spec), launch, rank=0)
     if recorded is not None and not settings.resume:
         log.info("tasks.resume=false: the unfinished job at %s is discarded", ledger.state_dir)
         _discard_state(ledger)
@@ -197,6 +202,7 @@ def _append_or_nothing(job: Job, ledger: Ledger, finished: dict[str, Any], launc
             f"{layout.path} was written by an earlier img_search that did not record its job; "
             "pass tasks.overwrite=true to recompute it"
         )
+    recorded = with_recorded_precision(recorded, finished)
     comparison = compare_specs(recorded, recorded_pairs(finished), spec, job.pairs())
     if comparison.conflict:
         raise JobMismatch(
@@ -233,8 +239,20 @@ def recorded_pairs(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     return [(p["model"], p["dataset"]) for p in metadata.get("pairs", [])]
 
 
+def with_recorded_precision(spec: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """A table finished before the spec held ``tasks`` recorded each model's precision beside it."""
+    if "tasks" in spec:
+        return spec
+    models = metadata.get("models") or {}
+    precisions = {m.get("precision") for m in models.values() if isinstance(m, dict)}
+    if len(precisions) != 1 or None in precisions:
+        return spec
+    return {**spec, "tasks": {"precision": precisions.pop()}}
+
+
 def merge_specs(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     merged = dict(before)
+    merged["tasks"] = dict(now.get("tasks") or {})  # compared equal: recorded as known now
     for group in ("models", "datasets"):
         merged[group] = {**(before.get(group) or {}), **(now.get(group) or {})}
     return merged

@@ -2,7 +2,8 @@
 
 A job's *spec* is the full resolved spec of every model and every dataset
 (each option the encoder or dataset receives, defaults included, derived
-from its constructor), plus what every row shares (kind, output dtype).
+from its constructor), plus what every row shares (kind, and the ``tasks``
+options of ``identity.IDENTITY_TASK_OPTIONS``: precision, output dtype …).
 Together with the source listings and the models' preprocessing, recorded
 once they are known, it is compared on resume and against a finished table.
 """
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from img_search.pipeline.identity import model_identity, recorded_task_identity, task_identity
 from img_search.pipeline.modality import Modality
 from img_search.pipeline.settings import ConfigError, TaskSettings
 from img_search.store import TableLayout
@@ -46,7 +48,7 @@ class Job:
         """What the rows of this job are made of, from the config alone."""
         return {
             "kind": self.modality.kind,
-            "output_dtype": self.settings.output_dtype,
+            "tasks": task_identity(self.settings),
             "models": {key: model_spec(encoder) for key, encoder in self.encoders.items()},
             "datasets": {name: dict(source.spec) for name, source in self.sources.items()},
         }
@@ -56,7 +58,7 @@ class Job:
 
 
 def model_spec(encoder: Encoder) -> dict[str, Any]:
-    return {k: v for k, v in encoder.spec.items() if k not in encoder.runtime_options}
+    return model_identity(encoder.name, encoder.spec)
 
 
 def spec_fingerprint(spec: Mapping[str, Any]) -> str:
@@ -133,9 +135,9 @@ def compare_specs(
     requested_pairs: list[tuple[str, str]],
 ) -> Comparison:
     """Same shared settings, same spec for every model and dataset both name; pairs may differ."""
-    conflict = None
-    for key in ("kind", "output_dtype"):
-        conflict = conflict or first_difference(recorded.get(key), requested.get(key), key)
+    conflict = first_difference(recorded.get("kind"), requested.get("kind"), "kind")
+    before_tasks = recorded_task_identity(recorded, TaskSettings)
+    conflict = conflict or first_difference(before_tasks, requested.get("tasks") or {}, "tasks")
     for group in ("models", "datasets"):
         before, now = recorded.get(group) or {}, requested.get(group) or {}
         for name in sorted(set(before) & set(now)):

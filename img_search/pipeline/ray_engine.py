@@ -94,6 +94,11 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
             stats.resumed = resumed.get((stats.model_name, stats.dataset_name), 0)
         finished = [r.outcome for r in results if r.outcome is not None and r.outcome.finished]
         outcome = finished[0] if finished else finalize(job, ledger)
+        if outcome.redo:  # a part failed its check once every actor had stopped: once more
+            results += run_workers(ray, engine, job, specs, ledger, outcome.redo)
+            reports = [r.report for r in results if r.report is not None]
+            finished = [r.outcome for r in results if r.outcome and r.outcome.finished]
+            outcome = finished[0] if finished else finalize(job, ledger)
         print_summary(reports, outcome, job.layout.path)
         if any(r.died for r in results) and not outcome.finished:
             return 3
@@ -207,7 +212,7 @@ def show_progress(
                 if listing is None:  # not listed yet, or the table is finished and its state gone
                     continue
                 records = pair_claims(ledger, model, dataset).records()
-                done = sum(int(r.get("rows", 0)) + len(r.get("errors", [])) for r in records)
+                done = sum(r.rows + len(r.errors) for r in records)
                 rate = f"{done / (time.perf_counter() - started):.1f} it/s"
                 progress.update(bar, total=listing.get("items"), completed=done, rate=rate)
 
@@ -354,11 +359,11 @@ def embed_share(job: Job, index: int, name: str, engine: RayEngine) -> WorkerRes
     """Inside an actor: this process's share of the job, then an attempt to finish the table."""
     import torch
 
+    from img_search.pipeline.claims import committed_by
     from img_search.pipeline.distributed import finish, make_accelerator
-    from img_search.pipeline.finalize import finalize
     from img_search.pipeline.ledger import Ledger
     from img_search.pipeline.output import open_output
-    from img_search.pipeline.runner import leaving_on_failure, run_pairs
+    from img_search.pipeline.runner import embed_and_finish, leaving_on_failure
 
     settings = job.settings
     # the driver has opened the output (overwrite, resume): the actors join the job it left there
@@ -377,21 +382,11 @@ def embed_share(job: Job, index: int, name: str, engine: RayEngine) -> WorkerRes
     ledger.update({"role": name})
 
     def forget() -> None:
-        if not committed_any(ledger):
+        if not committed_by(ledger):
             ledger.depart()  # a process that did nothing here leaves no trace
 
     with leaving_on_failure(job, ledger, forget):
-        report = run_pairs(job, accelerator, ledger, opening)
-        outcome = finalize(job, ledger)
+        (report,), outcome = embed_and_finish(job, accelerator, ledger, opening)
     finish(accelerator)
     report.rank = index
     return WorkerResult(name, report, outcome)
-
-
-def committed_any(ledger: Ledger) -> bool:
-    """Whether this process wrote any completion record of the job."""
-    from img_search.pipeline.ledger import read_json
-
-    me = ledger.me.id if ledger.me is not None else None
-    records = ledger.path("records").rglob("*.json")
-    return any((read_json(path) or {}).get("owner") == me for path in records)

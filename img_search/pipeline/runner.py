@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from img_search.pipeline.distributed import (
     on_main,
 )
 from img_search.pipeline.engines import start_slot
-from img_search.pipeline.finalize import finalize, pair_claims
+from img_search.pipeline.finalize import Outcome, finalize, pair_claims
 from img_search.pipeline.ledger import Ledger
 from img_search.pipeline.loader import PassLoader
 from img_search.pipeline.output import JobMismatch, Opening, forget_failed_start, open_output
@@ -53,7 +54,7 @@ from img_search.store import PartWriter
 from img_search.store.space import explain_refused_write
 
 log = logging.getLogger(__name__)
-__all__ = ["embed_source", "plan_job", "run_job"]
+__all__ = ["embed_and_finish", "embed_source", "plan_job", "run_job"]
 
 
 def run_job(job: Job) -> int:
@@ -82,15 +83,41 @@ def run_job(job: Job) -> int:
             forget_failed_start(ledger, opening)
 
     with leaving_on_failure(job, ledger, forget):
-        report = run_pairs(job, accelerator, ledger, opening)
-        reports = gather_to_main(accelerator, report)
+        reports, outcome = embed_and_finish(job, accelerator, ledger, opening)
         if accelerator.is_main_process:
-            outcome = finalize(job, ledger)
             job.report = reports
             print_summary(reports, outcome, job.layout.path)
             code = check_error_budget(outcome.new_errors, settings.max_errors)
     finish(accelerator)
     return code
+
+
+#: How many times a launch embeds again the shards its finaliser sent back before it gives up
+#: (and says to rerun): a part that fails its check twice in a row is not a stale copy.
+REDO_ROUNDS = 2
+
+
+def embed_and_finish(
+    job: Job, accelerator: Accelerator, ledger: Ledger, opening: Opening
+) -> tuple[list[ProcessReport], Outcome]:
+    """Every process's share of the job; then they meet, and the main process finishes the table.
+
+    A shard the finaliser sends back (its record or a part failed a check:
+    ``finalize.py``) is embedded again by all of them, as in a rerun.
+    """
+    reports = gather_to_main(accelerator, run_pairs(job, accelerator, ledger, opening))
+    outcome = on_main(accelerator, lambda: finalize(job, ledger))
+    for _ in range(REDO_ROUNDS):
+        if not outcome.redo:
+            break
+        ledger.update({"done": False})
+        redo = replace(opening, pending=outcome.redo)
+        again = gather_to_main(accelerator, run_pairs(job, accelerator, ledger, redo))
+        for report, more in zip(reports, again, strict=True):
+            report.stats.extend(more.stats)
+            report.collectives, report.collective_bytes = more.collectives, more.collective_bytes
+        outcome = on_main(accelerator, lambda: finalize(job, ledger))
+    return reports, outcome
 
 
 @contextmanager

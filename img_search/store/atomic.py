@@ -1,8 +1,9 @@
 """Files that appear whole or not at all, also on a filesystem shared by several machines.
 
-Everything is written under a temporary name that carries the host and the
-pid (two processes never share one, and a leftover names its writer), then
-renamed into place. ``create_exclusive`` adds the one primitive the job's
+Everything is written under a temporary name that carries the host, the
+pid and a token drawn by each process (two processes never share one, even
+with one host name and one pid in two PID namespaces, and a leftover names
+its writer), then renamed into place. ``create_exclusive`` adds the one primitive the job's
 coordination needs: a file created by exactly one of several racing
 processes, with its content already complete when others can see it (a hard
 link is atomic and exclusive on local disks, NFS and Lustre alike).
@@ -13,16 +14,22 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 HOST = socket.gethostname()
+_token: tuple[int, str] = (0, "")
 
 
 def temporary_name(path: str | os.PathLike[str]) -> Path:
-    """``.<name>.tmp-<host>-<pid>`` next to ``path``: hidden from globs and readers, unique per writer."""
+    """``.<name>.tmp-<host>-<pid>-<token>`` next to ``path``: hidden from globs and readers,
+    unique per writer."""
+    global _token
+    if _token[0] != os.getpid():  # drawn again in a forked child
+        _token = (os.getpid(), uuid.uuid4().hex[:8])
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{HOST}-{_token[0]}-{_token[1]}")
 
 
 def is_temporary(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -230,3 +231,63 @@ def test_a_different_job_is_refused_while_one_runs_and_a_killed_one_blocks_nothi
     assert not out.exists()
     rerun = run_embed(*job, "models.simulated.batch_seconds=0")  # the device time is not the job
     assert "rows: 200" in rerun.stdout
+
+
+def test_precision_is_part_of_the_job_identity(inquire_dir, tmp_path, run_embed):
+    """A job killed at fp32 is not resumed at bf16, and bf16 on an fp32 table is not "complete"."""
+    root, _ = inquire_dir
+    out = tmp_path / "t.parquet"
+    common = [
+        "models=simulated",
+        "models.simulated.batch_seconds=0",
+        "datasets=inquire",
+        f"datasets.inquire.path={root}",
+        f"output_path={out}",
+        "tasks.shard_size=8",
+    ]
+    killed = run_embed(*common, expect_ok=False, env={"IMG_SEARCH_FAULT": "commit:2"})
+    assert killed.returncode != 0
+    refused = run_embed(*common, "tasks.precision=bf16", expect_ok=False)
+    assert refused.returncode == 2
+    assert "tasks.precision: 'fp32' then, 'bf16' now" in words(refused.stderr)
+    assert "holds an unfinished job that differs" in words(refused.stderr)
+    finished = run_embed(*common)
+    assert "resumed: 16 rows" in finished.stdout and "rows: 41" in finished.stdout
+    refused = run_embed(*common, "tasks.precision=bf16", expect_ok=False)
+    assert refused.returncode == 2 and "already complete" not in words(refused.stderr)
+    assert "was made by a different job (tasks.precision: 'fp32' then, 'bf16' now)" in words(
+        refused.stderr
+    )
+    assert read_metadata(out)["job"]["tasks"]["precision"] == "fp32"
+
+
+def test_a_table_recorded_before_precision_was_in_its_spec_keeps_its_identity(
+    inquire_dir, tmp_path, run_embed
+):
+    """Its spec has no ``tasks``: the output dtype beside the models, the precision by each model."""
+    import pyarrow.parquet as pq
+
+    from img_search.store.schema import METADATA_KEY
+
+    root, _ = inquire_dir
+    out = tmp_path / "old.parquet"
+    common = [
+        "models=simulated",
+        "models.simulated.batch_seconds=0",
+        "datasets=inquire",
+        f"datasets.inquire.path={root}",
+        f"output_path={out}",
+    ]
+    run_embed(*common, "tasks.precision=bf16")
+    table = pq.read_table(out)
+    metadata = read_metadata(out)
+    tasks = metadata["job"].pop("tasks")
+    metadata["job"]["output_dtype"] = tasks["output_dtype"]
+    assert metadata["models"]["simulated"]["precision"] == "bf16"
+    encoded = {METADATA_KEY: json.dumps(metadata).encode()}
+    pq.write_table(table.replace_schema_metadata(encoded), out)
+    same = run_embed(*common, "tasks.precision=bf16")
+    assert "already complete" in words(same.stderr)
+    refused = run_embed(*common, expect_ok=False)
+    assert refused.returncode == 2
+    assert "tasks.precision: 'bf16' then, 'fp32' now" in words(refused.stderr)

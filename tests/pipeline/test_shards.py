@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import multiprocessing
 import os
 import queue
@@ -21,6 +22,8 @@ from img_search.data.base import Shard, position_shards
 from img_search.pipeline.claims import PairClaims, ShardTask, merge_ranges
 from img_search.pipeline.distributed import with_retries
 from img_search.pipeline.ledger import Ledger
+from img_search.pipeline.liveness import here
+from img_search.pipeline.record import CompletionRecord, PartRef, part_name
 from img_search.pipeline.shards import Collator, Feeder, ShardStream, windows
 
 
@@ -189,14 +192,35 @@ def test_a_stream_is_read_once_per_shard_and_worker(workers):
 def test_windows_skip_what_is_done():
     shard = Shard(3, 100, 120)
     assert windows(ShardTask(shard, 0), 8) == [(100, 108), (108, 116), (116, 120)]
-    resumed = ShardTask(shard, 1, {"done": [[100, 108], [116, 118]]})
+    resumed = ShardTask(
+        shard, 1, CompletionRecord("m", "d", 3, 100, 120, done=[[100, 108], [116, 118]])
+    )
     assert windows(resumed, 8) == [(108, 116), (118, 120)]
-    finished = ShardTask(shard, 1, {"done": [[100, 120]]})
+    finished = ShardTask(shard, 1, CompletionRecord("m", "d", 3, 100, 120, done=[[100, 120]]))
     assert windows(finished, 8) == [(120, 120)]  # one empty window: its completion is committed
 
 
 def test_merge_ranges():
     assert merge_ranges([[5, 8], [0, 3], [3, 5], [10, 10], [9, 12]]) == [[0, 8], [9, 12]]
+
+
+def finished_record(task: ShardTask, rows: int) -> CompletionRecord:
+    """A final record of ``task``'s whole shard: ``rows`` rows in one part, the others failed."""
+    shard = task.shard
+    errors = [[f"item-{i}", "unreadable"] for i in range(len(shard) - rows)]
+    part = PartRef(part_name("clip", "photos", shard.index, task.generation, 0), rows, 1, "ab")
+    return CompletionRecord(
+        "clip",
+        "photos",
+        shard.index,
+        shard.start,
+        shard.stop,
+        done=[[shard.start, shard.stop]],
+        final=True,
+        rows=rows,
+        parts=[part],
+        errors=errors,
+    )
 
 
 def make_ledger(state: Path, lease_s: float = 120.0) -> Ledger:
@@ -217,7 +241,7 @@ def test_claims_are_exclusive_and_records_end_them(tmp_path):
         # the same live process holds shard 0 already: the other claimant cannot take it
         assert second.claim_next().shard.index == 2
         assert second.claim_next() is None
-        assert first.write_record(a, {"shard": 0, "final": True, "rows": 10})
+        assert first.write_record(a, finished_record(a, rows=10))
         assert first.unfinished() == [1, 2]
         assert first.committed_rows() == 10
     finally:
@@ -236,7 +260,10 @@ def test_a_dead_owners_shard_is_taken_over_with_its_progress(tmp_path):
         f"ledger = Ledger({str(state)!r}); ledger.join('spec', 'other', 0)\n"
         "claims = PairClaims(ledger, 'clip', 'photos', position_shards(20, 10))\n"
         "task = claims.claim_next()\n"
-        "claims.write_record(task, {'shard': 0, 'done': [[0, 5]], 'final': False, 'rows': 5, 'parts': ['p0']})\n"
+        "from img_search.pipeline.record import CompletionRecord, PartRef\n"
+        "part = PartRef('part-clip-photos-000000-00-000.parquet', 5, 100, 'ab')\n"
+        "claims.write_record(task, CompletionRecord('clip', 'photos', 0, 0, 10, done=[[0, 5]], "
+        "rows=5, parts=[part]))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=False)
@@ -245,7 +272,8 @@ def test_a_dead_owners_shard_is_taken_over_with_its_progress(tmp_path):
         claims = PairClaims(ledger, "clip", "photos", shards)
         task = claims.claim_next()
         assert task.shard.index == 0 and task.generation == 1  # the next generation of the claim
-        assert task.done == [[0, 5]] and task.record["parts"] == ["p0"]
+        assert task.done == [[0, 5]]
+        assert [p.name for p in task.record.parts] == ["part-clip-photos-000000-00-000.parquet"]
         assert windows(task, 4) == [(5, 8), (8, 10)]
         assert claims.still_mine(task)
         assert ledger.holder("clip/photos/000000") == ledger.me.id
@@ -261,10 +289,15 @@ def test_a_live_process_keeps_its_shard_and_a_lost_claim_cannot_commit(tmp_path)
         # another process took the shard over (as after a lease expiry): the old owner's commit is refused
         (claims.ledger.path("claims", "clip", "photos", "000000.1")).write_text('{"owner": "x"}')
         assert not claims.still_mine(task)
-        assert not claims.write_record(task, {"shard": 0, "final": True})
-        assert claims.record(0) == {}
+        assert not claims.write_record(task, finished_record(task, rows=0))
+        assert claims.record(0) is None
     finally:
         ledger.leave()
+
+
+def dead_here(host: str) -> str:
+    """The process file of a process of this boot and PID namespace that has exited."""
+    return json.dumps({"id": "vm-dead", "host": host, "pid": 999999, "started": "1", **here()})
 
 
 def test_liveness_by_pid_on_this_host_and_by_heartbeat_elsewhere(tmp_path):
@@ -273,10 +306,14 @@ def test_liveness_by_pid_on_this_host_and_by_heartbeat_elsewhere(tmp_path):
         processes = ledger.processes_dir
         me = ledger.me
         assert ledger.is_alive(me.id)
-        (processes / "vm-dead.json").write_text(
-            f'{{"id": "vm-dead", "host": "{me.host}", "pid": 999999, "started": "1"}}'
-        )
+        (processes / "vm-dead.json").write_text(dead_here(me.host))
         assert not ledger.is_alive("vm-dead")
+        # the same host name and pid in another PID namespace (or recorded without one): its lease
+        for other in ({"pid_namespace": 1}, {"boot_id": "another boot"}, {"boot_id": None}):
+            member = {**json.loads(dead_here(me.host)), **other, "id": "ns-1"}
+            (processes / "ns-1.json").write_text(json.dumps(member))
+            assert ledger.is_alive("ns-1") and not ledger.silent("ns-1")
+        (processes / "ns-1.json").unlink()
         remote = processes / "far-1.json"
         remote.write_text('{"id": "far-1", "host": "another-machine", "pid": 1}')
         assert ledger.is_alive("far-1")  # fresh heartbeat
@@ -293,10 +330,7 @@ def test_the_finaliser_waits_for_live_processes_that_are_not_done(tmp_path):
     ledger = make_ledger(tmp_path / "state", lease_s=60)
     try:
         processes = ledger.processes_dir
-        host = ledger.me.host
-        (processes / "vm-dead.json").write_text(
-            f'{{"id": "vm-dead", "host": "{host}", "pid": 999999, "started": "1"}}'
-        )
+        (processes / "vm-dead.json").write_text(dead_here(ledger.me.host))
         (processes / "far-1.json").write_text('{"id": "far-1", "host": "elsewhere", "pid": 1}')
         (processes / "far-2.json").write_text(
             '{"id": "far-2", "host": "elsewhere", "pid": 2, "done": true}'

@@ -282,7 +282,8 @@ def test_part_is_invisible_until_closed(tmp_path: Path) -> None:
     assert listing(tmp_path) == []
     part.write(ids[:5], vectors[:5])
     part.write(ids[5:], vectors[5:])
-    assert listing(tmp_path) == [f".part-00000.parquet.tmp-{HOST}-{os.getpid()}"]
+    assert listing(tmp_path) == [temporary_name(path).name]
+    assert temporary_name(path).name.startswith(f".part-00000.parquet.tmp-{HOST}-{os.getpid()}-")
     assert not path.exists()
 
     assert part.close() == 10
@@ -770,8 +771,8 @@ def test_empty_selection_keeps_the_dimension(tmp_path: Path, two_groups: list[Gr
 def test_temporary_name_names_its_writer(tmp_path: Path) -> None:
     tmp = temporary_name(tmp_path / "emb.parquet")
     assert tmp.parent == tmp_path
-    assert tmp.name == f".emb.parquet.tmp-{HOST}-{os.getpid()}"
-    assert HOST in tmp.name and str(os.getpid()) in tmp.name
+    assert tmp.name.startswith(f".emb.parquet.tmp-{HOST}-{os.getpid()}-")
+    assert temporary_name(tmp_path / "emb.parquet") == tmp  # one name per writer and file
     assert is_temporary(tmp.name)
     assert not is_temporary("emb.parquet")
     assert not is_temporary(".hidden")
