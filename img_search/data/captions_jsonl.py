@@ -59,7 +59,7 @@ class CaptionsJsonlDataset(CaptionTable):
                 try:
                     if line is None:
                         raise ValueError(
-                            f"the line is over the size limit of {in_words(self.max_line_bytes)} "
+                            f"the line is over the size limit of {in_words(self.max_line_bytes, exact=True)} "
                             "(text_dataset.max_line_bytes)"
                         )
                     text = self.decode(line)

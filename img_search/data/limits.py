@@ -29,18 +29,22 @@ def checked_limit(value: object, setting: str) -> int:
     return value
 
 
-def in_words(size: int) -> str:
-    """``2600000000`` → ``2.4 GiB``; a limit such as ``67108864`` → ``64 MiB``."""
+def in_words(size: int, exact: bool = False) -> str:
+    """``2600000000`` → ``2.4 GiB``, ``67108864`` → ``64 MiB``; ``exact``: bytes unless whole units
+    (a limit as the user set it: ``400000 bytes``)."""
     value, unit = float(size), "bytes"
     for name in ("KiB", "MiB", "GiB", "TiB"):
         if value < 1024:
             break
         value, unit = value / 1024, name
-    if unit == "bytes":
+    if unit == "bytes" or (exact and value != int(value)):
         return f"{size} bytes"
     return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
 
 
 def over_limit(what: str, size: int, limit: int, setting: str) -> str:
     """The reason of an item refused for its size, naming the setting that would let it in."""
-    return f"{what} of {in_words(size)} is over the size limit of {in_words(limit)} ({setting})"
+    return (
+        f"{what} of {in_words(size)} is over the size limit of {in_words(limit, exact=True)} "
+        f"({setting})"
+    )

@@ -100,7 +100,9 @@ class TarListing:
         columns = self.table.column_names
         whole = tar_bytes is not None and not self.compressed
         if whole and self.samples > tar_bytes // 512:  # type: ignore[operator]
-            raise ListingRefused(f"{self.samples} samples cannot fit in {tar_bytes} bytes")
+            raise ListingRefused(
+                f"{self.samples} samples cannot fit in the tar ({tar_bytes} bytes)"
+            )
         if self.samples < 0 or self.table.num_rows > max(self.samples, 0) * MAX_ROWS_PER_SAMPLE:
             raise ListingRefused(
                 f"{self.samples} samples cannot hold its {self.table.num_rows} rows"
@@ -113,12 +115,21 @@ class TarListing:
                 raise ListingRefused("its positions are not increasing within its samples")
         if "offset" in columns and "size" in columns:
             offsets = self.table.column("offset").to_numpy()
-            ends = offsets + self.table.column("size").to_numpy()
+            ends = offsets + self.stored_sizes()
             outside = (offsets < 0) | (ends < offsets)
             if whole:
                 outside |= ends > tar_bytes
             if outside.any():
                 raise ListingRefused("a member it lists lies outside the tar")
+
+    def stored_sizes(self) -> np.ndarray:
+        """Each row's bytes in the tar: its size, or the runs of data of a sparse member's map."""
+        sizes = self.table.column("size").to_numpy().astype(np.int64)
+        if "sparse" in self.table.column_names:
+            for row, runs in enumerate(self.table.column("sparse").to_pylist()):
+                if runs is not None:
+                    sizes[row] = sum(int(length) for _, length in json.loads(runs))
+        return sizes
 
 
 class ListingRefused(ValueError):

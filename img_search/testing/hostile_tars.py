@@ -32,7 +32,7 @@ OVERSIZE_BYTES = 2_600_000_000
 #: What the gzip bomb's image member expands to.
 BOMB_BYTES = 2 << 30
 #: Distinct keywords in the PAX bomb's global header, and its samples.
-PAX_KEYWORDS, PAX_SAMPLES = 20_000, 300
+PAX_KEYWORDS, PAX_SAMPLES = 20_000, 600
 
 
 @dataclass
@@ -231,7 +231,7 @@ def _gzip_bomb(root: Path) -> HostileTar:
 
 
 def _pax_bomb(root: Path) -> HostileTar:
-    """A global PAX header of 20,000 keywords before 300 small samples, one with a 2 MiB header of its own."""
+    """A global PAX header of 20,000 keywords before 600 small samples, one with a 2 MiB header of its own."""
     path, stem = root / "h-pax_bomb.tar", "h-pax_bomb"
     keywords = {f"bomb.{i}": "x" for i in range(PAX_KEYWORDS)}
     image = jpeg_bytes(synthetic_image(800, (16, 12)))
