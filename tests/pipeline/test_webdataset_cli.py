@@ -19,7 +19,11 @@ import pytest
 from conftest import OFFLINE, REPO, cli_runner, run_module, venv_bin
 
 from img_search.store import read_embeddings, read_metadata
-from img_search.testing.fixtures import Img2datasetLike, write_img2dataset_like
+from img_search.testing.fixtures import (
+    Img2datasetLike,
+    write_img2dataset_like,
+    write_img2dataset_tar,
+)
 from img_search.testing.hostile_tars import HostileTar, truncate_tar, write_hostile_tars
 
 
@@ -258,3 +262,25 @@ def test_every_hostile_caption_is_a_row_or_an_error_row_within_the_memory_limit(
         )
     assert "lone surrogate" in errors["h-surrogate/0001"]
     assert "JSON nested too deeply" in errors["h-nested/0001"]
+
+
+@pytest.mark.slow
+def test_a_caption_of_20_mb_is_cut_to_what_minilm_takes_within_the_memory_limit(tmp_path) -> None:
+    """Before: MiniLM tokenised all of a 50 MB caption first (7.2 GB); it reads 256 tokens."""
+    words = " ".join(f"word{i % 997}" for i in range(2_500_000))[:20_000_000]
+    write_img2dataset_tar(
+        tmp_path / "00000.tar", [{"key": "0000", "txt": words}, {"key": "0001", "txt": "a cat"}]
+    )
+    out = tmp_path / "captions.parquet"
+    run = run_limited(
+        "img_search.pipeline.embed_text",
+        "models=minilm",
+        "text_dataset=webdataset_captions",
+        f"text_dataset.urls={tmp_path / '00000.tar'}",
+        "text_dataset.max_caption_bytes=33554432",  # let it in: the model's cut is what is tested
+        f"output_path={out}",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == ["00000/0000#0", "00000/0001#0"]
+    assert table.column("caption")[0].as_py() == words  # stored whole, embedded cut
