@@ -90,7 +90,7 @@ class Span:
 @dataclass
 class TarSample:
     position: int  # the sample's index in its tar
-    key: str  # printable: bytes of a name that are not UTF-8 are written \xNN
+    key: str  # as tarfile decoded it (bytes not UTF-8 as surrogates); ids use ``printable(key)``
     members: dict[str, tarfile.TarInfo] = field(default_factory=dict)  # extension → member
     #: Why no member of this sample is read (its name is not UTF-8); None: it is read.
     problem: str | None = None
@@ -122,6 +122,8 @@ def refusal(info: tarfile.TarInfo, limit: int, setting: str) -> str | None:
     if kind is not None:
         target = f" to {printable(info.linkname)!r}" if info.islnk() or info.issym() else ""
         return f"{printable(info.name)} is {kind}{target}: link and device members are not read"
+    if info.size < 0:
+        return f"{printable(info.name)}: its header gives a negative size ({info.size})"
     if info.size > limit:
         return over_limit(f"member {printable(info.name)}", info.size, limit, setting)
     if info.issparse() and not valid_sparse(info.sparse or [], info.size):

@@ -71,12 +71,12 @@ class ImageListing:
         for _, sample in walk:
             item_id = f"{stem}/{printable(sample.key)}"
             image = next((sample.members[k] for k in self.image_keys if k in sample.members), None)
-            if image is None:
+            why = sample.problem
+            if why is None and image is None:
                 keys = ", ".join(self.image_keys)
                 why = f"no image (has: {sample.has()}); {self.where}.image_keys=[{keys}]"
-            else:
-                setting = f"{self.where}.max_member_bytes"
-                why = sample.problem or refusal(image, self.max_member_bytes, setting)
+            elif why is None:
+                why = refusal(image, self.max_member_bytes, f"{self.where}.max_member_bytes")
             if why is not None:
                 unusable.append((item_id, why))
             else:
