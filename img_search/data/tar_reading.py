@@ -238,9 +238,11 @@ class TarReader:
             self.damage = TarDamage(tar.offset, "no tar header and no end-of-archive marker here")
 
     def _data_here(self, info: tarfile.TarInfo) -> bytes | None:
-        """The bytes of the member whose header was just read (None when cut short: the walk
-        stops at it)."""
+        """The bytes of the member whose header was just read (None when cut short, where the walk
+        stops, or when its sparse map does not fit its size, which ``refusal`` names)."""
         span = span_of(info)
+        if span.sparse is not None and not valid_sparse(list(span.sparse), span.size):
+            return None
         stream = self.stream()
         stream.seek(span.offset)
         data = stream.read(span.stored)
