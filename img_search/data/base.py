@@ -201,3 +201,8 @@ class ImageDataset(Source):
 
     def get(self, position: int) -> ImageItem:
         return super().get(position)
+
+    def image_bytes(self, position: int) -> int | None:
+        """The stored size of the item's image when known without reading it (a tar member's
+        header says it), so that a reader with a limit refuses it before reading; else None."""
+        return None

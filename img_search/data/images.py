@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,17 @@ ResizeTarget = Callable[[int, int], "tuple[int, int] | None"]
 
 class ImageDecodeError(ValueError):
     """An item whose image cannot be turned into RGB pixels."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """The source of an item whose bytes its dataset could not read; ``open_image`` raises its reason."""
+
+    reason: str
+
+
+class ItemUnreadable(ImageDecodeError):
+    """The dataset could not read the item's bytes (a tar that changed since it was listed)."""
 
 
 class ImageTooLarge(ImageDecodeError):
@@ -79,6 +91,8 @@ def _open(
     if isinstance(source, Image.Image):
         check_pixels(source, max_pixels, resize_to)
         return source
+    if isinstance(source, Unreadable):
+        raise ItemUnreadable(source.reason)
     if isinstance(source, dict):
         data, path = source.get("bytes"), source.get("path")
         if data is None and not path:

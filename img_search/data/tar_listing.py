@@ -13,6 +13,11 @@ process of a launch would walk it again. So:
   named after the tar, its size, its modification time and what was asked of
   it. A process takes from there what another one listed, and a rerun lists
   nothing again; a tar that changed is listed anew.
+
+A kept listing is checked before it is believed (the job folder lives on a
+shared filesystem, where a stale copy or another tool may change it): its
+own digest, and its rows against its samples and the tar's size. One that
+fails is named in one line and the tar listed again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from img_search.data.base import BuildContext
@@ -35,10 +41,13 @@ from img_search.store.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-FORMAT = "img_search.tar_listing/1"
+FORMAT = "img_search.tar_listing/2"
 META_KEY = b"img_search.tar_listing"
 #: Seconds between two lines of progress while listing.
 REPORT_EVERY_S = 10.0
+#: Rows a sample may give (captions: one per caption of its JSON list); a kept listing with more
+#: rows than its samples allow is refused.
+MAX_ROWS_PER_SAMPLE = 10_000
 
 
 @dataclass
@@ -48,16 +57,93 @@ class TarListing:
     table: pa.Table
     samples: int
     problems: list[tuple[str, str]]
+    #: Whether the tar is compressed (its rows' offsets are then in the decompressed stream).
+    compressed: bool = False
 
-    def to_arrow(self) -> pa.Table:
-        meta = {"samples": self.samples, "problems": [list(p) for p in self.problems]}
+    def to_arrow(self, tar_bytes: int | None) -> pa.Table:
+        """The listing with what it vouches for (``tar_bytes``: the tar's size then) and its digest."""
+        meta = {
+            "samples": self.samples,
+            "problems": [list(p) for p in self.problems],
+            "compressed": self.compressed,
+            "tar_bytes": tar_bytes,
+        }
+        meta["digest"] = digest(self.table, meta)
         return self.table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
 
     @classmethod
-    def from_arrow(cls, table: pa.Table) -> TarListing:
-        meta = json.loads((table.schema.metadata or {})[META_KEY])
-        problems = [(str(where), str(why)) for where, why in meta["problems"]]
-        return cls(table.replace_schema_metadata(None), int(meta["samples"]), problems)
+    def from_arrow(cls, table: pa.Table, tar_bytes: int | None) -> TarListing:
+        """A kept listing, if it passes its checks; ``ListingRefused`` naming the first that fails."""
+        try:
+            meta = json.loads((table.schema.metadata or {})[META_KEY])
+            claimed = meta.pop("digest")
+            table = table.replace_schema_metadata(None)
+            if claimed != digest(table, meta):
+                raise ListingRefused("its digest does not match its content")
+            listing = cls(
+                table,
+                int(meta["samples"]),
+                [(str(where), str(why)) for where, why in meta["problems"]],
+                bool(meta["compressed"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ListingRefused(f"its metadata is not a listing's ({exc})") from None
+        if meta["tar_bytes"] != tar_bytes:
+            raise ListingRefused(
+                f"it was made of {meta['tar_bytes']} bytes, the tar has {tar_bytes}"
+            )
+        listing.check(tar_bytes)
+        return listing
+
+    def check(self, tar_bytes: int | None) -> None:
+        """The rows fit the samples and the tar (``ListingRefused`` otherwise)."""
+        columns = self.table.column_names
+        whole = tar_bytes is not None and not self.compressed
+        if whole and self.samples > tar_bytes // 512:  # type: ignore[operator]
+            raise ListingRefused(
+                f"{self.samples} samples cannot fit in the tar ({tar_bytes} bytes)"
+            )
+        if self.samples < 0 or self.table.num_rows > max(self.samples, 0) * MAX_ROWS_PER_SAMPLE:
+            raise ListingRefused(
+                f"{self.samples} samples cannot hold its {self.table.num_rows} rows"
+            )
+        if "position" in columns:
+            positions = self.table.column("position").to_numpy()
+            if len(positions) and (
+                positions[0] < 0 or positions[-1] >= self.samples or (np.diff(positions) <= 0).any()
+            ):
+                raise ListingRefused("its positions are not increasing within its samples")
+        if "offset" in columns and "size" in columns:
+            offsets = self.table.column("offset").to_numpy()
+            ends = offsets + self.stored_sizes()
+            outside = (offsets < 0) | (ends < offsets)
+            if whole:
+                outside |= ends > tar_bytes
+            if outside.any():
+                raise ListingRefused("a member it lists lies outside the tar")
+
+    def stored_sizes(self) -> np.ndarray:
+        """Each row's bytes in the tar: its size, or the runs of data of a sparse member's map."""
+        sizes = self.table.column("size").to_numpy().astype(np.int64)
+        if "sparse" in self.table.column_names:
+            for row, runs in enumerate(self.table.column("sparse").to_pylist()):
+                if runs is not None:
+                    sizes[row] = sum(int(length) for _, length in json.loads(runs))
+        return sizes
+
+
+class ListingRefused(ValueError):
+    """A kept listing that fails a check: it is listed again."""
+
+
+def digest(table: pa.Table, meta: dict[str, Any]) -> str:
+    """sha256 of a listing's rows (Arrow IPC, without metadata) and of what it says besides."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as writer:
+        writer.write_table(table.replace_schema_metadata(None))
+    hashed = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    hashed.update(sink.getvalue())
+    return hashed.hexdigest()
 
 
 #: Lists one tar (a picklable callable: it runs in the pool's processes).
@@ -83,10 +169,21 @@ def tar_identity(url: str) -> list[Any]:
     return [url, info.get("size"), str(changed)]
 
 
-def listing_name(url: str, recipe: str) -> str:
+def listing_name(url: str, recipe: str, identity: list[Any]) -> str:
     stem = url.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
-    digest = hashlib.sha256(json.dumps([FORMAT, tar_identity(url), recipe]).encode())
+    digest = hashlib.sha256(json.dumps([FORMAT, identity, recipe]).encode())
     return f"{stem}.{digest.hexdigest()[:16]}.arrow"
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One tar to list: its index, url, size (what its kept listing vouches for) and where to keep it."""
+
+    index: int
+    url: str
+    tar_bytes: int | None
+    path: Path | None
+    list_tar: ListTar
 
 
 def list_tars(
@@ -96,17 +193,27 @@ def list_tars(
 
     The tars still missing there are listed by ``context.workers`` processes,
     starting at this process's own stretch (``context.slot`` of
-    ``context.slots``); each one is kept there as soon as it is made.
+    ``context.slots``); each one is kept there as soon as it is made. A kept
+    listing that fails its checks is listed again here.
     """
+    identities = [tar_identity(url) for url in tars]
+    recipe = recipe_of(list_tar)
     folder = context.folder
-    paths: list[Path | None] = [None] * len(tars)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        recipe = recipe_of(list_tar)
-        paths = [folder / listing_name(url, recipe) for url in tars]
+    tasks = [
+        _Task(
+            i,
+            url,
+            identity[1],
+            None if folder is None else folder / listing_name(url, recipe, identity),
+            list_tar,
+        )
+        for i, (url, identity) in enumerate(zip(tars, identities, strict=True))
+    ]
     start = context.slot * len(tars) // max(1, context.slots)
-    order = [(start + i) % len(tars) for i in range(len(tars))]
-    todo = [i for i in order if paths[i] is None or not paths[i].is_file()]  # type: ignore[union-attr]
+    order = [tasks[(start + i) % len(tars)] for i in range(len(tars))]
+    todo = [task for task in order if task.path is None or not task.path.is_file()]
     made: dict[int, TarListing] = {}
     if todo:
         log.info(
@@ -117,23 +224,15 @@ def list_tars(
             len(tars) - len(todo),
             min(context.workers, len(todo)),
         )
-        made = _list(todo, tars, paths, list_tar, context.workers, what)
-    return [made[i] if i in made else read_listing(paths[i]) for i in range(len(tars))]  # type: ignore[arg-type]
+        made = _list(todo, context.workers, what)
+    return [made[task.index] if task.index in made else _kept(task) for task in tasks]
 
 
-def _list(
-    todo: list[int],
-    tars: Sequence[str],
-    paths: list[Path | None],
-    list_tar: ListTar,
-    workers: int,
-    what: str,
-) -> dict[int, TarListing]:
+def _list(todo: list[_Task], workers: int, what: str) -> dict[int, TarListing]:
     """The listings made here (those kept in a folder are read back by the caller)."""
-    tasks = [(i, tars[i], list_tar, paths[i]) for i in todo]
     made: dict[int, TarListing] = {}
     progress = _Progress(what, len(todo))
-    for index, listing, items in _results(tasks, workers):
+    for index, listing, items in _results(todo, workers):
         if listing is not None:
             made[index] = listing
         progress.advance(items, here=items >= 0)
@@ -141,9 +240,7 @@ def _list(
     return made
 
 
-def _results(
-    tasks: list[tuple[int, str, ListTar, Path | None]], workers: int
-) -> Iterator[tuple[int, TarListing | None, int]]:
+def _results(tasks: list[_Task], workers: int) -> Iterator[tuple[int, TarListing | None, int]]:
     if workers <= 1 or len(tasks) == 1:
         yield from map(_list_one, tasks)
         return
@@ -153,28 +250,52 @@ def _results(
         yield from pool.imap_unordered(_list_one, tasks)
 
 
-def _list_one(task: tuple[int, str, ListTar, Path | None]) -> tuple[int, TarListing | None, int]:
+def _list_one(task: _Task) -> tuple[int, TarListing | None, int]:
     """(index, the listing unless kept in a file, items; -1 where another process kept it meanwhile)."""
-    index, url, list_tar, path = task
-    if path is not None and path.is_file():
-        return index, None, -1
-    listing = list_tar(url)
-    if path is None:
-        return index, listing, listing.table.num_rows
-    table = listing.to_arrow()
+    if task.path is not None and task.path.is_file():
+        return task.index, None, -1
+    listing = task.list_tar(task.url)
+    if task.path is None:
+        return task.index, listing, listing.table.num_rows
+    _keep(task, listing)
+    return task.index, None, listing.table.num_rows
+
+
+def _keep(task: _Task, listing: TarListing) -> None:
+    table = listing.to_arrow(task.tar_bytes)
 
     def write(tmp: Path) -> None:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
 
-    atomic_write(path, write)
-    return index, None, table.num_rows
+    atomic_write(task.path, write)  # type: ignore[arg-type]
 
 
-def read_listing(path: Path) -> TarListing:
-    """A kept listing, read into memory (a LAION-sized job keeps 10,000 of them: no open files)."""
+def _kept(task: _Task) -> TarListing:
+    """The kept listing of ``task``, or, when it fails its checks, the tar listed again (and kept)."""
+    try:
+        return read_listing(task.path, task.tar_bytes)  # type: ignore[arg-type]
+    except (ListingRefused, OSError, pa.ArrowException) as exc:
+        log.warning(
+            "%s: the kept listing %s fails its check (%s): listing the tar again",
+            task.url,
+            task.path,
+            _first_line(exc),
+        )
+    listing = task.list_tar(task.url)
+    _keep(task, listing)
+    return listing
+
+
+def read_listing(path: Path, tar_bytes: int | None) -> TarListing:
+    """A kept listing, read into memory and checked (a LAION-sized job keeps 10,000: no open files)."""
     with pa.OSFile(str(path)) as source:
-        return TarListing.from_arrow(pa.ipc.open_file(source).read_all())
+        table = pa.ipc.open_file(source).read_all()
+    return TarListing.from_arrow(table, tar_bytes)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 class _Progress:

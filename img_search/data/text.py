@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 
@@ -157,3 +159,34 @@ def number_captions(
             texts.append(caption)
             owners.append(image)
     return ids, texts, owners
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``, with every way scraped text makes it fail as a ValueError with the reason.
+
+    Malformed JSON, a number of thousands of digits (ValueError in Python
+    3.11+) and nesting deeper than Python's recursion limit (RecursionError)
+    all refuse the record, never the dataset.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+    except ValueError as exc:
+        raise ValueError(f"malformed JSON ({exc})") from None
+
+
+def checked_text(text: str, what: str = "the caption") -> str:
+    """``text``, or ValueError when it is not Unicode text: an escaped lone surrogate (``"\\ud83d"``,
+    half of an emoji that scraping cut in two) is valid JSON, but no UTF-8 writer takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = f"\\u{ord(text[exc.start]):04x}"
+        raise ValueError(
+            f"{what} holds a lone surrogate ({code} at character {exc.start}), "
+            "half of a character: not text"
+        ) from None
+    return text

@@ -13,8 +13,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from img_search.embedding.base import PRECISIONS, Encoder, ImageTransform
+from img_search.embedding.base import PRECISIONS, Encoder, ImageTransform, cut_texts
 from img_search.failures import prepare_hub
+
+#: The tokens ``encode_text`` keeps (its remote code's ``max_length`` default).
+MAX_TEXT_TOKENS = 32768
 
 
 class DecodedImages(ImageTransform):
@@ -93,7 +96,7 @@ class JinaV4Encoder(Encoder):
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         with torch.inference_mode():
             output = self.model.encode_text(
-                texts=list(texts),
+                texts=cut_texts(texts, MAX_TEXT_TOKENS),
                 task=self.task,
                 prompt_name=self.prompt_name,
                 batch_size=len(texts),

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from img_search.embedding.base import Encoder
+from img_search.embedding.base import Encoder, cut_texts
 from img_search.failures import prepare_hub
 
 
@@ -49,9 +49,10 @@ class SentenceTransformerEncoder(Encoder):
         self.dim = dimension()
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = cut_texts(texts, self.model.max_seq_length)
         with self.inference():
             vectors = self.model.encode(
-                list(texts),
+                texts,
                 batch_size=max(1, len(texts)),
                 convert_to_tensor=True,
                 normalize_embeddings=True,

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from img_search.embedding.base import Encoder, ImageTransform
+from img_search.embedding.base import Encoder, ImageTransform, cut_texts
 from img_search.failures import prepare_hub
 
 
@@ -99,10 +99,17 @@ class TransformersDualEncoder(Encoder):
         return self.finish(projected(output))
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.processor.tokenizer(list(texts), return_tensors="pt", **self.text_kwargs)
+        texts = cut_texts(texts, self.max_text_tokens())
+        tokens = self.processor.tokenizer(texts, return_tensors="pt", **self.text_kwargs)
         with self.inference():
             output = self.model.get_text_features(**self.to_device(dict(tokens)))
         return self.finish(projected(output))
+
+    def max_text_tokens(self) -> int | None:
+        """The tokens the text tower takes: its position embeddings (CLIP 77), or the family's
+        ``max_length`` (SigLIP 64)."""
+        positions = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        return self.text_kwargs.get("max_length") or positions
 
     def identity(self) -> dict[str, Any]:
         info = super().identity()

@@ -86,7 +86,10 @@ def create_app(catalog: Catalog, settings: ServeSettings | None = None) -> FastA
     app.state.catalog, app.state.settings = catalog, settings
     app.state.query_encoder = QueryEncoder(settings.max_upload_pixels, slots)
     app.state.thumbnails = ThumbnailCache(
-        settings.thumbnail_size, max_pixels=settings.max_upload_pixels, slots=slots
+        settings.thumbnail_size,
+        max_pixels=settings.max_upload_pixels,
+        slots=slots,
+        max_bytes=settings.max_upload_bytes,
     )
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -17,6 +17,8 @@ from PIL import Image
 
 from img_search.data import get_dataset, open_image
 from img_search.data.base import ImageDataset
+from img_search.data.images import ImageDecodeError
+from img_search.data.limits import over_limit
 from img_search.search.tables import UnknownItem
 from img_search.serve.queries import DecodeSlots
 from img_search.store import read_metadata
@@ -76,7 +78,10 @@ class ItemImages:
         finally:
             self.ready.set()
 
-    def source(self, item_id: str) -> Any:
+    def source(self, item_id: str, max_bytes: int | None = None) -> Any:
+        """The item's image as its dataset holds it. One the dataset must read whole to give (a tar
+        member) is refused over ``max_bytes`` (``ImageDecodeError``) before it is read, as an
+        upload is; a file is opened lazily and held to the pixel limit alone."""
         if not self.ready.is_set():
             raise SourceUnavailable(
                 f"the images of table {self.table} are still being prepared; retry in a moment",
@@ -90,6 +95,9 @@ class ItemImages:
         position = self._position.get(item_id)
         if position is None:
             raise UnknownItem(f"no image {item_id!r} in the dataset of table {self.table}")
+        size = self.dataset.image_bytes(position)
+        if max_bytes is not None and size is not None and size > max_bytes:
+            raise ImageDecodeError(over_limit("the image", size, max_bytes, "max_upload_bytes"))
         return self.dataset.get(position).source
 
 
@@ -118,8 +126,11 @@ def item_images_of(name: str, table: Path, dataset_name: str) -> ItemImages | No
 class ThumbnailCache:
     """LRU of encoded thumbnails (bytes), keyed by (table, item id).
 
-    Decodes share the server's decode slots with uploads: a page of large
-    photos must not hold a dozen full-size images in memory at once.
+    A thumbnail goes through what an upload goes through: an image its
+    dataset reads whole (a tar member) is refused over ``max_bytes`` from its
+    header, any image over ``max_pixels``, and it is read and decoded inside
+    one of the server's decode slots: a page of large photos, or a dozen
+    requests for a 300 MB member, must not hold a dozen full images at once.
     """
 
     def __init__(
@@ -128,8 +139,10 @@ class ThumbnailCache:
         capacity: int = 4096,
         max_pixels: int | None = None,
         slots: DecodeSlots | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.size, self.capacity, self.max_pixels = size, capacity, max_pixels
+        self.max_bytes = max_bytes
         self.slots = slots or DecodeSlots()
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -139,7 +152,7 @@ class ThumbnailCache:
         """The thumbnail; LookupError when the table has no image source.
 
         The item's source raises ``UnknownItem`` or ``SourceUnavailable``, and
-        its decoding ``ImageDecodeError``.
+        its size or its decoding ``ImageDecodeError``.
         """
         key = (table.name, item_id)
         with self._lock:
@@ -148,8 +161,8 @@ class ThumbnailCache:
                 return self._cache[key]
         if table.images is None:
             raise LookupError(f"table {table.name} has no readable image source for thumbnails")
-        source = table.images.source(item_id)
         with self.slots.hold():
+            source = table.images.source(item_id, self.max_bytes)
             draft = (self.size, self.size)  # a JPEG decodes at 1/2 to 1/8 scale, cheaply
             data = self.encode(open_image(source, max_pixels=self.max_pixels, draft=draft))
         with self._lock:

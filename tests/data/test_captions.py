@@ -122,3 +122,53 @@ def test_unknown_text_dataset_lists_registered_names():
         get_text_dataset({"dataset": "coco"}, name="x")
     for name in TEXT_DATASETS:
         assert name in str(error.value)
+
+
+def test_lines_that_are_not_records_are_skipped_with_their_number(tmp_path):
+    """A lone surrogate, bytes not in the encoding, JSON nested past the recursion limit and a line
+    over max_line_bytes: each one line-numbered skip, never the end of the dataset."""
+    good = json.dumps({"image": "b.jpg", "caption": "fine"}).encode()
+    lines = [
+        good,
+        b'{"image": "a.jpg", "caption": "smile \\ud83d"}',
+        b'{"image": "a.jpg", "caption": "caf\xe9"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps({"image": "c.jpg", "caption": "x" * 3000}).encode(),
+        good,
+    ]
+    path = tmp_path / "caps.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    dataset = build(path, max_line_bytes=2048)
+    assert [r.caption_id for r in records(dataset)] == ["b#0", "b#1"]
+    assert dataset.problems() == [
+        (
+            "caps.jsonl:2",
+            "line 2: the caption holds a lone surrogate (\\ud83d at character 6), half of a "
+            "character: not text",
+        ),
+        (
+            "caps.jsonl:3",
+            "line 3: not utf-8 text (byte 0xe9 at column 35); text_dataset.encoding names the "
+            "file's encoding",
+        ),
+        (
+            "caps.jsonl:4",
+            "line 4: the line is over the size limit of 2 KiB (text_dataset.max_line_bytes)",
+        ),
+        (
+            "caps.jsonl:5",
+            "line 5: the line is over the size limit of 2 KiB (text_dataset.max_line_bytes)",
+        ),
+    ]
+    nested = tmp_path / "nested.jsonl"
+    nested.write_bytes(lines[3] + b"\n" + good + b"\n")
+    assert build(nested).problems() == [
+        ("nested.jsonl:1", "line 1: JSON nested too deeply to read")
+    ]
+    latin = build(path, max_line_bytes=2048, encoding="latin-1")
+    assert [r.caption for r in records(latin)][1] == "café"
+
+
+def test_an_encoding_that_is_not_read_line_by_line_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"encoding=utf-16 is not read line by line"):
+        build(tmp_path / "x.jsonl", encoding="utf-16")

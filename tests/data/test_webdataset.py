@@ -23,7 +23,9 @@ from img_search.data import (
 )
 from img_search.data.base import BuildContext, EmptyDataset, fingerprint_arrays
 from img_search.data.tar_listing import TarListing, list_tars
-from img_search.data.webdataset import DEFAULT_IMAGE_KEYS, ImageListing, TarWalk, expand_urls
+from img_search.data.tar_reading import TarWalk, span_of
+from img_search.data.tar_urls import expand_urls
+from img_search.data.webdataset import DEFAULT_IMAGE_KEYS, ImageListing
 from img_search.data.webdataset_captions import CaptionListing
 from img_search.testing.fixtures import (
     Img2datasetLike,
@@ -132,6 +134,7 @@ def test_ids_shards_and_problems(tars: Img2datasetLike) -> None:
         "urls": f"{tars.root}/{{00000..00005}}.tar",
         "tars": 6,
         "image_keys": ["jpg", "jpeg", "png", "webp"],
+        "max_member_bytes": 64 * 2**20,
     }
 
 
@@ -174,7 +177,7 @@ def test_every_cut_keeps_whole_samples_and_names_the_rest(tmp_path: Path) -> Non
         for cut in [*range(0, len(whole), 101), *range(500, 530), len(whole) - 1]:
             (tmp_path / "00000.tar").write_bytes(whole[:cut])
             walk = TarWalk(str(tmp_path / "00000.tar"))
-            read = {s.key: {e: r.read(m) for e, m in s.members.items()} for r, s in walk}
+            read = {s.key: {e: r.read(span_of(m)) for e, m in s.members.items()} for r, s in walk}
             lost = [where.split("/")[1] for where, _ in walk.problems]
             assert sorted([*read, *lost]) == keys, cut
             for key, members in read.items():
