@@ -107,6 +107,11 @@ class SavedIndex:
             return self.index.search(queries, k)
         return self.index.search(queries, k, where=where)
 
+    @property
+    def filters(self) -> bool:
+        """Whether its kind takes a filter (``milvus``)."""
+        return self.index.filters
+
     def parse_filter(self, text: str | None) -> Any:
         """A ``filter=`` checked for ``search``/``top_k`` (``FilterError`` says what is wrong)."""
         return self.index.parse_filter(text)
@@ -278,7 +283,7 @@ def build_command(table: str | os.PathLike[str], *overrides: str) -> str:
     grammar or the shell would read otherwise is quoted for both."""
     word = f"table={table}"
     if not _BARE.fullmatch(str(table)):
-        hydra = str(table).replace("\\", "\\\\").replace('"', '\\"')
+        hydra = str(table).replace('"', '\\"')
         word = shlex.quote(f'table="{hydra}"')
     return " ".join(["img-search build", word, *overrides])
 

@@ -42,6 +42,8 @@ class VectorIndex(ABC):
     file_name: ClassVar[str]
     #: Parameters and their defaults, recorded with every index built.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether ``search`` takes a filter (``parse_filter``): only ``milvus``.
+    filters: ClassVar[bool] = False
 
     def __init__(self, dim: int, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
