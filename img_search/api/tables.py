@@ -154,17 +154,19 @@ class Table:
         return search(saved, query, k, None if id is None else str(id), where, group_by_image)
 
     def _index(self, index: str) -> SavedIndex:
-        from img_search.search.indexes import open_index, saved_index_dir
+        from img_search.search.indexes import build_command, open_index, saved_index_dir
 
         if index not in self._indexes:
             folder = Path(index)
             if not (folder / "index.json").is_file():
                 folder = saved_index_dir(self.path, self.model_name, self.dataset_name, index)
                 if index != "flat" and not (folder / "index.json").is_file():
+                    command = build_command(
+                        self.path, f"model_name={self.model_name}", f"indexes=[{index}]"
+                    )
                     raise FileNotFoundError(
                         f"no index {index!r} of {self.model_name} × {self.dataset_name} next to "
-                        f"{self.path}: build it with img-search build table={self.path} "
-                        f"model_name={self.model_name} indexes=[{index}]"
+                        f"{self.path}: build it with {command}"
                     )
                 folder = self.path
             self._indexes[index] = open_index(folder, self.model_name, self.dataset_name, index)
