@@ -41,6 +41,9 @@ COMMANDS: dict[str, Command] = {
     "embed": Command("img_search.pipeline.embed", "embed images into a table (Parquet)"),
     "embed-text": Command("img_search.pipeline.embed_text", "embed captions into a table"),
     "build": Command("img_search.search.build", "build search indexes next to a table"),
+    "info": Command(
+        "img_search.search.info", "what a table holds, and whether its indexes are current"
+    ),
     "query": Command("img_search.search.query", "search a table or index by text, image or id"),
     "evaluate": Command("img_search.search.evaluate", "recall, INQUIRE and ANN evaluations"),
     "report": Command(

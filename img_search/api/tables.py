@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
     from img_search.embedding import Encoder
     from img_search.search.indexes import SavedIndex
-    from img_search.search.query import Hit
+    from img_search.search.info import TableInfo
+    from img_search.search.query import Hits
     from img_search.search.tables import TableSelection
 
 
@@ -57,6 +58,19 @@ class Table:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __fspath__(self) -> str:
+        """A ``Table`` goes wherever a table's path does (``open(...)`` aside): ``open_table(t)``,
+        ``pd.read_parquet(t)``, ``evaluate(captions=t)``."""
+        return str(self.path)
+
+    def info(self) -> TableInfo:
+        """What ``img-search info`` shows of the whole table (every model and dataset, not only
+        this one's): rows and errors of each, dtype, size, versions, and each saved index with
+        whether it is current. ``.as_dict()`` gives it as JSON-ready data."""
+        from img_search.search.info import table_info
+
+        return table_info(self.path)
 
     @property
     def selection(self) -> TableSelection:
@@ -105,14 +119,17 @@ class Table:
         filter: str | None = None,
         device: str | None = None,
         trust_remote_code: bool = False,
-    ) -> list[Hit]:
+        group_by_image: bool = False,
+    ) -> Hits:
         """The ``k`` nearest items to one query: a text, an image (path, bytes or PIL), a vector or an id.
 
         ``index`` is ``"flat"`` (exact; built and saved next to the table on
         first use, as ``img-search query`` does), the name of an index built
         with ``img-search build`` (``"faiss_hnsw"``, ``"milvus"``), or the path
         of a saved index folder. Hits carry id, score, and the file path or
-        caption where the table knows them.
+        caption where the table knows them; ``.to_pandas()`` makes them a
+        DataFrame. ``group_by_image=True`` (caption tables): the ``k`` best
+        images, each once, at its best caption's score, with its ``captions``.
         """
         from img_search.search.query import search
 
@@ -134,20 +151,22 @@ class Table:
             query = unit(np.asarray(vector, np.float32))
         else:
             query = self._encode(saved, text, image, device, trust_remote_code)
-        return search(saved, query, k, None if id is None else str(id), where)
+        return search(saved, query, k, None if id is None else str(id), where, group_by_image)
 
     def _index(self, index: str) -> SavedIndex:
-        from img_search.search.indexes import open_index, saved_index_dir
+        from img_search.search.indexes import build_command, open_index, saved_index_dir
 
         if index not in self._indexes:
             folder = Path(index)
             if not (folder / "index.json").is_file():
                 folder = saved_index_dir(self.path, self.model_name, self.dataset_name, index)
                 if index != "flat" and not (folder / "index.json").is_file():
+                    command = build_command(
+                        self.path, f"model_name={self.model_name}", f"indexes=[{index}]"
+                    )
                     raise FileNotFoundError(
                         f"no index {index!r} of {self.model_name} × {self.dataset_name} next to "
-                        f"{self.path}: build it with img-search build table={self.path} "
-                        f"model_name={self.model_name} indexes=[{index}]"
+                        f"{self.path}: build it with {command}"
                     )
                 folder = self.path
             self._indexes[index] = open_index(folder, self.model_name, self.dataset_name, index)
@@ -174,7 +193,8 @@ class Table:
     def evaluate(self, task: str, **options: Any) -> dict[str, Any]:
         """``img-search evaluate task=<task>`` over this table, its results as a dict.
 
-        ``task="retrieval"`` takes ``captions=<caption table>``; ``task="inquire"``
+        ``task="retrieval"`` takes ``captions=`` a caption table (an ``open_table(...)`` or
+        its path); ``task="inquire"``
         takes ``inquire={"path": <local copy>}``; ``task="inquire_fullrank"`` takes
         ``inquire_fullrank={"queries": <csv>, "annotations": <csv>, "k": 50}``; other
         options are the command's (``ks=[1, 5, 10]``, ``device="cpu"``).
@@ -187,8 +207,11 @@ class Table:
         args = [f"task={task}", *flat_overrides("images", str(self.path))]
         args += flat_overrides("model_name", self.model_name)
         args += flat_overrides("dataset_name", self.dataset_name)
+        captions = options.get("captions")
+        if isinstance(captions, Table) and "caption_dataset_name" not in options:
+            args += flat_overrides("caption_dataset_name", captions.dataset_name)
         for key, value in options.items():
-            args += flat_overrides(key, os.fspath(value) if isinstance(value, Path) else value)
+            args += flat_overrides(key, value)  # a Table or a Path is its path (os.PathLike)
         cfg = compose("evaluate", args, module="img_search.config.search")
         results = RUNNERS[task](cfg)
         results.pop("_table", None)

@@ -198,11 +198,16 @@ def run_ann(cfg: DictConfig) -> dict[str, Any]:
     from img_search.search.tables import load_selection
 
     ann = cfg.ann
-    if ann.table:
+    if ann.table:  # up to ann.queries of its rows, at most 10%, held out as queries
         selection = load_selection(str(ann.table), cfg.model_name, cfg.dataset_name)
         vectors, source = selection.vectors, f"{selection.path} ({selection.model_name})"
         label = selection.model_name
-    else:
+        count = min(int(ann.queries), max(1, len(vectors) // 10))
+        held_out = np.random.default_rng(0).choice(len(vectors), count, replace=False)
+        mask = np.ones(len(vectors), dtype=bool)
+        mask[held_out] = False
+        indexed, queries = vectors[mask], vectors[held_out]
+    else:  # ann.random.count vectors indexed, and ann.queries more of the same kind as queries
         r = ann.random
         vectors = random_unit_vectors(
             int(r.count) + int(ann.queries),
@@ -213,11 +218,7 @@ def run_ann(cfg: DictConfig) -> dict[str, Any]:
         )
         shape = f"{r.clusters} clusters, spread {r.spread}" if r.clusters else "isotropic"
         source = label = f"random unit vectors ({shape})"
-    count = min(int(ann.queries), max(1, len(vectors) // 10))
-    held_out = np.random.default_rng(0).choice(len(vectors), count, replace=False)
-    mask = np.ones(len(vectors), dtype=bool)
-    mask[held_out] = False
-    indexed, queries = vectors[mask], vectors[held_out]
+        indexed, queries = vectors[: int(r.count)], vectors[int(r.count) :]
     results = ann_benchmark(
         indexed,
         queries,
@@ -227,7 +228,8 @@ def run_ann(cfg: DictConfig) -> dict[str, Any]:
         progress=True,
     )
     title = (
-        f"ANN: {len(indexed):,} × {indexed.shape[1]} from {source}, {len(queries)} held-out queries"
+        f"ANN: {len(indexed):,} × {indexed.shape[1]} from {source}, {len(queries)} "
+        f"{'held-out ' if ann.table else ''}queries"
     )
     out: dict[str, Any] = {
         "task": "ann",

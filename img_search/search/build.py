@@ -1,4 +1,10 @@
-"""``python -m img_search.search.build table=<table> indexes=[...]``: build and save indexes."""
+"""``img-search build table=<table> [indexes=[...]]``: build and save indexes, or bring them up to date.
+
+With ``indexes=[...]``, those indexes of one (model, dataset) are built. With
+none named, every saved index of the table that is stale is rebuilt as it
+was built (``search.table_indexes``), whatever (model, dataset) it is of; a
+table with no saved index gets its exact index (``flat``), as before.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,10 @@ from img_search.console import stdout_console
 
 if TYPE_CHECKING:
     from img_search.search.indexes import SavedIndex
+    from img_search.search.table_indexes import Refreshed
+
+#: What ``build`` makes of a table that has no saved index yet.
+DEFAULT_INDEXES = {"flat": {"kind": "flat"}}
 
 log = logging.getLogger("img_search")
 
@@ -40,13 +50,39 @@ def build_all(
     return built
 
 
-def print_built(built: list[SavedIndex]) -> None:
+def build_or_refresh(
+    table: str,
+    specs: Mapping[str, Mapping[str, Any]] | None,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+) -> list[Refreshed]:
+    """The indexes named in ``specs``, built; with none named, the table's stale ones rebuilt
+    (the default ``flat`` built where the table has none in that scope)."""
+    from img_search.search.table_indexes import Refreshed, refresh_stale, saved_indexes
+
+    if not specs:
+        scope = [
+            e
+            for e in saved_indexes(table)
+            if model_name in (None, e.model_name) and dataset_name in (None, e.dataset_name)
+        ]
+        if scope:
+            return refresh_stale(table, model_name, dataset_name)
+        specs = DEFAULT_INDEXES
+    return [
+        Refreshed(None, "built", saved)
+        for saved in build_all(table, specs, model_name, dataset_name)
+    ]
+
+
+def print_built(done: list[Refreshed]) -> None:
     table = Table(title="indexes")
     columns = (
         "name",
         "kind",
         "model",
         "dataset",
+        "status",
         "rows",
         "left out",
         "dim",
@@ -56,19 +92,22 @@ def print_built(built: list[SavedIndex]) -> None:
     )
     for column in columns:
         table.add_column(column)
-    for saved in built:
-        m = saved.meta
+    for item in done:
+        saved = item.saved
+        m = saved.meta if saved is not None else item.entry.meta
+        left_out = len(saved.left_out) if saved else sum((m.get("left_out") or {}).values())
         table.add_row(
             m["name"],
             m["kind"],
             m["model_name"],
             m["dataset_name"],
+            item.status,
             str(m["count"]),
-            str(len(saved.left_out)),  # null or non-finite vectors (``store.vectors``)
+            str(left_out),  # null or non-finite vectors (``store.vectors``)
             str(m["dim"]),
             f"{m['build_seconds']:.2f}",
-            f"{saved.index.nbytes() / 2**20:.1f}",
-            str(saved.path),
+            f"{saved.index.nbytes() / 2**20:.1f}" if saved else "",
+            str(saved.path if saved else item.entry.path),
         )
     stdout_console(width=200).print(table)  # names and paths: user text
 
@@ -76,11 +115,13 @@ def print_built(built: list[SavedIndex]) -> None:
 @hydra_entry(config_path="pkg://img_search.config.search", config_name="build")
 def main(cfg: DictConfig) -> None:
     with user_errors_exit(cfg):
-        specs = OmegaConf.to_container(cfg.indexes, resolve=True)
-        built = build_all(cfg.table, specs, cfg.model_name, cfg.dataset_name)
-        for saved in built:
-            saved.close()  # a milvus index lets go of its connection (and Milvus Lite its file)
-        print_built(built)
+        named = cfg.get("indexes")
+        specs = OmegaConf.to_container(named, resolve=True) if named else None
+        done = build_or_refresh(str(cfg.table), specs, cfg.model_name, cfg.dataset_name)
+        for item in done:
+            if item.saved is not None:
+                item.saved.close()  # a milvus index lets go of its connection (and Lite its file)
+        print_built(done)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,11 @@ class SavedIndex:
         if where is None:
             return self.index.search(queries, k)
         return self.index.search(queries, k, where=where)
+
+    @property
+    def filters(self) -> bool:
+        """Whether its kind takes a filter (``milvus``)."""
+        return self.index.filters
 
     def parse_filter(self, text: str | None) -> Any:
         """A ``filter=`` checked for ``search``/``top_k`` (``FilterError`` says what is wrong)."""
@@ -221,7 +228,7 @@ def load_index(
         if table_stamp(current) != meta.get("table_stamp"):
             raise StaleIndex(
                 f"{current} changed after the index {path} was built: rebuild it "
-                f"(python -m img_search.search.build table={current})"
+                f"({build_command(current)} rebuilds every stale index of it)"
             )
         meta["table"] = str(current.resolve())
     index = make_index(meta["kind"], int(meta["dim"]), **meta.get("params", {}))
@@ -262,11 +269,32 @@ def open_index(
             return load_index(saved, table=path)
         except StaleIndex:  # rebuild it as it was built (its kind and parameters)
             meta = json.loads((saved / "index.json").read_text())
-            kind, params = meta["kind"], dict(meta.get("params") or {})
-            if kind == "faiss_ivf":
-                params["nlist"] = None  # chosen again for the new row count
+            kind, params = meta["kind"], rebuild_params(meta)
     selection = load_selection(path, model_name, dataset_name)
     return build_index(selection, name, kind, params or {})
+
+
+#: Characters a path may hold and still be pasted bare on a shell and read by Hydra's grammar.
+_BARE = re.compile(r"[\w./+@%:-]+")
+
+
+def build_command(table: str | os.PathLike[str], *overrides: str) -> str:
+    """``img-search build table=<table> …`` as it can be pasted on a shell: a path that Hydra's
+    grammar or the shell would read otherwise is quoted for both."""
+    word = f"table={table}"
+    if not _BARE.fullmatch(str(table)):
+        hydra = str(table).replace('"', '\\"')
+        word = shlex.quote(f'table="{hydra}"')
+    return " ".join(["img-search build", word, *overrides])
+
+
+def rebuild_params(meta: dict[str, Any]) -> dict[str, Any]:
+    """The parameters to build a stale index again with: as recorded, but an IVF's ``nlist``
+    chosen again for the new row count."""
+    params = dict(meta.get("params") or {})
+    if meta.get("kind") == "faiss_ivf":
+        params["nlist"] = None
+    return params
 
 
 def index_specs(specs: dict[str, Any] | Any) -> dict[str, tuple[str, dict[str, Any]]]:

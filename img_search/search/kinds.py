@@ -42,6 +42,8 @@ class VectorIndex(ABC):
     file_name: ClassVar[str]
     #: Parameters and their defaults, recorded with every index built.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether ``search`` takes a filter (``parse_filter``): only ``milvus``.
+    filters: ClassVar[bool] = False
 
     def __init__(self, dim: int, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -186,6 +188,8 @@ class FaissIVFIndex(_FaissIndex):
         nlist = self.nlist_for(len(vectors))
         quantizer = faiss.IndexFlatIP(self.dim)
         self.index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        # a table under 39 rows gets one cell (exact): FAISS would warn that k-means lacks points
+        self.index.cp.min_points_per_centroid = min(39, max(1, len(vectors) // nlist))
         rng = np.random.default_rng(0)
         sample = vectors
         if len(vectors) > 256 * nlist:  # k-means needs ~40-256 points per cell, not all of them

@@ -365,6 +365,7 @@ def collection_name(table: Path, model_name: str, dataset_name: str) -> str:
 class MilvusIndex(VectorIndex):
     kind = "milvus"
     file_name = "milvus.json"
+    filters = True
     defaults: ClassVar[dict[str, Any]] = {
         "uri": None,  # None: the table's Milvus Lite file (TableLayout.milvus_lite_file)
         "token": None,  # never saved; MILVUS_TOKEN when not given

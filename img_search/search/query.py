@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +29,23 @@ class Hit:
     path: str | None = None
     caption: str | None = None
     image_id: str | None = None
+    #: grouped by image: the captions of this image among the hits, best first (``caption`` is
+    #: the first), so ``len(captions)`` of them matched
+    captions: list[str] | None = None
+
+
+class Hits(list):
+    """The hits of one query, best first: a list of ``Hit`` (index it, loop over it), and
+    ``to_pandas()``, one row per hit with the columns that any hit fills."""
+
+    def to_pandas(self) -> Any:
+        import pandas as pd
+
+        rows = [asdict(hit) for hit in self]
+        names = [f.name for f in fields(Hit)]
+        always = ("rank", "id", "score")
+        columns = [n for n in names if n in always or any(r[n] is not None for r in rows)]
+        return pd.DataFrame([{n: r[n] for n in columns} for r in rows], columns=columns)
 
 
 def index_encoder(
@@ -85,29 +102,67 @@ def query_vector(
 
 
 def search(
-    index: SavedIndex, vector: np.ndarray, k: int, exclude: str | None = None, where: Any = None
-) -> list[Hit]:
+    index: SavedIndex,
+    vector: np.ndarray,
+    k: int,
+    exclude: str | None = None,
+    where: Any = None,
+    group_by_image: bool = False,
+) -> Hits:
     """Top-k hits with what is known of each item (file path, caption, image id).
 
     ``where``: a filter parsed by ``index.parse_filter`` (milvus indexes).
+    ``group_by_image``: over a caption table, the ``k`` best images, each once at its best
+    caption's score, with its matching captions (``search.grouping``).
     """
-    from img_search.search.tables import file_path_of, row_details
+    from img_search.search.grouping import best_per_image
+    from img_search.search.tables import row_details
 
-    hits = [(item_id, score) for _, item_id, score in index.top_k(vector, k, exclude, where)]
-    details = row_details(index.table, index.model_name, index.dataset_name, [i for i, _ in hits])
-    dataset = index.meta.get("dataset") or {}
-    kind = index.meta.get("table_kind", "image")
-    return [
-        Hit(
-            rank=rank,
-            id=item_id,
-            score=score,
-            path=file_path_of(dataset, kind, item_id),
-            caption=details.get(item_id, {}).get("caption"),
-            image_id=details.get(item_id, {}).get("image_id"),
+    details: dict[str, dict[str, str]] = {}
+
+    def top_k(n: int) -> list[tuple[int, str, float]]:
+        found = index.top_k(vector, n, exclude, where)
+        missing = [item for _, item, _ in found if item not in details]
+        details.update(row_details(index.table, index.model_name, index.dataset_name, missing))
+        return found
+
+    if group_by_image and index.meta.get("table_kind") == "caption":
+        groups = best_per_image(
+            top_k, k, lambda hit: details.get(hit[1], {}).get("image_id"), len(index.ids)
         )
-        for rank, (item_id, score) in enumerate(hits, start=1)
-    ]
+    else:
+        groups = [[hit] for hit in top_k(k)]
+        group_by_image = False
+    return Hits(
+        hit_of(index, rank, group, details, group_by_image)
+        for rank, group in enumerate(groups, start=1)
+    )
+
+
+def hit_of(
+    index: SavedIndex,
+    rank: int,
+    group: list[tuple[int, str, float]],
+    details: dict[str, dict[str, str]],
+    grouped: bool,
+) -> Hit:
+    """The hit of one item (or of one image's captions, the best first)."""
+    from img_search.search.tables import file_path_of
+
+    _, item_id, score = group[0]
+    known = details.get(item_id, {})
+    captions = [details.get(i, {}).get("caption") for _, i, _ in group]
+    return Hit(
+        rank=rank,
+        id=item_id,
+        score=score,
+        path=file_path_of(
+            index.meta.get("dataset") or {}, index.meta.get("table_kind", "image"), item_id
+        ),
+        caption=known.get("caption"),
+        image_id=known.get("image_id"),
+        captions=[c for c in captions if c is not None] if grouped else None,
+    )
 
 
 def print_hits(hits: list[Hit], index: SavedIndex, as_json: bool) -> None:
@@ -124,12 +179,26 @@ def print_hits(hits: list[Hit], index: SavedIndex, as_json: bool) -> None:
     table = Table(title=f"{index.model_name} × {index.dataset_name} ({len(index.ids)} items)")
     for column in ("rank", "score", "id"):
         table.add_column(column, justify="right" if column != "id" else "left")
-    extra = [c for c in ("caption", "path") if any(getattr(h, c) for h in hits)]
+    grouped = any(h.captions is not None for h in hits)
+    extra = [c for c in ("image_id", "caption", "path") if grouped or c != "image_id"]
+    extra = [c for c in extra if any(getattr(h, c) for h in hits)]
     for column in extra:
-        table.add_column(column)
+        table.add_column("image" if column == "image_id" else column)
+    if grouped:
+        table.add_column("captions", justify="right")  # of the image, among the hits
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.4f}", h.id, *(getattr(h, c) or "" for c in extra))
+        cells = [getattr(h, c) or "" for c in extra] + ([str(len(h.captions or []))] * grouped)
+        table.add_row(str(h.rank), f"{h.score:.4f}", h.id, *cells)
     stdout_console(width=160 if not sys.stdout.isatty() else None).print(table)  # ids: user text
+
+
+def group_of(value: Any) -> bool:
+    """``group=image``: caption hits merged by image; ``group=null`` (or ``none``): one per item."""
+    if value in (None, "none", False):
+        return False
+    if value == "image":
+        return True
+    raise ValueError(f"group={value!r}: give group=image (caption hits merged by image) or none")
 
 
 @hydra_entry(config_path="pkg://img_search.config.search", config_name="query")
@@ -156,7 +225,7 @@ def main(cfg: DictConfig) -> None:
                 trust_remote_code=bool(cfg.trust_remote_code),
             )
             exclude = None if cfg.id is None else str(cfg.id)
-            hits = search(index, vector, int(cfg.k), exclude, where)
+            hits = search(index, vector, int(cfg.k), exclude, where, group_of(cfg.group))
         finally:
             index.close()
         print_hits(hits, index, bool(cfg.json))

@@ -89,6 +89,7 @@ class LoadedTable:
             "rows": self.rows,
             "dim": self.dim,
             "index": self.index.meta["kind"],
+            "filters": self.index.filters,  # the index takes filter= (milvus)
             "text_search": self.reads("text"),
             "image_search": self.reads("image"),
             "image_table": self.image_table,
@@ -292,7 +293,8 @@ def load_catalog(
         if not spec or not spec.get("table"):
             continue  # tables.<name>.table=null leaves a configured table out
         tables[name] = load_table(name, spec, device, encoders, trust_remote_code)
-        log.info("loaded %s: %s", name, tables[name].describe())
-    catalog = Catalog(tables)
+    catalog = Catalog(tables)  # links each caption table to its image table
+    for name, table in catalog.tables.items():
+        log.info("loaded %s: %s", name, table.describe())  # as /api/tables describes it
     catalog.wait_for_images(image_wait)
     return catalog

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import numpy as np
@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from img_search.data.images import ImageDecodeError
+from img_search.search.grouping import best_per_image
 from img_search.search.indexes import FilterError
 from img_search.search.tables import UnknownItem
 from img_search.serve.catalog import Catalog, LoadedTable
@@ -115,10 +116,17 @@ def table_for(catalog: Catalog, name: str | None, side: str) -> LoadedTable:
 
 
 def where_of(table: LoadedTable, text: str | None) -> Any:
-    """The ``filter`` parameter checked against the table's index (milvus), or 422."""
+    """The ``filter`` parameter checked against the table's index (milvus), or 422; an index
+    that cannot filter names the serve setting that gives one that can."""
     try:
         return table.index.parse_filter(text)
     except FilterError as exc:
+        if not table.index.filters:
+            raise HTTPException(
+                422,
+                f"table {table.name} is served from a {table.index.meta['kind']} index, which "
+                f"cannot filter: serve it from a milvus index (tables.{table.name}.index=milvus)",
+            ) from None
         raise HTTPException(422, str(exc)) from None
 
 
@@ -127,6 +135,24 @@ FILTER_HELP = (
     'milvus indexes only: e.g. dataset_name == "inquire", image_id in ["a", "b"], '
     'caption like "a dog%", joined with and / or / not'
 )
+#: The ``group`` parameter of the search endpoints.
+GROUP_HELP = "image: caption hits merged by image (each image once, at its best caption's score)"
+Group = Literal["image", "none"]
+
+
+def ranked(
+    table: LoadedTable, vector: np.ndarray, k: int, exclude: str | None, where: Any, grouped: bool
+) -> list[list[tuple[int, str, float]]]:
+    """The best hits, each alone, or grouped by image: the k best images' caption hits."""
+    if not grouped:
+        return [[hit] for hit in table.top_k(vector, k, exclude, where)]
+    images = table.details["image_id"]
+    return best_per_image(
+        lambda n: table.top_k(vector, n, exclude, where),
+        k,
+        lambda hit: str(images[hit[0]]),
+        table.rows,
+    )
 
 
 def results(
@@ -139,16 +165,23 @@ def results(
     started: float,
     exclude: str | None = None,
     where: Any = None,
+    group: Group | None = None,
 ) -> dict[str, Any]:
-    """The ranked hits of one query vector, each with its details and thumbnail link."""
+    """The ranked hits of one query vector, each with its details and thumbnail link; with
+    ``group="image"`` over a caption table, one hit per image (``search.grouping``)."""
     encoded = time.perf_counter()
-    found = table.top_k(vector, k, exclude, where)
+    grouped = group == "image" and "image_id" in table.details
+    found = ranked(table, vector, k, exclude, where, grouped)
     searched = time.perf_counter()
     hits = []
-    for position, item_id, score in found:
+    for group_hits in found:
+        position, item_id, score = group_hits[0]
         hit: dict[str, Any] = {"rank": len(hits) + 1, "id": item_id, "score": score}
         for column, values in table.details.items():
             hit[column] = str(values[position])
+        if grouped:  # the image's captions among the hits, best first
+            captions = table.details.get("caption", table.details["image_id"])
+            hit["captions"] = [str(captions[p]) for p, _, _ in group_hits]
         image = (
             (table.name, item_id)
             if table.kind == "image"
@@ -163,7 +196,7 @@ def results(
     return {
         "table": table.name,
         "model_name": table.index.model_name,
-        "query": query,
+        "query": {**query, **({"group": "image"} if grouped else {})},
         "took_ms": {
             "encode": round(1000 * (encoded - started), 3),
             "search": round(1000 * (searched - encoded), 3),
@@ -195,6 +228,7 @@ def search_text(
     table: Annotated[str | None, Query(description="default: the first with a text model")] = None,
     k: int | None = None,
     where: Annotated[str | None, Query(alias="filter", description=FILTER_HELP)] = None,
+    group: Annotated[Group | None, Query(description=GROUP_HELP)] = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     loaded, k = table_for(catalog, table, "text"), k_of(k, settings)
@@ -205,7 +239,7 @@ def search_text(
     parsed = where_of(loaded, where)
     vector = queries.text(loaded.encoder, q)
     query = {"text": q, **({"filter": where} if parsed else {})}
-    return results(request, catalog, loaded, vector, k, query, started, where=parsed)
+    return results(request, catalog, loaded, vector, k, query, started, where=parsed, group=group)
 
 
 @router.post("/api/search/image")
@@ -218,6 +252,7 @@ def search_image(
     table: Annotated[str | None, Form(description="default: the first with an image model")] = None,
     k: Annotated[int | None, Form()] = None,
     where: Annotated[str | None, Form(alias="filter", description=FILTER_HELP)] = None,
+    group: Annotated[Group | None, Form(description=GROUP_HELP)] = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     loaded, k = table_for(catalog, table, "image"), k_of(k, settings)
@@ -227,7 +262,7 @@ def search_image(
         raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
     vector = queries.image(loaded.encoder, data)
     query = {"image": file.filename, **({"filter": where} if parsed else {})}
-    return results(request, catalog, loaded, vector, k, query, started, where=parsed)
+    return results(request, catalog, loaded, vector, k, query, started, where=parsed, group=group)
 
 
 @router.get("/api/similar")
@@ -239,6 +274,7 @@ def similar(
     table: str | None = None,
     k: int | None = None,
     where: Annotated[str | None, Query(alias="filter", description=FILTER_HELP)] = None,
+    group: Annotated[Group | None, Query(description=GROUP_HELP)] = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     loaded, k = table_of(catalog, table), k_of(k, settings)
@@ -252,7 +288,9 @@ def similar(
         raise HTTPException(404, f"no item {id!r} in table {loaded.name}")
     vector = loaded.index.vector(row)
     query = {"id": id, **({"filter": where} if parsed else {})}
-    return results(request, catalog, loaded, vector, k, query, started, exclude=id, where=parsed)
+    return results(
+        request, catalog, loaded, vector, k, query, started, exclude=id, where=parsed, group=group
+    )
 
 
 @router.get("/api/thumbnail/{table}/{item_id:item_id}", name="thumbnail")

@@ -75,5 +75,34 @@ def test_evaluate_equals_the_evaluate_command(clip_tables) -> None:
     )
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert got == json.loads(cli.stdout)
+    # the README's example: a table opened with open_table, where a path goes
+    captions = img_search.open_table(clip_tables["captions"])
+    assert table.evaluate("retrieval", captions=captions, ks=[1, 5]) == got
+    assert (
+        table.evaluate("ann", ann={"table": table, "queries": 2, "single_seconds": 0.01})["source"]
+        == f"{clip_tables['images']} (clip)"
+    )
+    assert img_search.open_table(captions).dataset_name == captions.dataset_name
     with pytest.raises(ValueError, match="unknown task 'recal'"):
         table.evaluate("recal")
+
+
+def test_hits_make_a_dataframe_and_group_by_image(clip_tables) -> None:
+    captions = img_search.open_table(clip_tables["captions"])
+    query = captions.vectors[0]
+    every = captions.search(vector=query, k=len(captions))
+    frame = every.to_pandas()
+    assert frame.columns.tolist() == ["rank", "id", "score", "caption", "image_id"]
+    assert frame["id"].tolist() == [h.id for h in every] and len(frame) == 32
+    assert isinstance(every, list) and every[0] is every[:1][0] and every[0].rank == 1
+    grouped = captions.search(vector=query, k=5, group_by_image=True)
+    best: dict[str, object] = {}
+    for hit in every:
+        best.setdefault(hit.image_id, hit)
+    assert [h.image_id for h in grouped] == list(best)[:5]  # each image once, by its best score
+    assert [(h.id, h.score) for h in grouped] == [
+        (best[h.image_id].id, best[h.image_id].score) for h in grouped
+    ]
+    assert all(h.captions[0] == h.caption for h in grouped)
+    assert grouped.to_pandas().columns.tolist()[-1] == "captions"
+    assert len(captions.search(vector=query, k=8, group_by_image=True)) == 8  # every image

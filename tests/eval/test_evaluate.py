@@ -233,6 +233,23 @@ def test_ann_cli_writes_one_csv_row_per_index(run_evaluate, tmp_path):
     assert all(0.5 <= float(r["recall"]) <= 1.0 for r in rows)
     assert all(int(r["rows"]) == 4000 and int(r["queries"]) == 100 for r in rows)
     assert "recall@10" in result.stdout and "faiss_hnsw" in result.stdout
+    assert "ANN: 4,000 × 32 from random unit vectors" in result.stdout  # the count asked for
+
+
+def test_ann_keeps_the_k_it_was_asked_for_on_a_small_table(demo_tables, run_evaluate):
+    """Before: 7 indexed photos and ann.k=10 became recall@7, silently."""
+    result = run_evaluate(
+        "task=ann", f"ann.table={demo_tables['images']}", "ann.single_seconds=0.01", "json=true"
+    )
+    rows = json.loads(result.stdout)["results"]
+    assert [(r["name"], r["rows"], r["k"], r["recall"]) for r in rows] == [
+        ("exact", 7, 10, 1.0),
+        ("faiss_hnsw", 7, 10, 1.0),
+        ("faiss_ivf", 7, 10, 1.0),
+        ("usearch", 7, 10, 1.0),
+    ]
+    assert "7 vectors indexed, fewer than k=10: recall@10 counts all 7" in result.stderr
+    assert "WARNING clustering" not in result.stderr  # FAISS k-means on 7 points: not a word
 
 
 def test_ann_cli_on_a_table(demo_tables, run_evaluate, tmp_path):

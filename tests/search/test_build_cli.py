@@ -105,3 +105,61 @@ def test_a_moved_table_keeps_its_index(built, tmp_path):
         assert moved.table == (after / table.name).resolve()
         assert moved.meta["build_seconds"] == first.meta["build_seconds"]  # reloaded, not rebuilt
         np.testing.assert_allclose(moved.vector(3), first.vector(3))  # IVF reads vectors back
+
+
+def simulated(key: str, seed: int) -> list[str]:
+    """A model key of the simulated model (no weights; its seed makes other vectors)."""
+    return [f"+models.{key}.model=simulated", f"+models.{key}.seed={seed}"]
+
+
+@pytest.mark.parametrize("form", ["file", "folder"])
+def test_build_with_no_index_named_rebuilds_every_stale_index_after_a_model_is_appended(
+    form, tmp_path, run_embed, run_build, run_query
+):
+    from conftest import SAMPLE_PHOTOS
+
+    from img_search.search.table_indexes import saved_indexes
+
+    table = tmp_path / ("photos.parquet" if form == "file" else "photos")
+    photos = ["datasets=image_folder", f"datasets.image_folder.path={SAMPLE_PHOTOS}"]
+    first = ["models=simulated", "models.simulated.batch_seconds=0"]
+    run_embed(*first, *photos, f"output_path={table}")
+    run_build(f"table={table}", "indexes=[flat,faiss_hnsw,faiss_ivf]")
+    assert [(e.name, e.current) for e in saved_indexes(table)] == [
+        ("faiss_hnsw", True),
+        ("faiss_ivf", True),
+        ("flat", True),
+    ]
+    run_embed(*first, *simulated("other", 1), *photos, f"output_path={table}")  # appended
+    assert [e.current for e in saved_indexes(table)] == [False, False, False]
+
+    hnsw = index_dir(table, "simulated", "image_folder", "faiss_hnsw")
+    refused = run_query(f"index={hnsw}", "id=rocket.jpg", expect_ok=False)
+    assert refused.returncode == 2
+    hint = refused.stderr.split("rebuild it (", 1)[1].split(" rebuilds every", 1)[0]
+    assert hint == f"img-search build table={table}"
+
+    rebuilt = run_build(*hint.split()[2:])  # the command the message gives, as it is
+    assert [(e.name, e.model_name, e.current) for e in saved_indexes(table)] == [
+        ("faiss_hnsw", "simulated", True),
+        ("faiss_ivf", "simulated", True),
+        ("flat", "simulated", True),
+    ]
+    assert rebuilt.stdout.count(" rebuilt ") == 3
+    for kind in ("flat", "faiss_hnsw", "faiss_ivf"):
+        saved = load_index(index_dir(table, "simulated", "image_folder", kind))
+        assert saved.meta["count"] == 8 and saved.model_name == "simulated"
+    found = run_query(f"index={hnsw}", "id=rocket.jpg", "k=3", "json=true")
+    assert len(json.loads(found.stdout)["hits"]) == 3
+    again = run_build(f"table={table}")  # nothing stale: nothing rebuilt
+    assert again.stdout.count(" current ") == 3 and " rebuilt " not in again.stdout
+
+
+def test_build_with_no_index_named_builds_flat_on_a_table_without_indexes(
+    demo_tables, tmp_path, run_build
+):
+    table = tmp_path / "captions.parquet"
+    shutil.copy(demo_tables["captions"], table)
+    result = run_build(f"table={table}")
+    assert " built " in result.stdout
+    assert load_index(index_dir(table, "minilm", "sample_captions", "flat")).meta["count"] == 32

@@ -66,6 +66,22 @@ def test_caption_query_finds_captions_of_the_same_photo_first(demo_tables, run_q
     assert hits[0]["caption"]  # the caption text comes back with the id
 
 
+def test_group_image_lists_each_image_once_ordered_by_its_best_caption(demo_tables, run_query):
+    query = [f"index={demo_tables['captions']}", "id='chelsea#0'", "json=true"]
+    every = hits_of(run_query(*query, "k=31"))
+    best: dict[str, dict] = {}
+    for hit in every:  # best first: an image's first caption is its best
+        best.setdefault(hit["image_id"], hit)
+    grouped = hits_of(run_query(*query, "k=4", "group=image"))
+    assert [(h["image_id"], h["id"], h["score"]) for h in grouped] == [
+        (image, hit["id"], hit["score"]) for image, hit in list(best.items())[:4]
+    ]
+    assert grouped[0]["image_id"] == "chelsea" and grouped[0]["id"] != "chelsea#0"
+    assert all(h["captions"][0] == h["caption"] for h in grouped)
+    table = run_query(*query[:2], "k=4", "group=image")  # the table names each image and its count
+    assert "│ chelsea " in table.stdout and "captions" in table.stdout
+
+
 def test_every_photo_is_found_by_a_new_wording(demo_tables):
     """The same path as the CLI, with the model loaded once for the eight queries."""
     from img_search.search.indexes import open_index
@@ -126,6 +142,7 @@ def test_another_checkpoint_is_refused(demo_tables, tmp_path, run_query):
         (["id=chelsea.jpg", "k=0"], "k must be positive"),
         (["id=chelsea.jpg", "model_name=clip"], "has no model_name 'clip'"),
         (["id=1e3"], "was read as a number"),
+        (["id=chelsea.jpg", "group=images"], "give group=image"),
     ],
 )
 def test_bad_queries_fail_with_one_line(args, message, demo_tables, run_query):

@@ -56,6 +56,7 @@ def test_health_and_tables(client):
         "rows": 8,
         "dim": 1280,
         "index": "flat",
+        "filters": False,
         "text_search": False,
         "image_search": True,
         "image_table": None,
@@ -74,6 +75,51 @@ def test_text_search_over_captions_shows_their_images(client):
     assert hits[0]["thumbnail"] == "/api/thumbnail/images/chelsea.jpg"
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits))
     assert body["took_ms"]["search"] >= 0
+
+
+def test_grouped_caption_hits_hold_each_image_once_at_its_best_caption(client):
+    params = {"q": "a striped cat", "table": "captions"}
+    every = client.get("/api/search/text", params={**params, "k": 32}).json()["results"]
+    body = client.get("/api/search/text", params={**params, "k": 5, "group": "image"}).json()
+    assert body["query"] == {"text": "a striped cat", "group": "image"}
+    hits = body["results"]
+    best: dict[str, dict] = {}
+    for hit in every:  # best first: an image's first caption is its best
+        best.setdefault(hit["image_id"], hit)
+    assert [h["image_id"] for h in hits] == list(best)[:5]  # each once, by its best score
+    assert [(h["id"], h["score"]) for h in hits] == [
+        (best[h["image_id"]]["id"], best[h["image_id"]]["score"]) for h in hits
+    ]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    for hit in hits:  # its captions among the hits searched, best first, the shown one first
+        of_image = [h["caption"] for h in every if h["image_id"] == hit["image_id"]]
+        assert (
+            hit["captions"] == of_image[: len(hit["captions"])]
+            and hit["captions"][0] == hit["caption"]
+        )
+    assert hits[0]["thumbnail"] == "/api/thumbnail/images/chelsea.jpg"
+    eight = client.get("/api/search/text", params={**params, "k": 8, "group": "image"}).json()
+    assert sorted(h["image_id"] for h in eight["results"]) == sorted(best)  # all 8 images
+    images = client.get(
+        "/api/similar", params={"table": "images", "id": "rocket.jpg", "group": "image"}
+    ).json()
+    assert "captions" not in images["results"][0]  # an image table: every hit is one image
+
+
+def test_the_start_up_log_describes_tables_as_the_api_does(catalog, client, monkeypatch, caplog):
+    """Before: each table was logged before caption tables were linked to their image table."""
+    from dataclasses import replace
+
+    from img_search.serve import catalog as catalogs
+
+    unlinked = {name: replace(table, image_table=None) for name, table in catalog.tables.items()}
+    monkeypatch.setattr(catalogs, "load_table", lambda name, *_: unlinked[name])
+    caplog.set_level("INFO", logger="img_search.serve.catalog")
+    catalogs.load_catalog({name: {"table": "t"} for name in unlinked}, image_wait=0)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    described = client.get("/api/tables").json()["tables"]
+    assert logged == [f"loaded {t['name']}: {t}" for t in described]
+    assert "'image_table': 'images'" in logged[1]
 
 
 def test_without_a_table_each_search_goes_to_the_first_table_that_can_answer_it(client):

@@ -115,3 +115,82 @@ def test_api_errors_are_shown_not_a_blank_page(page):
     page.press("#query", "Enter")
     wait_for_results(page, "results for “a cat”")
     assert page.is_hidden("#error")
+
+
+def images_of(page) -> list[str]:
+    """The image of each card of the caption table (a caption id is ``<image>#<n>``)."""
+    return [item.split("#", 1)[0] for item in card_ids(page)]
+
+
+def test_a_search_is_in_the_url_and_a_shared_url_restores_it(page, server):
+    page.select_option("#table", "captions")
+    page.fill("#query", "a striped cat")
+    page.press("#query", "Enter")
+    wait_for_results(page, "results for “a striped cat”")
+    assert page.url == f"{server}?q=a+striped+cat&table=captions"
+    shown = card_ids(page)
+    # a caption table shows each image once (the best of its captions), best first
+    assert shown[0].startswith("chelsea#") and len(set(images_of(page))) == len(shown) == 6
+
+    opened = page.context.browser.new_page()  # the URL shared: the same search, run on load
+    opened.goto(f"{server}?q=a%20striped%20cat")
+    wait_for_results(opened, "results for “a striped cat”")
+    assert opened.input_value("#query") == "a striped cat" and card_ids(opened) == shown
+    assert opened.is_hidden("#filter")  # a flat index takes no filter: no filter box
+    assert opened.is_checked("#group") and opened.is_visible("#group-label")
+    opened.uncheck("#group")  # every caption on its own: chelsea's captions come together
+    opened.press("#query", "Enter")
+    wait_for_results(opened, "results for “a striped cat”")
+    assert opened.url.endswith("&group=none")
+    assert len(set(images_of(opened))) < len(card_ids(opened)) == 6
+    opened.go_back()  # the browser's back button: the grouped search again
+    opened.wait_for_function("() => document.getElementById('group').checked")
+    wait_for_results(opened, "results for “a striped cat”")
+    assert card_ids(opened) == shown
+    opened.close()
+
+
+def test_a_filter_on_a_flat_index_names_the_serve_setting(page, server):
+    page.goto(f"{server}?q=cat&table=captions&filter=image_id%20%3D%3D%20%22coffee%22")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error") == (
+        "422: table captions is served from a flat index, which cannot filter: "
+        "serve it from a milvus index (tables.captions.index=milvus)"
+    )
+    assert page.is_visible("#filter")  # the filter the URL set stays where it can be cleared
+    page.fill("#filter", "")
+    page.press("#query", "Enter")
+    wait_for_results(page, "results for “cat”")
+    assert page.is_hidden("#filter") and page.is_hidden("#error")
+
+
+@pytest.fixture(scope="module")
+def milvus_server(demo_tables, tmp_path_factory):
+    pytest.importorskip("pymilvus", reason="img_search[milvus] is not installed")
+    """The caption table alone, from a Milvus Lite index built on first load (of a copy)."""
+    captions = tmp_path_factory.mktemp("browser-milvus") / "captions.parquet"
+    shutil.copy(demo_tables["captions"], captions)
+    with serve_process(
+        "tables.images.table=null",
+        f"tables.captions.table={captions}",
+        "tables.captions.index=milvus",
+        "k=6",
+    ) as (url, _):
+        yield url
+
+
+def test_the_filter_box_filters_where_the_index_can(page, milvus_server):
+    page.goto(milvus_server)
+    page.wait_for_selector("#table option", state="attached")
+    page.select_option("#table", "captions")
+    assert page.is_visible("#filter")
+    page.fill("#query", "a striped cat")
+    page.fill("#filter", 'image_id in ["coffee", "rocket"]')
+    page.press("#filter", "Enter")
+    wait_for_results(page, "results for “a striped cat”")
+    assert sorted(images_of(page)) == ["coffee", "rocket"]  # each image once, of those two
+    assert "filter=image_id+in+" in page.url
+    page.fill("#filter", "")  # cleared: every image again
+    page.press("#query", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 6")
+    assert page.is_visible("#filter") and len(set(images_of(page))) == 6

@@ -54,8 +54,10 @@ def top(response) -> list[tuple[str, float]]:
 
 def test_text_image_and_similar_answer_like_exact_search(clients):
     milvus, flat = clients
-    described = {t["name"]: t["index"] for t in milvus.get("/api/tables").json()["tables"]}
-    assert described == {"images": "milvus", "captions": "milvus"}
+    described = {
+        t["name"]: (t["index"], t["filters"]) for t in milvus.get("/api/tables").json()["tables"]
+    }
+    assert described == {"images": ("milvus", True), "captions": ("milvus", True)}
     text = {"q": "a striped cat", "table": "captions", "k": 8}
     assert top(milvus.get("/api/search/text", params=text)) == top(
         flat.get("/api/search/text", params=text)
@@ -120,4 +122,7 @@ def test_a_flat_index_says_it_cannot_filter(clients):
     _, flat = clients
     response = flat.get("/api/similar", params={"id": "rocket.jpg", "filter": 'id == "a"'})
     assert response.status_code == 422
-    assert "a flat index cannot filter: build a milvus index" in response.json()["error"]
+    assert response.json()["error"] == (
+        "table images is served from a flat index, which cannot filter: serve it from a milvus "
+        "index (tables.images.index=milvus)"
+    )

@@ -1,4 +1,6 @@
 // The search page: text, image (picker or drag-and-drop) and "more like this" over the JSON API.
+// A text search or a "more like this" is kept in the URL (/?q=cat&table=captions), so that it
+// can be shared, bookmarked and reopened; the filter box shows where the table's index filters.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -32,6 +34,29 @@ async function api(url, options) {
 
 function currentTable() {
   return tables.find((t) => t.name === $("table").value) || tables[0];
+}
+
+// The filter box where the index takes filters (or where a filter is set, so it can be cleared);
+// "one card per image" on caption tables.
+function showOptions() {
+  const table = currentTable();
+  $("filter").hidden = !(table && (table.filters || $("filter").value));
+  $("group-label").hidden = !(table && table.kind === "caption");
+}
+
+// What a search sends besides its query: the filter and, on caption tables, the grouping.
+function options(table) {
+  const params = new URLSearchParams();
+  const filter = $("filter").value.trim();
+  if (filter) params.set("filter", filter);
+  if (table.kind === "caption") params.set("group", $("group").checked ? "image" : "none");
+  return params;
+}
+
+// The search, as the page's URL: /?q=…&table=…[&filter=…][&group=none], or /?like=<id>&table=….
+function remember(params) {
+  const wanted = params ? `/?${params}` : "/";
+  if (location.pathname + location.search !== wanted) history.pushState(null, "", wanted);
 }
 
 function render(data, label) {
@@ -71,6 +96,13 @@ function render(data, label) {
       caption.textContent = hit.caption;
       meta.appendChild(caption);
     }
+    if (hit.captions && hit.captions.length > 1) {  // grouped: the image's other captions
+      const more = document.createElement("div");
+      more.className = "more";
+      more.textContent = `+${hit.captions.length - 1} more matching caption${hit.captions.length > 2 ? "s" : ""}`;
+      more.title = hit.captions.slice(1).join("\n");
+      meta.appendChild(more);
+    }
     card.appendChild(meta);
     card.addEventListener("click", () => similar(data.table, hit.id));
     grid.appendChild(card);
@@ -91,8 +123,14 @@ async function run(promise, label) {
 
 function searchText(text) {
   const table = currentTable();
-  const url = `/api/search/text?q=${encodeURIComponent(text)}&table=${encodeURIComponent(table.name)}&k=${defaultK}`;
-  return run(api(url), `“${text}”`);
+  const params = new URLSearchParams({ q: text, table: table.name });
+  for (const [key, value] of options(table)) {
+    if (key !== "group" || value === "none") params.set(key, value);  // grouping is the default
+  }
+  remember(params);
+  const query = new URLSearchParams({ q: text, table: table.name, k: String(defaultK) });
+  for (const [key, value] of options(table)) query.set(key, value);
+  return run(api(`/api/search/text?${query}`), `“${text}”`);
 }
 
 function searchImage(file) {
@@ -104,12 +142,36 @@ function searchImage(file) {
   form.append("file", file);
   form.append("table", table.name);
   form.append("k", String(defaultK));
+  for (const [key, value] of options(table)) {
+    if (key !== "filter" || table.filters) form.append(key, value);
+  }
+  remember(null);  // an upload cannot be put in a URL
   return run(api("/api/search/image", { method: "POST", body: form }), file.name);
 }
 
-function similar(table, id) {
-  const url = `/api/similar?table=${encodeURIComponent(table)}&id=${encodeURIComponent(id)}&k=${defaultK}`;
-  return run(api(url), `items like ${id}`);
+function similar(name, id) {
+  const table = tables.find((t) => t.name === name) || currentTable();
+  remember(new URLSearchParams({ like: id, table: table.name }));
+  const query = new URLSearchParams({ id, table: table.name, k: String(defaultK) });
+  for (const [key, value] of options(table)) {
+    if (key !== "filter" || table.filters) query.set(key, value);
+  }
+  return run(api(`/api/similar?${query}`), `items like ${id}`);
+}
+
+// The search the URL holds, run again (on load, and on the browser's back and forward).
+function restore() {
+  const params = new URLSearchParams(location.search);
+  const named = tables.find((t) => t.name === params.get("table"));
+  if (named) $("table").value = named.name;
+  $("filter").value = params.get("filter") || "";
+  $("group").checked = params.get("group") !== "none";
+  showOptions();
+  const text = (params.get("q") || "").trim();
+  $("query").value = text;
+  if (text) return searchText(text);
+  if (params.get("like")) return similar(currentTable().name, params.get("like"));
+  return null;
 }
 
 async function start() {
@@ -130,6 +192,9 @@ async function start() {
   }
   const textual = tables.find((t) => t.text_search);
   if (textual) select.value = textual.name;
+  select.addEventListener("change", showOptions);
+  $("filter").addEventListener("input", showOptions);
+  window.addEventListener("popstate", restore);
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("query").value.trim();
@@ -153,6 +218,7 @@ async function start() {
     const file = event.dataTransfer.files[0];
     if (file) searchImage(file);
   });
+  restore();
 }
 
 start();
