@@ -14,6 +14,7 @@ from conftest import SAMPLE_PHOTOS, run_module
 from PIL import Image
 
 from img_search.store import read_embeddings
+from img_search.testing.address_space import address_space_for
 from img_search.testing.fixtures import jpeg_bytes, synthetic_image
 
 SKIPPED = {
@@ -166,13 +167,16 @@ def test_unwritable_output_directory_fails_before_any_model(tmp_path, run_embed)
     assert "Traceback" not in result.stderr
 
 
-#: Runs the rest of its command line under a 6 GiB address-space limit (a normal run fits).
-UNDER_6_GIB = [
-    sys.executable,
-    "-c",
-    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
-]
+def under_the_limit() -> list[str]:
+    """A launcher that runs the rest of its command line with 5.4 GiB of address space above its
+    libraries' (a normal run fits; a resize to 40,000,000 x 256 pixels does not)."""
+    limit = address_space_for(int(5.4 * 2**30))
+    return [
+        sys.executable,
+        "-c",
+        f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+    ]
 
 
 def test_a_strip_png_and_a_dying_loader_worker_cost_only_their_items(tmp_path):
@@ -191,7 +195,7 @@ def test_a_strip_png_and_a_dying_loader_worker_cost_only_their_items(tmp_path):
         f"output_path={out}",
         "tasks.batch_size=2",
         "tasks.num_workers=2",
-        launcher=UNDER_6_GIB,
+        launcher=under_the_limit(),
         env={"IMG_SEARCH_FAULT": "prepare/coffee.jpg"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

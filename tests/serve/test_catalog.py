@@ -177,6 +177,9 @@ class GatedFolder:
     def get(self, position: int):
         return self.dataset.get(position)
 
+    def image_bytes(self, position: int):
+        return self.dataset.image_bytes(position)
+
 
 def test_requests_never_wait_for_an_image_source_still_building(demo_tables):
     catalog = load_catalog({"images": {"table": str(demo_tables["images"])}})

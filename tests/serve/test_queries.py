@@ -1,7 +1,7 @@
 """Uploads against a real server process: memory bombs get a JSON refusal, decoded pixels are not kept.
 
-The server runs with its address space capped at 6 GiB (``RLIMIT_AS``), which
-a normal request fits in: an image whose resize would need tens of GB must be
+The server runs with its address space capped at 5.4 GiB above its libraries'
+(``RLIMIT_AS``), which a normal request fits in: an image whose resize would need tens of GB must be
 refused before the resize, not kill the process.
 """
 
@@ -17,11 +17,9 @@ from conftest import SAMPLE_PHOTOS
 from PIL import Image
 from serve_process import serve_process
 
-ADDRESS_SPACE = 6 << 30
+from img_search.testing.address_space import address_space_for
 
-
-def limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+WORK_SPACE = int(5.4 * 2**30)
 
 
 def png(image: Image.Image) -> bytes:
@@ -40,10 +38,11 @@ def rss_bytes(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def server(demo_tables):
+    space = address_space_for(WORK_SPACE)
     with serve_process(
         f"tables.images.table={demo_tables['images']}",
         "tables.captions.table=null",
-        preexec_fn=limit_address_space,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (space, space)),
     ) as (url, process):
         yield url, process
 
