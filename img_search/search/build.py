@@ -88,13 +88,14 @@ def print_built(done: list[Refreshed]) -> None:
         "dim",
         "build s",
         "MiB",
-        "path",
     )
     for column in columns:
         table.add_column(column)
+    paths = []
     for item in done:
         saved = item.saved
         m = saved.meta if saved is not None else item.entry.meta
+        paths.append((m["name"], saved.path if saved else item.entry.path))
         left_out = len(saved.left_out) if saved else sum((m.get("left_out") or {}).values())
         table.add_row(
             m["name"],
@@ -107,9 +108,11 @@ def print_built(done: list[Refreshed]) -> None:
             str(m["dim"]),
             f"{m['build_seconds']:.2f}",
             f"{saved.index.nbytes() / 2**20:.1f}" if saved else "",
-            str(saved.path if saved else item.entry.path),
         )
-    stdout_console(width=200).print(table)  # names and paths: user text
+    out = stdout_console()  # names and paths: user text
+    out.print(table)
+    for name, path in paths:  # whole, on lines of their own: a cell would cut or wrap a long path
+        out.print(f"{name}: {path}", soft_wrap=True)
 
 
 @hydra_entry(config_path="pkg://img_search.config.search", config_name="build")
