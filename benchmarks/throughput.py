@@ -39,8 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from img_search.data import open_image
 from img_search.embedding import get_encoder
+from img_search.images import open_image
 from img_search.testing.fixtures import synthetic_image
 
 GOALS = {"efficientnet_lite0": 0.85, "siglip2_base": 0.90}

@@ -23,6 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from img_search.failures import first_line
+
 log = logging.getLogger("img_search")
 
 #: The config packages the entry points compose from (``hydra.searchpath`` of the search tools).
@@ -232,7 +234,3 @@ def group_options(group: str, config_path: str) -> list[str]:
                 p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml")
             )
     return sorted(names)
-
-
-def first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0]

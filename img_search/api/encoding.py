@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from img_search.data.images import DEFAULT_MAX_PIXELS  # tasks.max_image_pixels' default
+from img_search.failures import first_line
+from img_search.images import DEFAULT_MAX_PIXELS  # tasks.max_image_pixels' default
 from img_search.registry import UnknownNameError
 
 if TYPE_CHECKING:
@@ -219,5 +220,5 @@ class _Item:
 
 def _reason(image: Any, exc: BaseException) -> str:
     label = os.fspath(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
-    first = (str(exc).splitlines() or [""])[0]
+    first = first_line(str(exc))
     return f"{label}: {type(exc).__name__}: {first}" if first else f"{label}: {type(exc).__name__}"

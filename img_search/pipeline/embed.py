@@ -26,7 +26,7 @@ class DecodeAndTransform:
         self.transform, self.max_pixels = transform, max_pixels
 
     def __call__(self, item: Any) -> Any:
-        from img_search.data import open_image
+        from img_search.images import open_image
 
         image = open_image(item.source, self.max_pixels, resize_to=self.transform.resize_target)
         return self.transform(image)

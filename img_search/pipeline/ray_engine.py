@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from img_search.failures import first_line
+from img_search.host import usable_cores
 from img_search.pipeline.engines import ENGINE_SLOT
 from img_search.pipeline.modality import Modality
-from img_search.pipeline.settings import ConfigError, RayEngine, engine_settings, usable_cores
+from img_search.pipeline.settings import ConfigError, RayEngine, engine_settings
 
 if TYPE_CHECKING:  # torch comes with the job, once the config is checked
     from img_search.pipeline.finalize import Outcome
@@ -300,10 +302,6 @@ def death_reason(exc: BaseException) -> str:
     return why
 
 
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 class EmbedWorker:
     """A Ray actor: one process that embeds the job's shards as a launch of the command would."""
 
@@ -329,8 +327,8 @@ class EmbedWorker:
         from transformers.utils import logging as hf_logging
 
         from img_search.console import console, setup_logging
+        from img_search.host import HOST
         from img_search.pipeline.plan import plan_job
-        from img_search.store.atomic import HOST
 
         setup_logging(str((self.config.get("logging") or {}).get("level", "INFO")), is_main=False)
         console.quiet = True  # progress bars and the summary are the driver's

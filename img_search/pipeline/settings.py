@@ -10,7 +10,6 @@ right type that make no sense (``tasks.batch_size=0``) before any model loads.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from img_search.failures import ConfigError
+from img_search.host import usable_cores
 
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
 T = TypeVar("T")
@@ -135,12 +135,6 @@ class TaskSettings:
         if device_type == "cuda":
             return min(8, max(1, per_rank - 1))
         return 0 if per_rank < 2 else min(8, per_rank)
-
-
-def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 @dataclass

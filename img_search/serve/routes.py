@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
-from img_search.data.images import ImageDecodeError
+from img_search.images import ImageDecodeError
 from img_search.search.grouping import best_per_image
 from img_search.search.indexes import FilterError
 from img_search.search.tables import UnknownItem
