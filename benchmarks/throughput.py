@@ -106,7 +106,7 @@ def model_only(encoder, batches: list, images: int) -> float:
 def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: int, workers: int):
     from hydra import compose, initialize_config_module
 
-    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.runner import plan_job, run_job
 
     overrides = [

@@ -8,7 +8,7 @@ import subprocess
 
 from conftest import OFFLINE, REPO, SAMPLE_PHOTOS, run_module, venv_bin
 
-from img_search.cli import COMMANDS, available
+from img_search.cli.dispatch import COMMANDS, available
 
 
 def img_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -96,8 +96,8 @@ def load_encoder(
     options of the model's YAML (``model_name``, ``revision``, its kwargs).
     ``trust_remote_code`` is needed by checkpoints that ship code (jina_v4).
     """
-    from img_search.cli import pick_device
     from img_search.embedding import get_encoder
+    from img_search.embedding.devices import pick_device
 
     name, spec = model_spec(name_or_spec, overrides)
     encoder = get_encoder(spec, name=name)
@@ -147,7 +147,7 @@ class ModelEncoder:
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         if not self.encoder.supports_images:
             raise ValueError(f"model {self.name!r} ({self.encoder.kind}) has no image side")
-        from img_search.pipeline.embed import DecodeAndTransform
+        from img_search.embedding.prepare import DecodeAndTransform
 
         prepare = DecodeAndTransform(self.encoder.image_transform(), self.max_image_pixels)
         collate = self.encoder.image_transform().collate

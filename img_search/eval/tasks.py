@@ -51,7 +51,7 @@ def required(cfg: DictConfig, key: str, what: str = "<table.parquet>") -> str:
 
 def query_encoder(cfg: DictConfig, info: SelectionInfo | TableSelection) -> Encoder:
     """The text side of the model that made the table's vectors, checked against its recorded identity."""
-    from img_search.cli import pick_device
+    from img_search.embedding.devices import pick_device
     from img_search.search.query_encoder import load_query_encoder
 
     return load_query_encoder(

@@ -19,7 +19,6 @@ rerun with either engine resumes.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -33,7 +32,7 @@ from omegaconf import DictConfig
 from img_search.failures import first_line
 from img_search.host import usable_cores
 from img_search.pipeline.engines import ENGINE_SLOT
-from img_search.pipeline.modality import Modality
+from img_search.pipeline.modalities import MODALITIES, Modality
 from img_search.pipeline.settings import ConfigError, RayEngine, engine_settings
 
 if TYPE_CHECKING:  # torch comes with the job, once the config is checked
@@ -45,11 +44,6 @@ if TYPE_CHECKING:  # torch comes with the job, once the config is checked
 log = logging.getLogger("img_search")
 
 MISSING_RAY = "engine=ray needs Ray: pip install 'img_search[ray]'"
-#: Where an actor finds the entry point's ``Modality`` (it holds functions of that module).
-MODALITIES = {
-    "image": ("img_search.pipeline.embed", "IMAGES"),
-    "caption": ("img_search.pipeline.embed_text", "CAPTIONS"),
-}
 #: The object store of a Ray instance started here: only configs and reports go through it.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 #: How often the driver reads the completion records to show progress.
@@ -343,8 +337,7 @@ class EmbedWorker:
                 HOST,
                 os.getcwd(),
             )
-        module, name = MODALITIES[self.kind]
-        modality = getattr(importlib.import_module(module), name)
+        modality = MODALITIES[self.kind]
         self.job = plan_job(OmegaConf.create(self.config), modality, self.dataset_specs)
         return f"host {HOST}, pid {os.getpid()}"
 

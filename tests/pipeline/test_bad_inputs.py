@@ -233,7 +233,7 @@ def test_a_failed_start_leaves_nothing_that_blocks_another_job(tmp_path):
     """Issue 15.7: a run that fails before committing anything removes its job state."""
     from hydra import compose, initialize_config_module
 
-    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.runner import plan_job, run_job
 
     out = tmp_path / "out.parquet"

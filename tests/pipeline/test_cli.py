@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import SAMPLE_PHOTOS, run_module
 
-from img_search.command_line import expand_home
+from img_search.cli.hydra_entry import expand_home
 
 CLIS = [
     "img_search.pipeline.embed",

@@ -22,9 +22,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import img_search.config
-from img_search.pipeline.embed import IMAGES, image_dataset_specs
-from img_search.pipeline.embed_text import CAPTIONS, text_dataset_specs
 from img_search.pipeline.identity import IDENTITY_TASK_OPTIONS, RUNTIME_OPTIONS, is_runtime
+from img_search.pipeline.modalities import CAPTIONS, IMAGES, image_dataset_specs, text_dataset_specs
 from img_search.pipeline.plan import plan_job, spec_fingerprint
 from img_search.pipeline.settings import ConfigError
 

@@ -126,7 +126,7 @@ def test_a_changed_jina_task_is_refused_against_the_finished_table(tmp_path, mon
     """Jina v4's ``task`` picks its adapter: another task is another job (stand-in model)."""
     import transformers
 
-    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.output import JobMismatch
     from img_search.pipeline.runner import plan_job, run_job
 
