@@ -104,8 +104,7 @@ def model_only(encoder, batches: list, images: int) -> float:
 
 
 def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: int, workers: int):
-    from hydra import compose, initialize_config_module
-
+    from img_search.api.jobs import compose
     from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.runner import plan_job, run_job
 
@@ -120,8 +119,7 @@ def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: in
         "tasks.overwrite=true",
         "logging=quiet",
     ]
-    with initialize_config_module("img_search.config", version_base=None):
-        cfg = compose("embed_config", overrides=overrides)
+    cfg = compose("embed_config", overrides)
     job = plan_job(cfg, IMAGES, image_dataset_specs(cfg))
     run_job(job)
     ((stats,),) = [report.stats for report in job.report]

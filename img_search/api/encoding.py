@@ -48,7 +48,9 @@ def model_specs() -> dict[str, dict[str, Any]]:
     """Every ``models/*.yaml`` of the package, by name, resolved (``${packaged_model:…}``)."""
     from omegaconf import OmegaConf
 
-    import img_search.config  # noqa: F401  (registers the resolvers the YAML files use)
+    from img_search.pipeline.config_store import register
+
+    register()  # the resolvers the YAML files use (``${packaged_model:…}``)
 
     specs: dict[str, dict[str, Any]] = {}
     folder = importlib.resources.files("img_search.config").joinpath("models")

@@ -84,7 +84,9 @@ def compose(config_name: str, args: list[str], module: str = "img_search.config"
     from hydra.core.global_hydra import GlobalHydra
 
     from img_search.hydra_errors import from_hydra, hydra_error_line
+    from img_search.pipeline.config_store import register
 
+    register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(module, version_base=None):

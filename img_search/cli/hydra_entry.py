@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from img_search.hydra_errors import from_hydra, hydra_error_line
+from img_search.pipeline.config_store import register
 
 log = logging.getLogger("img_search")
 
@@ -59,6 +60,7 @@ def hydra_entry(
         def main() -> None:
             nonlocal composed
             composed = False  # a second run in one process (a forked test run) starts afresh
+            register()  # the resolvers and structured configs the YAML files use
             args = expand_home(sys.argv[1:])
             debug = wants_debug(args)
             if {"--help", "-h", "--hydra-help"} & set(args):

@@ -1,6 +1,6 @@
 """The ``tasks`` and ``engine`` config groups as Hydra structured configs: one dataclass each is the defaults, the types and the checks.
 
-``TaskSettings`` is registered in Hydra's ConfigStore as ``tasks/default``,
+``TaskSettings`` is registered in Hydra's ConfigStore as ``tasks/default`` (``config_store``),
 and ``LocalEngine`` / ``RayEngine`` as ``engine/local`` / ``engine/ray``, so
 Hydra itself refuses ``tasks.batch_size=abc``, an unknown ``tasks.option`` or
 ``engine=spark`` while composing, and ``__post_init__`` refuses values of the
@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
@@ -198,12 +197,3 @@ def validated(cls: type[T], node: DictConfig | dict[str, Any] | None, group: str
     if unknown:
         raise ConfigError(f"unknown {group} option(s) {unknown}; known: {sorted(fields)}")
     return cls(**values)
-
-
-def register() -> None:
-    """Register ``tasks/default``, ``engine/local`` and ``engine/ray`` (called when Hydra imports
-    ``img_search.config``)."""
-    store = ConfigStore.instance()
-    store.store(group="tasks", name="default", node=TaskSettings)
-    for name, engine in ENGINES.items():
-        store.store(group="engine", name=name, node=engine)
