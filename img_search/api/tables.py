@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from img_search.search.hits import Hits
     from img_search.search.indexes import SavedIndex
     from img_search.search.table_info import TableInfo
-    from img_search.search.tables import TableSelection
+    from img_search.store.selection import TableSelection
 
 
 def open_table(
@@ -29,7 +29,7 @@ def open_table(
 ) -> Table:
     """The rows of one model and dataset of the table at ``path`` (either may be left out when the
     table holds only one)."""
-    from img_search.search.tables import choose_selection
+    from img_search.store.selection import choose_selection
 
     path = Path(path)
     if not path.exists():
@@ -75,7 +75,7 @@ class Table:
     @property
     def selection(self) -> TableSelection:
         if self._selection is None:
-            from img_search.search.tables import load_selection
+            from img_search.store.selection import load_selection
 
             self._selection = load_selection(self.path, self.model_name, self.dataset_name)
         return self._selection
@@ -144,7 +144,7 @@ class Table:
         saved = self._index(index)
         where = saved.parse_filter(filter)
         if id is not None:
-            from img_search.search.tables import vector_of
+            from img_search.store.selection import vector_of
 
             query = vector_of(self.path, self.model_name, self.dataset_name, str(id))
         elif vector is not None:

@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+from img_search.store import schema as S
 
 if TYPE_CHECKING:  # the commands import this before the config is checked: no torch yet
+    import pyarrow as pa
     import torch
     from omegaconf import DictConfig
 
@@ -136,13 +137,8 @@ CAPTIONS = Modality(
     make_collate=_text_collate,
     forward=_text_forward,
     supports=lambda encoder: encoder.supports_texts,
-    extra_fields=[
-        pa.field("index", pa.int64()),
-        pa.field("image", pa.string()),
-        pa.field("image_id", pa.string()),
-        pa.field("caption", pa.string()),
-    ],
-    extra_columns=lambda source, positions: source.columns(positions),
+    extra_fields=list(S.CAPTION_FIELDS),
+    extra_columns=lambda source, positions: S.caption_columns(source.columns(positions)),
     cpu_heavy_prepare=False,
     local_copy=lambda name: "text_dataset.path=<local copy in the Hub layout>",
 )

@@ -1,7 +1,7 @@
 """A query, text → vector → hits: the one path of ``img-search query``, the Python API and the server.
 
 An id needs no model (its stored vector is the query); text and images go
-through the model that made the index's vectors (``query_encoder``). Each hit
+through the model that made the index's vectors (``table_encoder``). Each hit
 carries what is known of its item: the file path, and a caption's text and
 image.
 """
@@ -52,10 +52,10 @@ def index_encoder(
     trust_remote_code: bool = False,
 ) -> Encoder:
     """The model that made the index's vectors, rebuilt from its recorded spec and checked against
-    its identity (``query_encoder``), on ``device`` (``auto``: CUDA when there is one); torch loads
+    its identity (``table_encoder``), on ``device`` (``auto``: CUDA when there is one); torch loads
     only here."""
     from img_search.embedding.devices import pick_device
-    from img_search.search.query_encoder import load_query_encoder
+    from img_search.search.table_encoder import load_query_encoder
 
     return load_query_encoder(
         index.model_name,
@@ -88,10 +88,10 @@ def query_vector(
             f"give exactly one of text=..., image=... or id=... (got {', '.join(given) or 'none'})"
         )
     if item_id is not None:
-        from img_search.search.tables import vector_of
+        from img_search.store.selection import vector_of
 
         return vector_of(index.table, index.model_name, index.dataset_name, str(item_id))
-    from img_search.search.query_encoder import encode_image_queries, encode_text_queries
+    from img_search.search.table_encoder import encode_image_queries, encode_text_queries
 
     if encoder is None:
         encoder = index_encoder(index, model_overrides, device, trust_remote_code)
@@ -115,7 +115,7 @@ def search(
     caption's score, with its matching captions (``search.grouping``).
     """
     from img_search.search.grouping import best_per_image
-    from img_search.search.tables import row_details
+    from img_search.store.selection import row_details
 
     details: dict[str, dict[str, str]] = {}
 
@@ -146,7 +146,7 @@ def hit_of(
     grouped: bool,
 ) -> Hit:
     """The hit of one item (or of one image's captions, the best first)."""
-    from img_search.search.tables import file_path_of
+    from img_search.store.selection import file_path_of
 
     _, item_id, score = group[0]
     known = details.get(item_id, {})

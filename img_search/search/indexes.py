@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from img_search.atomic import atomic_write
 from img_search.registry import UnknownNameError
 from img_search.search.kinds import INDEX_KINDS, FilterError, FlatIndex, VectorIndex, make_index
-from img_search.search.tables import TableSelection, choose_selection, load_selection
 from img_search.store import TableLayout
+from img_search.store.selection import TableSelection, choose_selection, load_selection
 
 __all__ = ["INDEX_KINDS", "FilterError", "FlatIndex", "SavedIndex", "VectorIndex", "make_index"]
 

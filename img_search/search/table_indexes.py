@@ -27,8 +27,8 @@ from img_search.search.indexes import (
     saved_index_dir,
     table_stamp,
 )
-from img_search.search.tables import load_selection, table_contents
 from img_search.store import TableLayout
+from img_search.store.selection import load_selection, table_contents
 
 #: What ``build`` makes of a table that has no saved index yet.
 DEFAULT_INDEXES = {"flat": {"kind": "flat"}}

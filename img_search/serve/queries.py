@@ -21,7 +21,7 @@ from PIL import Image
 from img_search.embedding import Encoder
 from img_search.host import usable_cores
 from img_search.images import ImageDecodeError, ImageTooLarge, ResizeTarget, open_image
-from img_search.search.query_encoder import encode_images, encode_text_queries
+from img_search.search.table_encoder import encode_images, encode_text_queries
 
 #: What an upload may be (Pillow would also open EPS, which runs Ghostscript).
 UPLOAD_FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
