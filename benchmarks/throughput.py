@@ -39,8 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from img_search.data import open_image
 from img_search.embedding import get_encoder
+from img_search.images import open_image
 from img_search.testing.fixtures import synthetic_image
 
 GOALS = {"efficientnet_lite0": 0.85, "siglip2_base": 0.90}
@@ -104,9 +104,8 @@ def model_only(encoder, batches: list, images: int) -> float:
 
 
 def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: int, workers: int):
-    from hydra import compose, initialize_config_module
-
-    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.api.jobs import compose
+    from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.runner import plan_job, run_job
 
     overrides = [
@@ -120,8 +119,7 @@ def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: in
         "tasks.overwrite=true",
         "logging=quiet",
     ]
-    with initialize_config_module("img_search.config", version_base=None):
-        cfg = compose("embed_config", overrides=overrides)
+    cfg = compose("embed_config", overrides)
     job = plan_job(cfg, IMAGES, image_dataset_specs(cfg))
     run_job(job)
     ((stats,),) = [report.stats for report in job.report]

@@ -79,6 +79,18 @@ class HubUnavailable(RuntimeError):
     """A Hub model or dataset that cannot be had from here; the message names the local override."""
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first line of an error's message: what a one-line report shows of it.
+
+    An exception without a message gives its class name (a bare ``KeyError()``
+    still says something); empty text gives "".
+    """
+    lines = str(error).strip().splitlines()
+    if lines:
+        return lines[0]
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
 #: Permanent Hub failures in words, most specific class first.
 _HUB_REASONS = {
     "GatedRepoError": "a gated repository: accept its terms on its Hub page and log in (hf auth login)",

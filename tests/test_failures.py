@@ -137,3 +137,10 @@ def test_unreachable_hub_turns_the_libraries_offline(monkeypatch, online):
     assert failures._unreachable.startswith("127.0.0.1:")
     reason = hub_failure(wrapped(LocalEntryNotFoundError("x"), OSError("couldn't connect")))
     assert "cannot be reached (127.0.0.1:" in reason
+
+
+def test_first_line_of_an_error_is_its_first_non_blank_line_or_its_class_name() -> None:
+    assert failures.first_line(ValueError("\n  bad value\nat line 3")) == "bad value"
+    assert failures.first_line(KeyError()) == "KeyError"
+    assert failures.first_line("one\ntwo") == "one"
+    assert failures.first_line("  \n ") == ""

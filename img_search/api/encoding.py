@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from img_search.data.images import DEFAULT_MAX_PIXELS  # tasks.max_image_pixels' default
+from img_search.failures import first_line
+from img_search.images import DEFAULT_MAX_PIXELS  # tasks.max_image_pixels' default
 from img_search.registry import UnknownNameError
 
 if TYPE_CHECKING:
@@ -47,7 +48,9 @@ def model_specs() -> dict[str, dict[str, Any]]:
     """Every ``models/*.yaml`` of the package, by name, resolved (``${packaged_model:…}``)."""
     from omegaconf import OmegaConf
 
-    import img_search.config  # noqa: F401  (registers the resolvers the YAML files use)
+    from img_search.pipeline.config_store import register
+
+    register()  # the resolvers the YAML files use (``${packaged_model:…}``)
 
     specs: dict[str, dict[str, Any]] = {}
     folder = importlib.resources.files("img_search.config").joinpath("models")
@@ -95,8 +98,8 @@ def load_encoder(
     options of the model's YAML (``model_name``, ``revision``, its kwargs).
     ``trust_remote_code`` is needed by checkpoints that ship code (jina_v4).
     """
-    from img_search.cli import pick_device
     from img_search.embedding import get_encoder
+    from img_search.embedding.devices import pick_device
 
     name, spec = model_spec(name_or_spec, overrides)
     encoder = get_encoder(spec, name=name)
@@ -146,7 +149,7 @@ class ModelEncoder:
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         if not self.encoder.supports_images:
             raise ValueError(f"model {self.name!r} ({self.encoder.kind}) has no image side")
-        from img_search.pipeline.embed import DecodeAndTransform
+        from img_search.embedding.prepare import DecodeAndTransform
 
         prepare = DecodeAndTransform(self.encoder.image_transform(), self.max_image_pixels)
         collate = self.encoder.image_transform().collate
@@ -219,5 +222,5 @@ class _Item:
 
 def _reason(image: Any, exc: BaseException) -> str:
     label = os.fspath(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
-    first = (str(exc).splitlines() or [""])[0]
+    first = first_line(str(exc))
     return f"{label}: {type(exc).__name__}: {first}" if first else f"{label}: {type(exc).__name__}"

@@ -1,7 +1,7 @@
 """``embed``: the command line's job from Python, composed by Hydra and run in this process.
 
 The same configs, the same checks and the same run machinery as
-``img-search embed`` / ``embed-text`` (``pipeline.cli.run_configured``), so
+``img-search embed`` / ``embed-text`` (``pipeline.launch.run_configured``), so
 a call resumes an unfinished job, does nothing for a finished one, and
 appends a new model or dataset, exactly as the command does.
 """
@@ -67,17 +67,13 @@ def embed(
 
 
 def run(args: list[str], captions: bool, output: Path) -> EmbedSummary:
-    from img_search.pipeline.cli import run_configured
+    from img_search.pipeline.launch import run_configured
+    from img_search.pipeline.modalities import MODALITIES
 
-    if captions:
-        from img_search.pipeline.embed_text import CAPTIONS as modality
-        from img_search.pipeline.embed_text import text_dataset_specs as specs
-    else:
-        from img_search.pipeline.embed import IMAGES as modality
-        from img_search.pipeline.embed import image_dataset_specs as specs
-    cfg = compose("embed_text_config" if captions else "embed_config", args)
+    modality = MODALITIES["caption" if captions else "image"]
+    cfg = compose(modality.config_name, args)
     started = time.perf_counter()
-    code = run_configured(cfg, modality, specs(cfg))
+    code = run_configured(cfg, modality)
     return summary(output, code, time.perf_counter() - started)
 
 
@@ -87,8 +83,10 @@ def compose(config_name: str, args: list[str], module: str = "img_search.config"
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from img_search.command_line import from_hydra, hydra_error_line
+    from img_search.hydra_errors import from_hydra, hydra_error_line
+    from img_search.pipeline.config_store import register
 
+    register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(module, version_base=None):

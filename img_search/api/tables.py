@@ -1,7 +1,7 @@
 """``open_table``: one (model, dataset) of an embedding table, to read, search and evaluate from Python.
 
 Searching goes through the same index, query encoder and hit details as
-``img-search query`` (``search.query``), and evaluating through the same task
+``img-search query`` (``search.hits``), and evaluating through the same task
 runners as ``img-search evaluate``, so a notebook and the command line give
 the same numbers.
 """
@@ -18,10 +18,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from img_search.embedding import Encoder
+    from img_search.search.hits import Hits
     from img_search.search.indexes import SavedIndex
-    from img_search.search.info import TableInfo
-    from img_search.search.query import Hits
-    from img_search.search.tables import TableSelection
+    from img_search.search.table_info import TableInfo
+    from img_search.store.selection import TableSelection
 
 
 def open_table(
@@ -29,7 +29,7 @@ def open_table(
 ) -> Table:
     """The rows of one model and dataset of the table at ``path`` (either may be left out when the
     table holds only one)."""
-    from img_search.search.tables import choose_selection
+    from img_search.store.selection import choose_selection
 
     path = Path(path)
     if not path.exists():
@@ -68,14 +68,14 @@ class Table:
         """What ``img-search info`` shows of the whole table (every model and dataset, not only
         this one's): rows and errors of each, dtype, size, versions, and each saved index with
         whether it is current. ``.as_dict()`` gives it as JSON-ready data."""
-        from img_search.search.info import table_info
+        from img_search.search.table_info import table_info
 
         return table_info(self.path)
 
     @property
     def selection(self) -> TableSelection:
         if self._selection is None:
-            from img_search.search.tables import load_selection
+            from img_search.store.selection import load_selection
 
             self._selection = load_selection(self.path, self.model_name, self.dataset_name)
         return self._selection
@@ -131,7 +131,7 @@ class Table:
         DataFrame. ``group_by_image=True`` (caption tables): the ``k`` best
         images, each once, at its best caption's score, with its ``captions``.
         """
-        from img_search.search.query import search
+        from img_search.search.hits import search
 
         asked = (("text", text), ("image", image), ("vector", vector), ("id", id))
         given = [name for name, value in asked if value is not None]
@@ -144,7 +144,7 @@ class Table:
         saved = self._index(index)
         where = saved.parse_filter(filter)
         if id is not None:
-            from img_search.search.tables import vector_of
+            from img_search.store.selection import vector_of
 
             query = vector_of(self.path, self.model_name, self.dataset_name, str(id))
         elif vector is not None:
@@ -180,10 +180,10 @@ class Table:
         device: str | None,
         trust_remote_code: bool,
     ) -> np.ndarray:
-        from img_search.search.query import index_encoder, query_vector
+        from img_search.search.hits import index_encoder, query_vector
 
         if self._encoder is None:  # loaded once, for every query of this table
-            from img_search.cli import pick_device
+            from img_search.embedding.devices import pick_device
 
             device = pick_device(device or "auto")
             self._encoder = index_encoder(saved, None, device, trust_remote_code)

@@ -16,7 +16,6 @@ from img_search.data.flickr30k import Flickr30kDataset
 from img_search.data.flickr30k_captions import Flickr30kCaptionsDataset
 from img_search.data.hub import HubImageDataset
 from img_search.data.image_folder import ImageFolderDataset
-from img_search.data.images import ImageDecodeError, open_image
 from img_search.data.inquire import InquireDataset
 from img_search.data.text import CaptionRecord, TextDataset, TextItem
 from img_search.data.webdataset import WebDatasetImages
@@ -57,7 +56,6 @@ __all__ = [
     "Flickr30kDataset",
     "HubImageDataset",
     "ImageDataset",
-    "ImageDecodeError",
     "ImageFolderDataset",
     "ImageItem",
     "InquireDataset",
@@ -67,5 +65,4 @@ __all__ = [
     "WebDatasetImages",
     "get_dataset",
     "get_text_dataset",
-    "open_image",
 ]

@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from img_search.atomic import atomic_write
 from img_search.data.base import BuildContext
-from img_search.store.atomic import atomic_write
+from img_search.failures import first_line
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def _kept(task: _Task) -> TarListing:
             "%s: the kept listing %s fails its check (%s): listing the tar again",
             task.url,
             task.path,
-            _first_line(exc),
+            first_line(exc),
         )
     listing = task.list_tar(task.url)
     _keep(task, listing)
@@ -292,10 +293,6 @@ def read_listing(path: Path, tar_bytes: int | None) -> TarListing:
     with pa.OSFile(str(path)) as source:
         table = pa.ipc.open_file(source).read_all()
     return TarListing.from_arrow(table, tar_bytes)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 class _Progress:

@@ -38,6 +38,7 @@ from img_search.data.tar_headers import (
     decompressed,
 )
 from img_search.data.tar_urls import is_remote, open_binary, tar_stem
+from img_search.failures import first_line
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class TarReader:
             self.compressed = self._stream is not self._raw
             self._tar = BoundedTarFile(self._stream)
         except TAR_ERRORS as exc:
-            self.damage = TarDamage(0, _first_line(exc))
+            self.damage = TarDamage(0, first_line(exc))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -226,7 +227,7 @@ class TarReader:
         except (*TAR_ERRORS, HeaderRefused, RecursionError) as exc:
             where = tar.offset if pending is None else pending.offset
             name = "" if pending is None else f"{printable(pending.name)}: "
-            self.damage = TarDamage(where, f"{name}{_first_line(exc)}")
+            self.damage = TarDamage(where, f"{name}{first_line(exc)}")
             return
         finally:
             self.notes = tar.notes
@@ -257,7 +258,7 @@ class TarReader:
             data = stream.read(tarfile.BLOCKSIZE + span.stored)
         except TAR_ERRORS as exc:
             raise TarChanged(
-                f"{self.url} cannot be read at byte {header} ({_first_line(exc)}): "
+                f"{self.url} cannot be read at byte {header} ({first_line(exc)}): "
                 "the tar changed since it was listed"
             ) from None
         if len(data) != tarfile.BLOCKSIZE + span.stored:
@@ -287,10 +288,6 @@ def fill_holes(stored: memoryview, span: Span) -> bytes:
         filled[offset : offset + length] = stored[start : start + length]
         start += length
     return bytes(filled)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 class TarWalk:

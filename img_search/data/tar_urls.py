@@ -10,6 +10,7 @@ from typing import IO, Any
 from braceexpand import braceexpand
 
 from img_search.data.base import EmptyDataset
+from img_search.failures import first_line
 
 TAR_SUFFIX = re.compile(r"\.(tar(\.\w+)?|tgz)$")
 
@@ -75,9 +76,8 @@ def _exists(url: str, where: str) -> bool:
         filesystem, path = _filesystem(url)
         return bool(filesystem.exists(path))
     except (ImportError, ValueError) as exc:  # fsspec has no filesystem for this protocol here
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ValueError(
-            f"{where}: cannot read {url} ({first_line}); give local paths, or install the "
+            f"{where}: cannot read {url} ({first_line(exc)}); give local paths, or install the "
             "fsspec filesystem of this protocol"
         ) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -60,14 +61,16 @@ class TextDataset(Source):
         record = self.get_record(position)
         return TextItem(record.caption_id, record.caption)
 
-    def columns(self, positions: list[int]) -> dict[str, pa.Array]:
-        """The caption table's own columns for these positions (main process, per gathered step)."""
+    def columns(self, positions: list[int]) -> dict[str, Sequence[Any] | pa.Array]:
+        """What the caption table stores of these positions besides id and vector, by name (index,
+        image, image_id, caption): in the process that commits them. The table's types and order
+        are the store's (``store.schema.caption_columns``)."""
         records = [self.get_record(p) for p in positions]
         return {
-            "index": pa.array([r.index for r in records], pa.int64()),
-            "image": pa.array([r.image for r in records], pa.string()),
-            "image_id": pa.array([r.image_id for r in records], pa.string()),
-            "caption": pa.array([r.caption for r in records], pa.string()),
+            "index": [r.index for r in records],
+            "image": [r.image for r in records],
+            "image_id": [r.image_id for r in records],
+            "caption": [r.caption for r in records],
         }
 
 
@@ -128,15 +131,16 @@ class CaptionTable(TextDataset):
         row = {name: self._table.column(name)[index].as_py() for name in RECORD_SCHEMA.names}
         return CaptionRecord(index, row["id"], row["caption"], row["image"], row["image_id"])
 
-    def columns(self, positions: list[int]) -> dict[str, pa.Array]:
+    def columns(self, positions: list[int]) -> dict[str, Sequence[Any] | pa.Array]:
         if self._table is None:
             raise RuntimeError(f"dataset {self.name}: build() first")
         rows = self._table.take(pa.array(positions, pa.int64()))
         return {
-            "index": pa.array(positions, pa.int64()),
-            "image": rows.column("image").combine_chunks(),
-            "image_id": rows.column("image_id").combine_chunks(),
-            "caption": rows.column("caption").combine_chunks(),
+            "index": positions,
+            **{
+                name: rows.column(name).combine_chunks()
+                for name in ("image", "image_id", "caption")
+            },
         }
 
 

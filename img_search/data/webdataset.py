@@ -26,7 +26,6 @@ import numpy as np
 import pyarrow as pa
 
 from img_search.data.base import ImageDataset, ImageItem, Shard, fingerprint_arrays
-from img_search.data.images import Unreadable
 from img_search.data.limits import DEFAULT_MAX_MEMBER_BYTES, checked_limit
 from img_search.data.tar_listing import TarListing, list_tars
 from img_search.data.tar_reading import (
@@ -39,6 +38,7 @@ from img_search.data.tar_reading import (
     span_of,
 )
 from img_search.data.tar_urls import expand_urls, tar_stem
+from img_search.images import Unreadable
 
 log = logging.getLogger(__name__)
 

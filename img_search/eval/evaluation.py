@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from img_search.eval.metrics import inquire_ap_at_k, inquire_rerank_metrics, recall_at_k
-from img_search.search.tables import TableSelection
+from img_search.store.captions import image_of_caption
+from img_search.store.selection import TableSelection
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def check_same_identity(a: TableSelection, b: TableSelection) -> None:
     """Vectors of two tables are comparable only when one model made both."""
     fa, fb = a.identity.get("fingerprint"), b.identity.get("fingerprint")
     if fa and fb and fa != fb:
-        from img_search.search.query_encoder import ModelMismatch  # torch: retrieval needs none
+        from img_search.search.table_encoder import ModelMismatch  # torch: retrieval needs none
 
         raise ModelMismatch(
             f"{a.path} ({a.model_name}: {a.identity.get('checkpoint')}) and {b.path} "
@@ -51,38 +51,6 @@ class RetrievalResult:
         out.update({f"image_to_text_R@{k}": v for k, v in self.image_to_text.items()})
         out["dropped_captions"] = self.dropped_captions
         return out
-
-
-def image_of_caption(
-    image_ids: np.ndarray, caption_image_ids: np.ndarray, caption_images: np.ndarray | None = None
-) -> np.ndarray:
-    """For each caption, the row of its image (−1 if absent).
-
-    Captions carry the image file (``birds/1000092795.jpg``) and its stem
-    (``1000092795``); image tables carry the item id, which is the stem for
-    Flickr30k and the relative path for image folders. A caption matches the
-    image whose id equals its file, else its stem, else whose id's stem
-    equals its stem — the last only where that stem names one image: two
-    images ``birds/1.jpg`` and ``cats/1.jpg`` are never guessed between.
-    """
-    exact = {str(item): row for row, item in enumerate(image_ids)}
-    by_stem: dict[str, list[int]] = {}
-    for row, item in enumerate(image_ids):
-        by_stem.setdefault(PurePosixPath(str(item)).stem, []).append(row)
-    files = caption_images if caption_images is not None else [None] * len(caption_image_ids)
-    rows, ambiguous = [], 0
-    for file, stem in zip(files, caption_image_ids, strict=True):
-        row = exact.get(str(file)) if file is not None else None
-        if row is None:
-            row = exact.get(str(stem))
-        if row is None:
-            candidates = by_stem.get(str(stem), [])
-            ambiguous += len(candidates) > 1
-            row = candidates[0] if len(candidates) == 1 else None
-        rows.append(-1 if row is None else row)
-    if ambiguous:
-        log.warning("%d captions match several images by file stem; left out", ambiguous)
-    return np.array(rows, dtype=np.int64)
 
 
 def caption_image_retrieval(

@@ -93,7 +93,7 @@ class Run:
 def runs_of(cfg: DictConfig) -> list[Run]:
     """The runs of the config, each with the evaluate options it overrides and its tasks, checked
     before anything runs: an unknown key or task, or a task without its inputs, is one error."""
-    from img_search.search.tables import selection_info
+    from img_search.store.selection import selection_info
 
     if OmegaConf.is_missing(cfg, "runs") or not OmegaConf.is_list(cfg.runs) or not cfg.runs:
         raise ValueError(

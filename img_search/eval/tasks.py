@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from img_search.embedding import Encoder
-    from img_search.search.tables import SelectionInfo, TableSelection
+    from img_search.store.selection import SelectionInfo, TableSelection
 
 log = logging.getLogger("img_search")
 console = stdout_console()
@@ -51,8 +51,8 @@ def required(cfg: DictConfig, key: str, what: str = "<table.parquet>") -> str:
 
 def query_encoder(cfg: DictConfig, info: SelectionInfo | TableSelection) -> Encoder:
     """The text side of the model that made the table's vectors, checked against its recorded identity."""
-    from img_search.cli import pick_device
-    from img_search.search.query_encoder import load_query_encoder
+    from img_search.embedding.devices import pick_device
+    from img_search.search.table_encoder import load_query_encoder
 
     return load_query_encoder(
         info.model_name,
@@ -67,7 +67,7 @@ def query_encoder(cfg: DictConfig, info: SelectionInfo | TableSelection) -> Enco
 def encode_texts(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
     import numpy as np
 
-    from img_search.search.query_encoder import encode_text_queries
+    from img_search.search.table_encoder import encode_text_queries
 
     parts = [
         encode_text_queries(encoder, texts[start : start + TEXT_BATCH])
@@ -81,7 +81,7 @@ def encode_texts(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     from img_search.eval.evaluation import caption_image_retrieval
-    from img_search.search.tables import load_selection
+    from img_search.store.selection import load_selection
 
     images = load_selection(required(cfg, "images"), cfg.model_name, cfg.dataset_name)
     captions = load_selection(
@@ -109,7 +109,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
 
 def run_inquire(cfg: DictConfig) -> dict[str, Any]:
     from img_search.eval.evaluation import inquire_rerank, read_inquire_labels
-    from img_search.search.tables import load_selection
+    from img_search.store.selection import load_selection
 
     images = load_selection(required(cfg, "images"), cfg.model_name, cfg.dataset_name)
     with explain_hub_failure("inquire.path=<local copy in the Hub layout>"):
@@ -142,7 +142,7 @@ def run_inquire(cfg: DictConfig) -> dict[str, Any]:
 
 def run_inquire_fullrank(cfg: DictConfig) -> dict[str, Any]:
     from img_search.eval.fullrank import inquire_fullrank, read_queries
-    from img_search.search.tables import selection_info
+    from img_search.store.selection import selection_info
 
     options = cfg.inquire_fullrank
     info = selection_info(required(cfg, "images"), cfg.model_name, cfg.dataset_name)
@@ -195,7 +195,7 @@ def run_ann(cfg: DictConfig) -> dict[str, Any]:
     import numpy as np
 
     from img_search.eval.ann import ann_benchmark, random_unit_vectors, results_table
-    from img_search.search.tables import load_selection
+    from img_search.store.selection import load_selection
 
     ann = cfg.ann
     if ann.table:  # up to ann.queries of its rows, at most 10%, held out as queries

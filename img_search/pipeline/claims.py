@@ -20,11 +20,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from img_search.atomic import atomic_write_text
 from img_search.data.base import Shard
 from img_search.pipeline.ledger import Ledger
 from img_search.pipeline.record import CompletionRecord, load_record, unusable
 from img_search.pipeline.state_files import read_json, warn_once
-from img_search.store.atomic import atomic_write_text
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 
-from img_search.failures import BuildError, PeerLost, hub_unavailable, is_transient
+from img_search.failures import BuildError, PeerLost, first_line, hub_unavailable, is_transient
 from img_search.pipeline.engines import stray_mpi_world
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def collective(what: str, payload: Any = None) -> Iterator[None]:
             raise
         raise PeerLost(
             f"another process of this job stopped or timed out during {what} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"({type(exc).__name__}: {first_line(str(exc))}); "
             "committed shards are kept: rerun the same command to resume"
         ) from exc
 
@@ -135,11 +135,10 @@ def with_retries(
                     raise explained from exc
                 raise
             delay = backoff * (2**attempt)
-            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
             log.warning(
                 "building %s failed (%s); retry %d/%d in %.1fs",
                 what,
-                first_line,
+                first_line(exc),
                 attempt + 1,
                 retries,
                 delay,

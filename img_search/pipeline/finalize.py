@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from img_search.atomic import remove
 from img_search.pipeline.claims import PairClaims
 from img_search.pipeline.ledger import Ledger, describe
 from img_search.pipeline.plan import Job
@@ -36,7 +37,6 @@ from img_search.pipeline.record import CompletionRecord
 from img_search.pipeline.verify import part_problems
 from img_search.store import read_metadata
 from img_search.store import schema as S
-from img_search.store.atomic import remove
 from img_search.store.writer import (
     assemble_file,
     publish_folder,

@@ -21,7 +21,7 @@ import functools
 import os
 from typing import Any
 
-from img_search.store.atomic import HOST
+from img_search.host import HOST
 
 
 def process_start_time(pid: int | str) -> str | None:

@@ -19,11 +19,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from img_search.atomic import remove
 from img_search.pipeline.ledger import Ledger, describe
 from img_search.pipeline.plan import Job, compare_specs, spec_fingerprint
 from img_search.pipeline.settings import ConfigError
 from img_search.store import read_metadata
-from img_search.store.atomic import remove
 
 log = logging.getLogger(__name__)
 

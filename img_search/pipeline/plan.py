@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from img_search.pipeline.identity import model_identity, recorded_task_identity, task_identity
-from img_search.pipeline.modality import Modality
+from img_search.pipeline.modalities import Modality
 from img_search.pipeline.settings import ConfigError, TaskSettings
 from img_search.store import TableLayout
 

@@ -19,7 +19,6 @@ rerun with either engine resumes.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -30,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from img_search.failures import first_line
+from img_search.host import usable_cores
 from img_search.pipeline.engines import ENGINE_SLOT
-from img_search.pipeline.modality import Modality
-from img_search.pipeline.settings import ConfigError, RayEngine, engine_settings, usable_cores
+from img_search.pipeline.modalities import MODALITIES, Modality
+from img_search.pipeline.settings import ConfigError, RayEngine, engine_settings
 
 if TYPE_CHECKING:  # torch comes with the job, once the config is checked
     from img_search.pipeline.finalize import Outcome
@@ -43,11 +44,6 @@ if TYPE_CHECKING:  # torch comes with the job, once the config is checked
 log = logging.getLogger("img_search")
 
 MISSING_RAY = "engine=ray needs Ray: pip install 'img_search[ray]'"
-#: Where an actor finds the entry point's ``Modality`` (it holds functions of that module).
-MODALITIES = {
-    "image": ("img_search.pipeline.embed", "IMAGES"),
-    "caption": ("img_search.pipeline.embed_text", "CAPTIONS"),
-}
 #: The object store of a Ray instance started here: only configs and reports go through it.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 #: How often the driver reads the completion records to show progress.
@@ -300,10 +296,6 @@ def death_reason(exc: BaseException) -> str:
     return why
 
 
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 class EmbedWorker:
     """A Ray actor: one process that embeds the job's shards as a launch of the command would."""
 
@@ -329,8 +321,8 @@ class EmbedWorker:
         from transformers.utils import logging as hf_logging
 
         from img_search.console import console, setup_logging
+        from img_search.host import HOST
         from img_search.pipeline.plan import plan_job
-        from img_search.store.atomic import HOST
 
         setup_logging(str((self.config.get("logging") or {}).get("level", "INFO")), is_main=False)
         console.quiet = True  # progress bars and the summary are the driver's
@@ -345,8 +337,7 @@ class EmbedWorker:
                 HOST,
                 os.getcwd(),
             )
-        module, name = MODALITIES[self.kind]
-        modality = getattr(importlib.import_module(module), name)
+        modality = MODALITIES[self.kind]
         self.job = plan_job(OmegaConf.create(self.config), modality, self.dataset_specs)
         return f"host {HOST}, pid {os.getpid()}"
 

@@ -30,6 +30,7 @@ from img_search.console import make_progress
 from img_search.data.base import BuildContext, EmptyDataset
 from img_search.embedding import Encoder
 from img_search.faults import fail_point
+from img_search.host import usable_cores
 from img_search.pipeline.claims import PairClaims
 from img_search.pipeline.commit import ShardCommitter
 from img_search.pipeline.distributed import (
@@ -48,7 +49,6 @@ from img_search.pipeline.loader import PassLoader
 from img_search.pipeline.output import JobMismatch, Opening, forget_failed_start, open_output
 from img_search.pipeline.plan import Job, plan_job, spec_fingerprint
 from img_search.pipeline.reporting import ProcessReport, RunStats, print_summary
-from img_search.pipeline.settings import usable_cores
 from img_search.pipeline.shards import Feeder
 from img_search.store import PartWriter
 from img_search.store.space import explain_refused_write

@@ -1,6 +1,6 @@
 """The ``tasks`` and ``engine`` config groups as Hydra structured configs: one dataclass each is the defaults, the types and the checks.
 
-``TaskSettings`` is registered in Hydra's ConfigStore as ``tasks/default``,
+``TaskSettings`` is registered in Hydra's ConfigStore as ``tasks/default`` (``config_store``),
 and ``LocalEngine`` / ``RayEngine`` as ``engine/local`` / ``engine/ray``, so
 Hydra itself refuses ``tasks.batch_size=abc``, an unknown ``tasks.option`` or
 ``engine=spark`` while composing, and ``__post_init__`` refuses values of the
@@ -10,15 +10,14 @@ right type that make no sense (``tasks.batch_size=0``) before any model loads.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from img_search.failures import ConfigError
+from img_search.host import usable_cores
 
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
 T = TypeVar("T")
@@ -137,12 +136,6 @@ class TaskSettings:
         return 0 if per_rank < 2 else min(8, per_rank)
 
 
-def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 @dataclass
 class LocalEngine:
     """``engine=local`` (the default): this command's own processes — one, or the ranks of
@@ -204,12 +197,3 @@ def validated(cls: type[T], node: DictConfig | dict[str, Any] | None, group: str
     if unknown:
         raise ConfigError(f"unknown {group} option(s) {unknown}; known: {sorted(fields)}")
     return cls(**values)
-
-
-def register() -> None:
-    """Register ``tasks/default``, ``engine/local`` and ``engine/ray`` (called when Hydra imports
-    ``img_search.config``)."""
-    store = ConfigStore.instance()
-    store.store(group="tasks", name="default", node=TaskSettings)
-    for name, engine in ENGINES.items():
-        store.store(group="engine", name=name, node=engine)

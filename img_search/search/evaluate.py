@@ -1,24 +1,6 @@
-"""``img-search evaluate`` (``python -m img_search.search.evaluate task=retrieval|inquire|inquire_fullrank|ann``).
+"""``python -m img_search.search.evaluate``: the evaluate command (``img_search.cli.evaluate``)."""
 
-The entry point only: the tasks, and what is printed and written, are in
-``img_search.eval.tasks``.
-"""
-
-from __future__ import annotations
-
-from omegaconf import DictConfig
-
-from img_search.cli import user_errors_exit
-from img_search.command_line import hydra_entry
-
-
-@hydra_entry(config_path="pkg://img_search.config.search", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    with user_errors_exit(cfg):
-        from img_search.eval.tasks import evaluate_command
-
-        evaluate_command(cfg)
-
+from img_search.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

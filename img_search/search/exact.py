@@ -42,10 +42,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from img_search.search.tables import choose_selection
 from img_search.store import TableLayout, open_table
 from img_search.store import schema as S
 from img_search.store.reader import selection_batches, selection_filter
+from img_search.store.selection import choose_selection
 from img_search.store.vectors import LeftOut, usable_rows
 
 #: Stored vectors per block: 16 MiB (10,922 rows of 768-d float16, 5,461 of float32). Decoding

@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from img_search.atomic import atomic_write
 from img_search.registry import UnknownNameError
 from img_search.search.kinds import INDEX_KINDS, FilterError, FlatIndex, VectorIndex, make_index
-from img_search.search.tables import TableSelection, choose_selection, load_selection
 from img_search.store import TableLayout
-from img_search.store.atomic import atomic_write
+from img_search.store.selection import TableSelection, choose_selection, load_selection
 
 __all__ = ["INDEX_KINDS", "FilterError", "FlatIndex", "SavedIndex", "VectorIndex", "make_index"]
 
@@ -311,3 +312,21 @@ def index_specs(specs: dict[str, Any] | Any) -> dict[str, tuple[str, dict[str, A
     if not result:
         raise ValueError("no index configured: choose some with indexes=[flat,faiss_hnsw,...]")
     return result
+
+
+def build_all(
+    table: str,
+    specs: Mapping[str, Mapping[str, Any]],
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+) -> list[SavedIndex]:
+    """Every configured index of one (model, dataset) selection, each saved next to the table."""
+    selection = load_selection(table, model_name, dataset_name)
+    built = []
+    for name, (kind, params) in index_specs(specs).items():
+        saved = build_index(selection, name, kind, params)
+        log.info(
+            "built %s (%s) in %.2f s → %s", name, kind, saved.meta["build_seconds"], saved.path
+        )
+        built.append(saved)
+    return built

@@ -10,7 +10,7 @@ evaluation and the ANN benchmark treat them alike:
 - ``milvus``: a Milvus collection (Milvus Lite file or server), the one kind that
   filters on metadata; its own module (``milvus``), imported when first named.
 
-Every kind is built from finite vectors only: ``search.tables.load_selection``
+Every kind is built from finite vectors only: ``store.selection.load_selection``
 leaves out the rows whose vector is null or not finite (``store.vectors``), so
 no kind meets a NaN (FAISS's k-means fails on one, usearch ranks it first).
 Saving, reloading and choosing an index is ``search.indexes``.
@@ -28,7 +28,7 @@ import numpy as np
 from img_search.registry import UnknownNameError
 
 if TYPE_CHECKING:
-    from img_search.search.tables import TableSelection
+    from img_search.store.selection import TableSelection
 
 
 class FilterError(ValueError):

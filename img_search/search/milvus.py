@@ -48,8 +48,9 @@ import pyarrow.compute as pc
 
 from img_search.faults import fail_point
 from img_search.search.kinds import FilterError, VectorIndex
-from img_search.search.tables import CAPTION_COLUMNS, TableSelection
 from img_search.store import TableLayout
+from img_search.store.schema import CAPTION_COLUMNS
+from img_search.store.selection import TableSelection
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,24 @@ import glob
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from img_search.search.indexes import (
     SavedIndex,
+    build_all,
     build_index,
     rebuild_params,
     saved_index_dir,
     table_stamp,
 )
-from img_search.search.tables import load_selection, table_contents
 from img_search.store import TableLayout
+from img_search.store.selection import load_selection, table_contents
+
+#: What ``build`` makes of a table that has no saved index yet.
+DEFAULT_INDEXES = {"flat": {"kind": "flat"}}
 
 log = logging.getLogger("img_search")
 
@@ -147,3 +152,26 @@ def refresh_stale(
         log.info("rebuilt %s (%s) of %s × %s → %s", entry.name, entry.kind, *pair, saved.path)
         done.append(Refreshed(entry, "rebuilt", saved))
     return done
+
+
+def build_or_refresh(
+    table: str,
+    specs: Mapping[str, Mapping[str, Any]] | None,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+) -> list[Refreshed]:
+    """The indexes named in ``specs``, built; with none named, the table's stale ones rebuilt
+    (the default ``flat`` built where the table has none in that scope)."""
+    if not specs:
+        scope = [
+            e
+            for e in saved_indexes(table)
+            if model_name in (None, e.model_name) and dataset_name in (None, e.dataset_name)
+        ]
+        if scope:
+            return refresh_stale(table, model_name, dataset_name)
+        specs = DEFAULT_INDEXES
+    return [
+        Refreshed(None, "built", saved)
+        for saved in build_all(table, specs, model_name, dataset_name)
+    ]

@@ -24,14 +24,14 @@ import numpy as np
 from PIL import Image
 
 from img_search.embedding import Encoder
-from img_search.eval.evaluation import image_of_caption
 from img_search.search.indexes import SavedIndex, open_index
-from img_search.search.query_encoder import encode_images, encode_text_queries, load_query_encoder
-from img_search.search.tables import CAPTION_COLUMNS
+from img_search.search.table_encoder import encode_images, encode_text_queries, load_query_encoder
 from img_search.serve.thumbnails import IMAGE_SOURCE_WAIT_S, ItemImages, item_images_of
 from img_search.store import is_table, open_table, read_table
 from img_search.store import schema as S
+from img_search.store.captions import image_of_caption
 from img_search.store.reader import selection_filter, table_columns
+from img_search.store.schema import CAPTION_COLUMNS
 from img_search.store.vectors import LeftOut, NoUsableRows
 
 log = logging.getLogger(__name__)

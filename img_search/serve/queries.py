@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
-import os
 import threading
 from collections.abc import Iterator
 
@@ -19,10 +18,10 @@ import numpy as np
 from fastapi import HTTPException
 from PIL import Image
 
-from img_search.data import open_image
-from img_search.data.images import ImageDecodeError, ImageTooLarge, ResizeTarget
 from img_search.embedding import Encoder
-from img_search.search.query_encoder import encode_images, encode_text_queries
+from img_search.host import usable_cores
+from img_search.images import ImageDecodeError, ImageTooLarge, ResizeTarget, open_image
+from img_search.search.table_encoder import encode_images, encode_text_queries
 
 #: What an upload may be (Pillow would also open EPS, which runs Ghostscript).
 UPLOAD_FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
@@ -42,13 +41,6 @@ def release_memory() -> None:
     """Return freed heap pages to the system (glibc only; elsewhere a no-op)."""
     if MALLOC_TRIM is not None:
         MALLOC_TRIM(0)
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class DecodeSlots:

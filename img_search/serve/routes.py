@@ -18,13 +18,13 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
-from img_search.data.images import ImageDecodeError
+from img_search.images import ImageDecodeError
 from img_search.search.grouping import best_per_image
 from img_search.search.indexes import FilterError
-from img_search.search.tables import UnknownItem
 from img_search.serve.catalog import Catalog, LoadedTable
 from img_search.serve.queries import QueryEncoder
 from img_search.serve.thumbnails import SourceUnavailable, ThumbnailCache
+from img_search.store.selection import UnknownItem
 
 #: An absolute path inside an error text: only its last part is shown to a client.
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~%-])/(?:[^\s'\"/]+/)+([^\s'\"/]*)")

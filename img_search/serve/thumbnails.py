@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from img_search.data import get_dataset, open_image
+from img_search.data import get_dataset
 from img_search.data.base import ImageDataset
-from img_search.data.images import ImageDecodeError
 from img_search.data.limits import over_limit
-from img_search.search.tables import UnknownItem
+from img_search.images import ImageDecodeError, open_image
 from img_search.serve.queries import DecodeSlots
 from img_search.store import read_metadata
+from img_search.store.selection import UnknownItem
 
 if TYPE_CHECKING:
     from img_search.serve.catalog import LoadedTable

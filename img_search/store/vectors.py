@@ -12,7 +12,7 @@ damaged file):
   one scores ±inf or NaN.
 
 ``usable_rows`` is the policy, and the only place it is written: the
-selection readers (``search.tables.load_selection``, hence
+selection readers (``store.selection.load_selection``, hence
 ``open_table(...).vectors``, every index kind, evaluation and the server),
 ``store.read_embeddings`` and exact search (block by block) all take their
 vectors through it. Left-out rows are counted and named in one warning per

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from img_search.atomic import atomic_write, fsync_file, temporary_name
 from img_search.faults import fail_point
 from img_search.store import schema as S
-from img_search.store.atomic import atomic_write, fsync_file, temporary_name
 from img_search.store.layout import COMMON_METADATA, TableLayout
 
 ROW_GROUP_BYTES = 64 * 1024 * 1024

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from img_search.atomic import remove
 from img_search.store import PartWriter, TableLayout
-from img_search.store.atomic import remove
 from img_search.store.writer import assemble_file, publish_folder, table_schema, with_metadata
 
 #: model name, dataset name, and the part's rows as chunks of (ids, vectors)

@@ -9,6 +9,7 @@ import pytest
 
 from img_search.data import TEXT_DATASETS, CaptionRecord, get_text_dataset
 from img_search.registry import UnknownNameError
+from img_search.store.schema import CAPTION_FIELDS, caption_columns
 from img_search.testing.fixtures import write_flickr30k_like
 
 
@@ -83,10 +84,13 @@ def test_missing_file_and_bad_switch(tmp_path):
         build(tmp_path / "x.jsonl", on_error="ignore")
 
 
-def test_columns_for_gathered_positions(tmp_path):
+def test_columns_for_gathered_positions_in_the_caption_table_schema(tmp_path):
     lines = [json.dumps({"image": f"{i}.jpg", "caption": [f"c{i}a", f"c{i}b"]}) for i in range(3)]
     dataset = build(jsonl(tmp_path, lines))
-    columns = dataset.columns([5, 0, 3])
+    columns = caption_columns(dataset.columns([5, 0, 3]))
+    assert [(name, array.type) for name, array in columns.items()] == [
+        (field.name, field.type) for field in CAPTION_FIELDS
+    ]
     assert columns["index"].to_pylist() == [5, 0, 3]
     assert columns["image_id"].to_pylist() == ["2", "0", "1"]
     assert columns["caption"].to_pylist() == ["c2b", "c0a", "c1b"]

@@ -21,10 +21,10 @@ from img_search.data import (
     InquireDataset,
     get_dataset,
     hub,
-    open_image,
     parquet_rows,
 )
 from img_search.data.parquet_rows import DirectReadDeclined, ParquetRows
+from img_search.images import open_image
 from img_search.registry import UnknownNameError
 from img_search.testing.fixtures import (
     inquire_file_name,

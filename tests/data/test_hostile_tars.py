@@ -15,10 +15,10 @@ import pytest
 
 from img_search.data import WebDatasetImages, get_dataset, get_text_dataset
 from img_search.data.base import BuildContext
-from img_search.data.images import ItemUnreadable, Unreadable, open_image
 from img_search.data.tar_headers import MAX_CHAIN
 from img_search.data.tar_listing import META_KEY, TarListing, digest
 from img_search.data.tar_reading import TarWalk
+from img_search.images import ItemUnreadable, Unreadable, open_image
 from img_search.testing.fixtures import write_img2dataset_tar
 from img_search.testing.hostile_tars import (
     HostileTar,

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import SAMPLE_PHOTOS
-from hydra import compose, initialize_config_module
 from PIL import Image
 
+from img_search.api.jobs import compose
 from img_search.embedding import JinaV4Encoder, get_encoder
 from img_search.embedding.base import RemoteCodeRefused
 from img_search.testing.jina_stand_in import DIM, StandInJina
@@ -83,24 +83,23 @@ def test_jina_v4_stand_in_texts_and_images_are_normalised(stand_in):
 
 def test_jina_v4_stand_in_through_the_pipeline(stand_in, tmp_path, monkeypatch):
     """Decoded PIL images travel through a loader worker into ``encode_image``; one row per photo."""
-    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.runner import plan_job, run_job
 
     model, _ = stand_in
     out = tmp_path / "jina.parquet"
-    with initialize_config_module("img_search.config", version_base=None):
-        cfg = compose(
-            "embed_config",
-            overrides=[
-                "models=jina_v4",
-                "trust_remote_code=true",
-                "datasets=image_folder",
-                f"datasets.image_folder.path={SAMPLE_PHOTOS}",
-                f"output_path={out}",
-                "tasks.batch_size=3",
-                "tasks.num_workers=1",
-            ],
-        )
+    cfg = compose(
+        "embed_config",
+        [
+            "models=jina_v4",
+            "trust_remote_code=true",
+            "datasets=image_folder",
+            f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+            f"output_path={out}",
+            "tasks.batch_size=3",
+            "tasks.num_workers=1",
+        ],
+    )
     job = plan_job(cfg, IMAGES, image_dataset_specs(cfg))
     assert run_job(job) == 0
     table = pq.read_table(out)
@@ -112,18 +111,17 @@ def test_jina_v4_stand_in_through_the_pipeline(stand_in, tmp_path, monkeypatch):
 
 def test_the_pipeline_refuses_jina_v4_without_trust_remote_code(tmp_path):
     """Checked while planning, before any dataset is listed or model fetched."""
-    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.runner import plan_job
     from img_search.pipeline.settings import ConfigError
 
-    with initialize_config_module("img_search.config", version_base=None):
-        cfg = compose(
-            "embed_config",
-            overrides=[
-                "models=jina_v4",
-                f"datasets.image_folder.path={tmp_path}",
-                f"output_path={tmp_path / 'x.parquet'}",
-            ],
-        )
+    cfg = compose(
+        "embed_config",
+        [
+            "models=jina_v4",
+            f"datasets.image_folder.path={tmp_path}",
+            f"output_path={tmp_path / 'x.parquet'}",
+        ],
+    )
     with pytest.raises(ConfigError, match="add trust_remote_code=true to the command line"):
         plan_job(cfg, IMAGES, image_dataset_specs(cfg))

@@ -18,9 +18,9 @@ from img_search.eval.evaluation import (
     inquire_rerank,
 )
 from img_search.eval.metrics import inquire_rerank_metrics, recall_at_k
-from img_search.search.query_encoder import ModelMismatch
-from img_search.search.tables import TableSelection, load_selection
+from img_search.search.table_encoder import ModelMismatch
 from img_search.store import read_embeddings
+from img_search.store.selection import TableSelection, load_selection
 
 
 def selection(ids, vectors, kind="image", fingerprint="f", **extra) -> TableSelection:
@@ -294,7 +294,7 @@ def test_recall_helper_matches_on_this_small_case():
 
 
 def test_captions_join_on_their_file_before_the_stem():
-    from img_search.eval.evaluation import image_of_caption
+    from img_search.store.captions import image_of_caption
 
     images = np.array(["birds/1.jpg", "cats/1.jpg", "dogs/2.jpg", "3"], dtype=object)
     rows = image_of_caption(

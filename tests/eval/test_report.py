@@ -16,7 +16,7 @@ from test_evaluate import assert_png_drawn
 from img_search.eval.references import FILE_COLUMNS
 from img_search.eval.report import Run, rows_of
 from img_search.eval.report_markdown import markdown, md_cell
-from img_search.search.tables import selection_info
+from img_search.store.selection import selection_info
 
 QUERIES = [
     ("1", "an astronaut in a flight suit", "Appearance", "People"),

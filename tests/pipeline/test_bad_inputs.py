@@ -231,27 +231,25 @@ def test_an_empty_folder_fails_with_one_line_and_leaves_nothing(tmp_path, run_em
 
 def test_a_failed_start_leaves_nothing_that_blocks_another_job(tmp_path):
     """Issue 15.7: a run that fails before committing anything removes its job state."""
-    from hydra import compose, initialize_config_module
-
-    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.api.jobs import compose
+    from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.runner import plan_job, run_job
 
     out = tmp_path / "out.parquet"
 
     def job(folder, *extra):
-        with initialize_config_module("img_search.config", version_base=None):
-            cfg = compose(
-                "embed_config",
-                overrides=[
-                    "models=simulated",
-                    "models.simulated.batch_seconds=0",
-                    "datasets=image_folder",
-                    f"datasets.image_folder.path={folder}",
-                    f"output_path={out}",
-                    "tasks.num_workers=0",
-                    *extra,
-                ],
-            )
+        cfg = compose(
+            "embed_config",
+            [
+                "models=simulated",
+                "models.simulated.batch_seconds=0",
+                "datasets=image_folder",
+                f"datasets.image_folder.path={folder}",
+                f"output_path={out}",
+                "tasks.num_workers=0",
+                *extra,
+            ],
+        )
         return plan_job(cfg, IMAGES, image_dataset_specs(cfg))
 
     with pytest.raises(Exception, match="image folder not found"):

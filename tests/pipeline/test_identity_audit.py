@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 from conftest import SAMPLE_CAPTIONS, SAMPLE_PHOTOS
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import img_search.config
-from img_search.pipeline.embed import IMAGES, image_dataset_specs
-from img_search.pipeline.embed_text import CAPTIONS, text_dataset_specs
+from img_search.api.jobs import compose
 from img_search.pipeline.identity import IDENTITY_TASK_OPTIONS, RUNTIME_OPTIONS, is_runtime
+from img_search.pipeline.modalities import CAPTIONS, IMAGES, image_dataset_specs, text_dataset_specs
 from img_search.pipeline.plan import plan_job, spec_fingerprint
 from img_search.pipeline.settings import ConfigError
 
@@ -58,8 +57,7 @@ SPEC_GROUPS = ("models.", "datasets.", "text_dataset.")
 
 
 def composed(config: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_module("img_search.config", version_base=None):
-        return compose(config, overrides=overrides)
+    return compose(config, overrides)
 
 
 def fingerprint(config: str, cfg: DictConfig) -> str:

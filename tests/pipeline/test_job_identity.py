@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 from conftest import OFFLINE, REPO, SAMPLE_PHOTOS
-from hydra import compose, initialize_config_module
 
+from img_search.api.jobs import compose
 from img_search.store import read_metadata, read_table
 from img_search.testing.fixtures import write_flickr30k_like, write_photo_folder
 from img_search.testing.jina_stand_in import StandInJina
@@ -126,7 +126,7 @@ def test_a_changed_jina_task_is_refused_against_the_finished_table(tmp_path, mon
     """Jina v4's ``task`` picks its adapter: another task is another job (stand-in model)."""
     import transformers
 
-    from img_search.pipeline.embed import IMAGES, image_dataset_specs
+    from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.output import JobMismatch
     from img_search.pipeline.runner import plan_job, run_job
 
@@ -134,19 +134,18 @@ def test_a_changed_jina_task_is_refused_against_the_finished_table(tmp_path, mon
     out = tmp_path / "jina.parquet"
 
     def job(*extra):
-        with initialize_config_module("img_search.config", version_base=None):
-            cfg = compose(
-                "embed_config",
-                overrides=[
-                    "models=jina_v4",
-                    "trust_remote_code=true",
-                    "datasets=image_folder",
-                    f"datasets.image_folder.path={SAMPLE_PHOTOS}",
-                    f"output_path={out}",
-                    "tasks.num_workers=0",
-                    *extra,
-                ],
-            )
+        cfg = compose(
+            "embed_config",
+            [
+                "models=jina_v4",
+                "trust_remote_code=true",
+                "datasets=image_folder",
+                f"datasets.image_folder.path={SAMPLE_PHOTOS}",
+                f"output_path={out}",
+                "tasks.num_workers=0",
+                *extra,
+            ],
+        )
         return plan_job(cfg, IMAGES, image_dataset_specs(cfg))
 
     assert run_job(job()) == 0

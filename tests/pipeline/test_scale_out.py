@@ -82,8 +82,8 @@ def shards_by_process(metadata: dict, pair: str) -> dict[str, list[int]]:
 
 def one_process(checkpoint: Path, folder: Path, ids: list[str]) -> EmbeddingMatrix:
     """The same model over the same images in this one process, batch by batch."""
-    from img_search.data import open_image
     from img_search.embedding import get_encoder
+    from img_search.images import open_image
 
     encoder = get_encoder({"model": "clip", "model_name": str(checkpoint)}, name="clip").load()
     transform = encoder.image_transform()

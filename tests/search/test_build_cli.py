@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from img_search.search.indexes import StaleIndex, index_dir, load_index, open_index
-from img_search.search.tables import load_selection
+from img_search.store.selection import load_selection
 
 KINDS = ["flat", "faiss_hnsw", "faiss_ivf", "usearch"]
 

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from img_search.search.exact import RunningTopK, exact_top_k
-from img_search.search.tables import load_selection
 from img_search.store import schema as S
 from img_search.store import vectors_to_arrow
+from img_search.store.selection import load_selection
 from img_search.store.writer import table_schema, with_metadata
 from img_search.testing.tables import write_embedding_table
 

@@ -23,8 +23,8 @@ import pytest
 from img_search import open_table
 from img_search.search.exact import exact_top_k
 from img_search.search.indexes import build_index, load_index
-from img_search.search.tables import load_selection
 from img_search.store import read_embeddings
+from img_search.store.selection import load_selection
 from img_search.store.vectors import NOT_FINITE, NULL
 from img_search.testing.tables import expected_hits, table_with_left_out_rows
 

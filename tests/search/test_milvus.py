@@ -22,8 +22,7 @@ import pytest
 from conftest import OFFLINE, REPO, cli_runner
 
 from img_search.eval.ann import ann_benchmark, random_unit_vectors, recall_against
-from img_search.search.build import build_all
-from img_search.search.indexes import FilterError, index_dir, load_index
+from img_search.search.indexes import FilterError, build_all, index_dir, load_index
 from img_search.search.milvus import Filter, MilvusError, parse_filter
 from img_search.store import schema as S
 from img_search.store.writer import table_schema, vectors_to_arrow, with_metadata

@@ -84,9 +84,9 @@ def test_group_image_lists_each_image_once_ordered_by_its_best_caption(demo_tabl
 
 def test_every_photo_is_found_by_a_new_wording(demo_tables):
     """The same path as the CLI, with the model loaded once for the eight queries."""
+    from img_search.search.hits import query_vector, search
     from img_search.search.indexes import open_index
-    from img_search.search.query import query_vector, search
-    from img_search.search.query_encoder import encode_text_queries, load_query_encoder
+    from img_search.search.table_encoder import encode_text_queries, load_query_encoder
 
     index = open_index(demo_tables["captions"])
     encoder = load_query_encoder(index.model_name, index.meta["model_spec"], index.meta["identity"])

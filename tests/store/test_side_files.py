@@ -65,8 +65,7 @@ def test_file_and_folder_tables_of_one_name_keep_their_own_side_files(tmp_path, 
         assert sorted(read_embeddings(table).ids) == ids
 
     pytest.importorskip("pymilvus", reason="img_search[milvus] is not installed")
-    from img_search.search.build import build_all
-    from img_search.search.indexes import index_dir, load_index
+    from img_search.search.indexes import build_all, index_dir, load_index
 
     for table in expected:
         for saved in build_all(

@@ -16,6 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from img_search.atomic import (
+    atomic_write,
+    atomic_write_text,
+    create_exclusive,
+    is_temporary,
+    temporary_name,
+)
+from img_search.host import HOST
 from img_search.store import (
     PartWriter,
     TableLayout,
@@ -27,14 +35,6 @@ from img_search.store import (
 )
 from img_search.store import schema as S
 from img_search.store import writer as W
-from img_search.store.atomic import (
-    HOST,
-    atomic_write,
-    atomic_write_text,
-    create_exclusive,
-    is_temporary,
-    temporary_name,
-)
 from img_search.store.layout import COMMON_METADATA
 from img_search.store.writer import (
     assemble_file,

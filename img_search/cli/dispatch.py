@@ -1,5 +1,4 @@
-"""``img-search <command> …``: one console command for every tool, and what all entry points share:
-user errors as one line (``user_errors_exit``) and the choice of device (``pick_device``).
+"""``img-search <command> …``: one console command for every tool.
 
 Each subcommand hands the rest of the command line, unchanged, to the module
 that ``python -m`` runs (``img-search embed …`` is ``python -m
@@ -9,27 +8,12 @@ there, and nothing heavy loads before the subcommand needs it.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import importlib
 import importlib.util
-import logging
-import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
-
-from img_search.failures import (
-    BuildError,
-    ConfigError,
-    HubUnavailable,
-    PeerLost,
-    hub_unavailable,
-)
-from img_search.registry import UnknownNameError
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
+from collections.abc import Sequence
+from typing import NamedTuple
 
 
 class Command(NamedTuple):
@@ -106,58 +90,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     module = importlib.import_module(commands[name].module)
     sys.argv = [f"img-search {name}", *rest]
     module.main()
-
-
-log = logging.getLogger("img_search")
-
-USER_ERRORS = (
-    ConfigError,
-    UnknownNameError,
-    FileNotFoundError,
-    BuildError,
-    HubUnavailable,
-    ValueError,
-)
-
-
-@contextlib.contextmanager
-def user_errors_exit(cfg: DictConfig) -> Iterator[None]:
-    """Set up logging from ``cfg.logging``; a user error inside exits 2 with one line.
-
-    A lost peer exits 3. ``logging=debug`` lets the traceback through instead.
-    A Hub access that cannot work from here (offline, no such repository) is
-    a user error too, whichever library raised it.
-    """
-    from img_search.console import setup_logging
-
-    logging_cfg = cfg.get("logging") or {}
-    level = str(logging_cfg.get("level", "INFO"))
-    debug = level.upper() == "DEBUG"
-    is_main = os.environ.get("RANK", "0") == "0"
-    setup_logging(level, is_main=is_main, rich_tracebacks=debug)
-    try:
-        yield
-    except PeerLost as exc:
-        if debug:
-            raise
-        log.error("%s", exc)
-        sys.exit(3)
-    except Exception as exc:
-        explained = exc if isinstance(exc, USER_ERRORS) else hub_unavailable(exc, None)
-        if debug or explained is None:
-            raise
-        if is_main:
-            log.error("%s", explained)
-        sys.exit(2)
-
-
-def pick_device(device: str) -> str:
-    """``auto`` → CUDA when there is one, else CPU; anything else as given."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from img_search.data import open_image
 from img_search.embedding import Encoder, get_encoder
 from img_search.embedding.base import RemoteCodeRefused
+from img_search.images import open_image
 
 
 class ModelMismatch(ValueError):

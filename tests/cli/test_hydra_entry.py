@@ -1,21 +1,22 @@
-"""The command line of every tool: fast ``--help``, one-line mistakes (exit 2), Hub failures that name the fix."""
+"""Hydra's entry point of every command (``cli.hydra_entry``): fast ``--help``, one-line mistakes (exit 2), ``~`` as home."""
 
 from __future__ import annotations
 
-import socket
 import sys
 
 import pytest
-from conftest import SAMPLE_PHOTOS, run_module
+from conftest import run_module
 
-from img_search.command_line import expand_home
+from img_search.cli.hydra_entry import expand_home
 
 CLIS = [
     "img_search.pipeline.embed",
     "img_search.pipeline.embed_text",
     "img_search.search.build",
     "img_search.search.query",
+    "img_search.search.info",
     "img_search.search.evaluate",
+    "img_search.search.report",
     "img_search.serve",
 ]
 HEAVY = ("torch", "transformers", "datasets")
@@ -134,50 +135,3 @@ def test_expand_home_like_the_shell(monkeypatch):
     ]
     # a sweep or a list is left to Hydra's grammar
     assert expand_home(["p=~/a,~/b", "p=[~/a]"]) == ["p=~/a,~/b", "p=[~/a]"]
-
-
-# -- the Hugging Face Hub: fail fast, name the override -----------------------------
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_offline_hub_model_is_one_line_without_retries(tmp_path):
-    result = run_module(
-        "img_search.pipeline.embed",
-        "models=clip",
-        f"datasets.image_folder.path={SAMPLE_PHOTOS}",
-        f"output_path={tmp_path}/x.parquet",
-    )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2
-    assert len(lines) == 1, lines
-    assert "the Hugging Face Hub is off (HF_HUB_OFFLINE=1)" in lines[0]
-    assert lines[0].endswith("use a local copy: models.clip.model_name=<local folder>")
-    assert not (tmp_path / "x.parquet").exists()
-
-
-def test_no_network_is_found_at_once_and_named(tmp_path):
-    """Without ``HF_HUB_OFFLINE``: one connection attempt, then offline; no retries of any kind."""
-    result = run_module(
-        "img_search.pipeline.embed",
-        "datasets=inquire",
-        f"output_path={tmp_path}/x.parquet",
-        env={
-            "HF_HUB_OFFLINE": "",
-            "HF_DATASETS_OFFLINE": "",
-            "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
-        },
-    )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2
-    assert len(lines) == 2, lines
-    assert "the Hugging Face Hub cannot be reached (127.0.0.1:" in lines[0]
-    assert "Connection refused" in lines[0]
-    assert lines[1].endswith(
-        "use a local copy: datasets.inquire.path=<local copy in the Hub layout>"
-    )
-    assert "etry" not in result.stderr

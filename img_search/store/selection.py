@@ -22,8 +22,6 @@ from img_search.store import schema as S
 from img_search.store.reader import selection_filter, table_columns
 from img_search.store.vectors import LeftOut, usable_rows
 
-CAPTION_COLUMNS = ("caption", "image_id", "image")
-
 
 class UnknownItem(ValueError):
     """An item id that the selection does not hold."""
@@ -122,7 +120,7 @@ def load_selection(
     """
     info = selection_info(path, model_name, dataset_name)
     names = table_columns(info.path)
-    columns = [S.ID, S.EMBEDDING, *(c for c in CAPTION_COLUMNS if c in names)]
+    columns = [S.ID, S.EMBEDDING, *(c for c in S.CAPTION_COLUMNS if c in names)]
     table = read_table(
         info.path, columns=columns, filters=selection_filter(info.model_name, info.dataset_name)
     )
@@ -150,7 +148,7 @@ def load_selection(
         dataset=info.dataset,
         extra={
             c: table.column(c).to_numpy(zero_copy_only=False)
-            for c in CAPTION_COLUMNS
+            for c in S.CAPTION_COLUMNS
             if c in table.column_names
         },
         left_out=usable.left_out,
@@ -223,7 +221,7 @@ def row_details(
 ) -> dict[str, dict[str, str]]:
     """Caption, image and image id of the given rows (whichever the table has), by id."""
     names = table_columns(path)
-    columns = [c for c in CAPTION_COLUMNS if c in names]
+    columns = [c for c in S.CAPTION_COLUMNS if c in names]
     if not columns or not ids:
         return {}
     table = read_table(

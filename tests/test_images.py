@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img_search.data.images import ImageDecodeError, open_image, to_rgb
+from img_search.images import ImageDecodeError, open_image, to_rgb
 from img_search.testing.fixtures import jpeg_bytes, synthetic_image
 
 

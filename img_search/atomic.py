@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-HOST = socket.gethostname()
+from img_search.host import HOST
+
 _token: tuple[int, str] = (0, "")
 
 

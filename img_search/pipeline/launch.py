@@ -1,0 +1,35 @@
+"""Run a composed pipeline config with the engine it names; the one way in for the command and the API.
+
+The run machinery (torch, Accelerate) is imported only once the job is
+planned, so a configuration error never waits for it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+from img_search.pipeline.settings import engine_settings
+
+if TYPE_CHECKING:
+    from img_search.pipeline.modalities import Modality
+
+
+def run_configured(cfg: DictConfig, modality: Modality) -> int:
+    """The job of a composed config, with the engine it names; returns the exit code.
+
+    The command line and ``img_search.embed`` both run jobs through here.
+    ``engine=ray`` hands the same job to Ray actors (``ray_engine``).
+    """
+    dataset_specs = modality.dataset_specs(cfg)
+    if engine_settings(cfg.get("engine")).kind == "ray":
+        from img_search.pipeline.ray_engine import run_on_ray
+
+        return run_on_ray(cfg, modality, dataset_specs)
+    from img_search.pipeline.plan import plan_job
+
+    job = plan_job(cfg, modality, dataset_specs)
+    from img_search.pipeline.runner import run_job
+
+    return run_job(job)
