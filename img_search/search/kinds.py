@@ -8,7 +8,7 @@ evaluation and the ANN benchmark treat them alike:
 - ``faiss_ivf``: FAISS inverted lists (``nlist`` k-means cells, ``nprobe`` visited).
 - ``usearch``: usearch's HNSW, a second library to compare against.
 - ``milvus``: a Milvus collection (Milvus Lite file or server), the one kind that
-  filters on metadata; its own module (``milvus``), imported when first named.
+  filters on metadata; its own package (``search/milvus/``), imported when first named.
 
 Every kind is built from finite vectors only: ``store.selection.load_selection``
 leaves out the rows whose vector is null or not finite (``store.vectors``), so
@@ -287,7 +287,7 @@ class USearchIndex(VectorIndex):
 #: subclasses ``VectorIndex``, so its module cannot be imported from this one's top).
 INDEX_KINDS: dict[str, type[VectorIndex] | str] = {
     **{cls.kind: cls for cls in (FlatIndex, FaissHNSWIndex, FaissIVFIndex, USearchIndex)},
-    "milvus": "img_search.search.milvus:MilvusIndex",
+    "milvus": "img_search.search.milvus.index:MilvusIndex",
 }
 
 

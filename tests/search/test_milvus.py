@@ -23,7 +23,8 @@ from conftest import OFFLINE, REPO, cli_runner
 
 from img_search.eval.ann import ann_benchmark, random_unit_vectors, recall_against
 from img_search.search.indexes import FilterError, build_all, index_dir, load_index
-from img_search.search.milvus import Filter, MilvusError, parse_filter
+from img_search.search.milvus.connection import MilvusError
+from img_search.search.milvus.filters import Filter, parse_filter
 from img_search.store import schema as S
 from img_search.store.writer import table_schema, vectors_to_arrow, with_metadata
 
@@ -170,7 +171,7 @@ def test_a_table_of_another_model_replaces_the_collection(tmp_path):
 
 
 def test_a_collection_img_search_did_not_make_is_left_alone(tmp_path):
-    from img_search.search.milvus import connect, disconnect
+    from img_search.search.milvus.connection import connect, disconnect
 
     table = write_captions(tmp_path / "t.parquet", caption_ids(30), unit_vectors(30))
     lite = str(tmp_path / "t.milvus.db")
