@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from img_search.data.hub import load_hf_dataset, read_id_list
+from img_search.data.hub_files import load_hf_dataset
+from img_search.data.id_filters import read_id_list
 from img_search.data.text import CaptionTable, image_stem, number_captions
 
 

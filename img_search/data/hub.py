@@ -8,192 +8,33 @@ Where every data file of the requested splits is local Parquet, the rows are
 read from those files directly (``parquet_rows``), not through 🤗's Arrow
 cache: the same files in the same order as 🤗 would read, so the same ids,
 order and sources, without a second copy of the data on disk nor its mapped
-pages in memory.
+pages in memory. Finding and loading those files is ``hub_files``'s job;
+which rows are items (ids, first occurrences, a wanted subset) is
+``id_filters``'s.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from img_search.data.base import ImageDataset, ImageItem, Shard, fingerprint_arrays
+from img_search.data.hub_files import (
+    file_shards,
+    load_hf_dataset,
+    load_hf_splits,
+    local_parquet_files,
+    rows_of,
+)
+from img_search.data.id_filters import ID_TRANSFORMS, read_id_list, rows_to_keep, transform_ids
 from img_search.data.mapped_pages import release_pages
 from img_search.data.parquet_rows import DirectReadDeclined, ParquetRows
-from img_search.failures import prepare_hub
 
 log = logging.getLogger(__name__)
-
-ID_TRANSFORMS = ("none", "stem")
-#: A split name, not a 🤗 split expression (``train[:10%]``, ``train+test``).
-PLAIN_SPLIT = re.compile(r"[\w.-]+")
-
-
-def transform_ids(values: pa.Array | pa.ChunkedArray, transform: str) -> pa.ChunkedArray:
-    """Ids as strings, in Arrow (no Python object per item, 5M ids or not).
-
-    ``stem``: the file name without folders and its last suffix, as
-    ``PurePosixPath(value).stem`` gives (``train/1000092795.jpg`` → ``1000092795``).
-    """
-    ids = pc.cast(values, pa.string())
-    if transform == "stem":
-        name = pc.replace_substring_regex(ids, pattern=r"^.*/", replacement="")
-        ids = pc.replace_substring_regex(name, pattern=r"^(.+)\.[^.]+$", replacement=r"\1")
-    return ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids])
-
-
-def rows_to_keep(ids: pa.ChunkedArray, dedupe: bool, wanted: set[str] | None) -> np.ndarray:
-    """Which rows are items: the first row of each id (``dedupe``), and only ``wanted`` ids."""
-    keep = np.ones(len(ids), dtype=bool)
-    if dedupe and len(ids):
-        # a stable sort puts each id's first row first among its equals (no hash table of
-        # millions of strings, which Arrow's allocator would keep after use)
-        order = pc.array_sort_indices(ids).to_numpy()
-        ranked = ids.take(pa.array(order))
-        repeated = pc.equal(ranked.slice(1), ranked.slice(0, len(ranked) - 1))
-        later = np.flatnonzero(repeated.to_numpy(zero_copy_only=False)) + 1
-        keep[order[later]] = False
-    if wanted is not None:
-        keep &= pc.is_in(ids, pa.array(sorted(wanted), pa.string())).to_numpy(zero_copy_only=False)
-    return keep
-
-
-def looks_like_local_path(path: str) -> bool:
-    """A Hub id is ``owner/name``; anything else that is not an existing directory is a path."""
-    if Path(path).expanduser().exists():
-        return True
-    return (
-        path.startswith(("/", "./", "../", "~")) or path.endswith(".parquet") or path.count("/") > 1
-    )
-
-
-def load_hf_splits(
-    path: str,
-    splits: Sequence[str],
-    *,
-    streaming: bool = False,
-    revision: str | None = None,
-    columns: Sequence[str] | None = None,
-) -> list[Any]:
-    """One 🤗 dataset per split of a Hub dataset, a local dataset folder or Parquet file(s).
-
-    ``columns`` reads only those columns where the format allows it (Parquet),
-    so listing the ids of a stream does not read its images.
-    """
-    import datasets
-
-    if looks_like_local_path(path) and not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"dataset path not found: {path}")
-    local = Path(path).expanduser()
-    if not local.exists():
-        prepare_hub(path)
-    extra = {"columns": list(columns)} if columns else {}
-    if local.is_file() or path.endswith(".parquet"):
-        return [
-            datasets.load_dataset(
-                "parquet", data_files=str(local), split="train", streaming=streaming, **extra
-            )
-        ]
-    source = str(local) if local.exists() else path
-    return [
-        datasets.load_dataset(source, split=split, streaming=streaming, revision=revision, **extra)
-        for split in splits
-    ]
-
-
-def load_hf_dataset(
-    path: str,
-    splits: Sequence[str],
-    *,
-    streaming: bool = False,
-    revision: str | None = None,
-) -> Any:
-    """Load and concatenate ``splits`` of a Hub dataset, a local dataset folder or Parquet file(s).
-
-    The pages of the Arrow cache that opening it touched are handed back
-    (``mapped_pages``): the process's memory does not start at the size of
-    the dataset.
-    """
-    import datasets
-
-    parts = load_hf_splits(path, splits, streaming=streaming, revision=revision)
-    table = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    if not streaming:
-        release_pages(f["filename"] for f in table.cache_files)
-    return table
-
-
-def local_parquet_files(
-    path: str, splits: Sequence[str], revision: str | None = None
-) -> tuple[list[str], pa.Schema | None] | None:
-    """The data files ``load_hf_splits`` would read for ``splits``, in its order, if all are local Parquet.
-
-    A local file is read as Parquet (as ``load_hf_splits`` does); a local
-    folder is resolved by 🤗's own builder (its ``data_files`` per split),
-    kept only when that builder is the Parquet one. None for anything else (a
-    Hub id, a missing path, a folder of other data, a split expression): those
-    load through 🤗. A split the folder does not have raises 🤗's error.
-    With the files comes the Arrow schema of the features the folder declares
-    (its README), if it declares any: 🤗 would cast the data to it.
-    """
-    local = Path(path).expanduser()
-    if not local.exists():
-        return None
-    if local.is_file():
-        return [str(local)], None
-    if not local.is_dir():
-        return None
-    import datasets
-    from datasets.packaged_modules.parquet.parquet import Parquet
-
-    try:
-        builder = datasets.load_dataset_builder(str(local), revision=revision)
-    except Exception as exc:  # 🤗's load gives its own error, as it always has
-        log.debug("no Parquet builder for %s: %s", path, exc)
-        return None
-    config = builder.config
-    if not isinstance(builder, Parquet) or config.filters is not None or config.columns is not None:
-        return None
-    data_files = config.data_files or {}
-    files: list[str] = []
-    for split in splits:
-        if split not in data_files:
-            if PLAIN_SPLIT.fullmatch(split):  # the error 🤗 gives after converting the data
-                raise ValueError(f'Unknown split "{split}". Should be one of {list(data_files)}.')
-            return None
-        files += [str(f) for f in data_files[split]]
-    if not all(Path(f).is_file() for f in files):
-        return None
-    features = builder.info.features
-    return files, None if features is None else features.arrow_schema
-
-
-def file_shards(splits: list[Any]) -> list[Any]:
-    """A streaming dataset per data file (per 🤗 shard), splits in order: one file, one shard."""
-    return [
-        split.shard(num_shards=split.num_shards, index=i, contiguous=True)
-        for split in splits
-        for i in range(split.num_shards)
-    ]
-
-
-def read_id_list(ids: Iterable[str] | None, ids_file: str | None) -> set[str] | None:
-    """The optional subset of ids to keep, from config inline or a file with one id a line."""
-    if ids is None and not ids_file:
-        return None
-    keep = {str(i) for i in ids or ()}
-    if ids_file:
-        file = Path(ids_file).expanduser()
-        if not file.is_file():
-            raise FileNotFoundError(f"id list file not found: {ids_file}")
-        keep.update(line.strip() for line in file.read_text().splitlines() if line.strip())
-    return keep
 
 
 class HubImageDataset(ImageDataset):
@@ -446,16 +287,3 @@ class HubImageDataset(ImageDataset):
             "streaming": self.streaming,
             "revision": self.revision,
         }
-
-
-def rows_of(stream: Any, batch_size: int = 64) -> Iterator[dict[str, Any]]:
-    """Every row of a streaming dataset as a dict, also inside a DataLoader worker.
-
-    Iterating a streaming ``datasets.IterableDataset`` directly inside a loader
-    worker silently hands each worker only part of it; ``.iter()`` does not
-    re-shard.
-    """
-    for batch in stream.iter(batch_size=batch_size):
-        columns = list(batch)
-        for values in zip(*(batch[c] for c in columns), strict=True):
-            yield dict(zip(columns, values, strict=True))

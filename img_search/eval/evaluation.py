@@ -176,7 +176,7 @@ def inquire_rerank(
 
 def read_inquire_labels(path: str, split: str) -> list[InquireQuery]:
     """The (query, candidate, relevant) rows of one INQUIRE-Rerank split, images not decoded."""
-    from img_search.data.hub import load_hf_dataset
+    from img_search.data.hub_files import load_hf_dataset
 
     table = load_hf_dataset(path, [split]).select_columns(["query", "inat24_file_name", "relevant"])
     return group_queries(table.to_dict())

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from img_search.data.hub import load_hf_dataset
+from img_search.data.hub_files import load_hf_dataset
 from img_search.data.mapped_pages import read_only_mappings, release_pages
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc only")
