@@ -145,52 +145,17 @@ def inquire_fullrank(
     A query without any annotated image is left out (the reference divides by
     zero); an image of the top k counts once however many rows share its key.
     """
-    kept = [i for i, q in enumerate(queries) if q.positives]
-    left_out = [q.query_id for q in queries if not q.positives]
-    if left_out:
-        log.warning(
-            "%d queries have no annotated image and are left out: %s",
-            len(left_out),
-            ", ".join(left_out[:10]) + (" …" if len(left_out) > 10 else ""),
-        )
-    if not kept:
-        raise ValueError("no query has an annotated image: check the annotations file's query_id")
+    kept, left_out = annotated_queries(queries)
     queries = [queries[i] for i in kept]
-    annotated = set().union(*(q.positives for q in queries))
-    in_table = keys_in_table(path, model_name, dataset_name, annotated)
-    several = sorted(key for key, count in in_table.items() if count > 1)
-    if several:
-        log.warning(
-            "%d annotated images match several rows of %s (e.g. %s)", len(several), path, several[0]
-        )
+    in_table = annotated_in_table(path, model_name, dataset_name, queries)
     top = exact_top_k(path, query_vectors[kept], k, model_name, dataset_name, progress=progress)
     if top.rows.shape[1] < k:
         raise ValueError(f"k={k} but {path} holds {top.scanned} rows of {model_name}")
     top_keys = np.asarray(image_keys(top.ids.ravel()), dtype=object).reshape(top.ids.shape)
-    per_query = []
-    for query, keys, scores in zip(queries, top_keys, top.scores, strict=True):
-        seen: set[str] = set()
-        relevant = []
-        for key in keys:
-            relevant.append(key in query.positives and key not in seen)
-            seen.add(key)
-        present = sum(1 for key in query.positives if key in in_table)
-        per_query.append(
-            {
-                "query_id": query.query_id,
-                "query_text": query.text,
-                "supercategory": query.supercategory,
-                "category": query.category,
-                "iconic_group": query.iconic_group,
-                "positives": len(query.positives),
-                "in_table": present,
-                "missing": len(query.positives) - present,
-                "retrieved": int(sum(relevant)),
-                **fullrank_query_metrics(
-                    np.asarray(relevant), scores.astype(np.float64), len(query.positives)
-                ),
-            }
-        )
+    per_query = [
+        query_row(query, keys, scores, in_table)
+        for query, keys, scores in zip(queries, top_keys, top.scores, strict=True)
+    ]
     names = [name for name in per_query[0] if name not in QUERY_FIELDS]
     result = FullrankResult(
         k=k,
@@ -210,6 +175,66 @@ def inquire_fullrank(
             path,
         )
     return result
+
+
+def annotated_queries(queries: Sequence[FullrankQuery]) -> tuple[list[int], list[str]]:
+    """The positions of the queries with an annotated image, and the ids of those without one
+    (said in a warning); none with one is an error."""
+    kept = [i for i, q in enumerate(queries) if q.positives]
+    left_out = [q.query_id for q in queries if not q.positives]
+    if left_out:
+        log.warning(
+            "%d queries have no annotated image and are left out: %s",
+            len(left_out),
+            ", ".join(left_out[:10]) + (" …" if len(left_out) > 10 else ""),
+        )
+    if not kept:
+        raise ValueError("no query has an annotated image: check the annotations file's query_id")
+    return kept, left_out
+
+
+def annotated_in_table(
+    path: str | os.PathLike[str],
+    model_name: str,
+    dataset_name: str,
+    queries: Sequence[FullrankQuery],
+) -> Counter[str]:
+    """How many rows of the table have each annotated image's key (a warning when several do)."""
+    annotated = set().union(*(q.positives for q in queries))
+    in_table = keys_in_table(path, model_name, dataset_name, annotated)
+    several = sorted(key for key, count in in_table.items() if count > 1)
+    if several:
+        log.warning(
+            "%d annotated images match several rows of %s (e.g. %s)", len(several), path, several[0]
+        )
+    return in_table
+
+
+def query_row(
+    query: FullrankQuery, keys: np.ndarray, scores: np.ndarray, in_table: Counter[str]
+) -> dict[str, Any]:
+    """One query's line: its fields, its counts and its metrics over its top k (``keys``, best
+    first); a key seen before in the top k is not relevant again."""
+    seen: set[str] = set()
+    relevant = []
+    for key in keys:
+        relevant.append(key in query.positives and key not in seen)
+        seen.add(key)
+    present = sum(1 for key in query.positives if key in in_table)
+    return {
+        "query_id": query.query_id,
+        "query_text": query.text,
+        "supercategory": query.supercategory,
+        "category": query.category,
+        "iconic_group": query.iconic_group,
+        "positives": len(query.positives),
+        "in_table": present,
+        "missing": len(query.positives) - present,
+        "retrieved": int(sum(relevant)),
+        **fullrank_query_metrics(
+            np.asarray(relevant), scores.astype(np.float64), len(query.positives)
+        ),
+    }
 
 
 #: The per-query fields that are not metrics.

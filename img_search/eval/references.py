@@ -27,7 +27,7 @@ import os
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from img_search.eval.csv_files import CsvFileError, MissingColumns, read_csv_rows
+from img_search.eval.csv_files import CsvFileError, CsvRow, MissingColumns, read_csv_rows
 
 
 @dataclass(frozen=True)
@@ -243,8 +243,34 @@ def read_references(
     here. A malformed line is one error naming the file and the line.
     """
     where = os.fspath(path)
+    urls: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
+    references = []
+    for row in _reference_rows(where):
+        fields = {k: row.get(k, "").strip() for k in (*FILE_COLUMNS, *OPTIONAL_COLUMNS)}
+        at = f"references={where} line {row.line}"
+        reference = _reference_of(fields, at, tasks)
+        name = reference.source
+        if urls.setdefault(name, fields["url"]) != fields["url"]:
+            raise ValueError(
+                f"{at}: source {name!r} has two urls ({urls[name]}, {fields['url']}); "
+                "give each its own name"
+            )
+        said = notes.setdefault(name, [])
+        if fields["note"] and fields["note"] not in said:
+            said.append(fields["note"])
+        references.append(reference)
+    sources = {
+        name: Source(name, url, "; ".join([f"given in {where}, not checked here", *notes[name]]))
+        for name, url in urls.items()
+    }
+    return sources, tuple(references)
+
+
+def _reference_rows(where: str) -> list[CsvRow]:
+    """The lines of a references file; a missing file, column or malformed line as one error."""
     try:
-        rows = read_csv_rows(where, FILE_COLUMNS)
+        return read_csv_rows(where, FILE_COLUMNS)
     except FileNotFoundError:
         raise ValueError(f"references={where}: no such file") from None
     except MissingColumns as exc:
@@ -254,44 +280,24 @@ def read_references(
         ) from None
     except CsvFileError as exc:
         raise ValueError(f"references={where} line {exc.line}: {exc.reason}") from None
-    urls: dict[str, str] = {}
-    notes: dict[str, list[str]] = {}
-    references = []
-    for row in rows:
-        fields = {k: row.get(k, "").strip() for k in (*FILE_COLUMNS, *OPTIONAL_COLUMNS)}
-        at = f"references={where} line {row.line}"
-        if fields["task"] not in tasks:
-            raise ValueError(
-                f"{at}: unknown task {fields['task']!r}; choose among {', '.join(tasks)}"
-            )
-        try:
-            value = float(fields["value"])
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise ValueError(f"{at}: value {fields['value']!r} is not a number")
-        name = fields["source"]
-        if urls.setdefault(name, fields["url"]) != fields["url"]:
-            raise ValueError(
-                f"{at}: source {name!r} has two urls ({urls[name]}, {fields['url']}); "
-                "give each its own name"
-            )
-        said = notes.setdefault(name, [])
-        if fields["note"] and fields["note"] not in said:
-            said.append(fields["note"])
-        references.append(
-            Reference(
-                fields["checkpoint"],
-                fields["task"],
-                fields["metric"],
-                value,
-                name,
-                fields["as_named"],
-                fields["split"],
-            )
-        )
-    sources = {
-        name: Source(name, url, "; ".join([f"given in {where}, not checked here", *notes[name]]))
-        for name, url in urls.items()
-    }
-    return sources, tuple(references)
+
+
+def _reference_of(fields: dict[str, str], at: str, tasks: Collection[str]) -> Reference:
+    """One line's reference: a known task and a finite value, else an error saying where."""
+    if fields["task"] not in tasks:
+        raise ValueError(f"{at}: unknown task {fields['task']!r}; choose among {', '.join(tasks)}")
+    try:
+        value = float(fields["value"])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{at}: value {fields['value']!r} is not a number")
+    return Reference(
+        fields["checkpoint"],
+        fields["task"],
+        fields["metric"],
+        value,
+        fields["source"],
+        fields["as_named"],
+        fields["split"],
+    )

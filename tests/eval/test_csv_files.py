@@ -113,6 +113,36 @@ def test_a_references_file_names_its_bad_line(tmp_path):
     path.write_text(",".join(FILE_COLUMNS) + "\n" + ",".join(good) + "\n", encoding="utf-8-sig")
     sources, references = read_references(path, ("retrieval",))
     assert [r.value for r in references] == [0.5] and sources["paper"].url == "https://x.org"
+    moved = [*good[:4], "paper", "https://y.org", "m"]
+    write_rows(path, [FILE_COLUMNS, good, moved])
+    with pytest.raises(
+        ValueError, match=rf"^references={path} line 3: source 'paper' has two urls"
+    ):
+        read_references(path, ("retrieval",))
+
+
+def test_references_of_one_source_share_its_url_and_gather_its_notes(tmp_path):
+    path = tmp_path / "published.csv"
+    row = ["ckpt", "retrieval", "text_to_image_R@1", "0.5", "paper", "https://x.org", "m"]
+    write_rows(
+        path,
+        [
+            [*FILE_COLUMNS, "split", "note"],
+            [*row, "", "zero-shot"],
+            [*row[:2], "image_to_text_R@1", "0.25", *row[4:], "test", "zero-shot"],
+            [*row[:2], "text_to_image_R@5", "0.75", *row[4:], "", "Karpathy split"],
+        ],
+    )
+    sources, references = read_references(path, ("retrieval",))
+    assert [(r.metric, r.value, r.split) for r in references] == [
+        ("text_to_image_R@1", 0.5, ""),
+        ("image_to_text_R@1", 0.25, "test"),
+        ("text_to_image_R@5", 0.75, ""),
+    ]
+    assert list(sources) == ["paper"] and sources["paper"].url == "https://x.org"
+    assert sources["paper"].note == (
+        f"given in {path}, not checked here; zero-shot; Karpathy split"
+    )
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -149,10 +179,17 @@ def test_evaluate_writes_formulas_as_text_and_prints_markup_as_typed(
         assert row["supercategory"] == spreadsheet_safe(supercategory)
         assert row["iconic_group"] == spreadsheet_safe(group)
     assert rows[0]["query_text"] == "'" + HOSTILE[0][1] and rows[1]["query_text"] == HOSTILE[1][1]
-    assert float(rows[0]["AP@3"]) >= 0  # numbers stay numbers
     for typed in ("supercategory: [/x]", "iconic_group: :smile:", "iconic_group: [bold]Food"):
         assert typed in printed.stdout
     assert f"results: {out}" in printed.stdout
+    # numbers stay numbers: each metric cell is the value the run computed, written as it is
+    computed = json.loads(
+        run_evaluate(*fullrank(images, *inquire_files.values()), "json=true").stdout
+    )
+    numbers = [n for n, v in computed["per_query"][0].items() if isinstance(v, (int, float))]
+    assert {"AP@3", "positives", "retrieved"} <= set(numbers)
+    for row, query in zip(rows, computed["per_query"], strict=True):
+        assert {n: row[n] for n in numbers} == {n: str(query[n]) for n in numbers}
 
 
 def test_a_bom_gives_the_same_results(sample_tables, inquire_files, run_evaluate, tmp_path):
