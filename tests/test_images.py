@@ -58,7 +58,7 @@ def test_grayscale_becomes_rgb_with_equal_channels() -> None:
         np.testing.assert_array_equal(array[..., channel], gray)
 
 
-def test_palette_without_transparency() -> None:
+def test_palette_without_transparency_keeps_its_colours() -> None:
     out = open_image(encode(palette_image(), "PNG"))
     assert out.mode == "RGB"
     assert pixels(out).tolist() == [[[255, 0, 0], [0, 0, 255]]]
@@ -128,7 +128,7 @@ def test_16_bit_dark_image_is_not_stretched() -> None:
     assert pixels(out)[0, 1].tolist() == [4, 4, 4]  # 1000 / 65535 * 255 ≈ 3.9
 
 
-def test_one_pixel_image() -> None:
+def test_one_pixel_image_decodes_to_its_pixel() -> None:
     out = open_image(encode(Image.new("RGB", (1, 1), (7, 8, 9)), "PNG"))
     assert out.size == (1, 1)
     assert pixels(out).tolist() == [[[7, 8, 9]]]
@@ -151,20 +151,24 @@ def png_file(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return path, pixels(image)
 
 
-def test_bytes_input(png_file: tuple[Path, np.ndarray]) -> None:
+def test_bytes_bytearray_and_memoryview_decode_to_the_same_pixels(
+    png_file: tuple[Path, np.ndarray],
+) -> None:
     path, expected = png_file
     np.testing.assert_array_equal(pixels(open_image(path.read_bytes())), expected)
     np.testing.assert_array_equal(pixels(open_image(bytearray(path.read_bytes()))), expected)
     np.testing.assert_array_equal(pixels(open_image(memoryview(path.read_bytes()))), expected)
 
 
-def test_path_input_as_str_and_path(png_file: tuple[Path, np.ndarray]) -> None:
+def test_str_and_path_decode_to_the_same_pixels(png_file: tuple[Path, np.ndarray]) -> None:
     path, expected = png_file
     np.testing.assert_array_equal(pixels(open_image(str(path))), expected)
     np.testing.assert_array_equal(pixels(open_image(path)), expected)
 
 
-def test_hub_dict_input(png_file: tuple[Path, np.ndarray]) -> None:
+def test_hub_record_decodes_from_bytes_or_path_and_bytes_win(
+    png_file: tuple[Path, np.ndarray],
+) -> None:
     path, expected = png_file
     from_bytes = open_image({"bytes": path.read_bytes(), "path": None})
     np.testing.assert_array_equal(pixels(from_bytes), expected)
@@ -190,7 +194,7 @@ def test_jpeg_decodes_to_expected_size() -> None:
 # -- errors ----------------------------------------------------------------------
 
 
-def test_zero_byte_file(tmp_path: Path) -> None:
+def test_zero_byte_file_is_refused_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "empty.jpg"
     path.write_bytes(b"")
     with pytest.raises(ImageDecodeError, match="0 bytes") as info:
@@ -198,7 +202,7 @@ def test_zero_byte_file(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-def test_zero_bytes_in_memory() -> None:
+def test_zero_bytes_in_memory_are_refused() -> None:
     with pytest.raises(ImageDecodeError, match="0 bytes"):
         open_image(b"")
     with pytest.raises(ImageDecodeError, match="0 bytes"):
@@ -215,23 +219,23 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-def test_empty_record() -> None:
+def test_record_without_bytes_or_path_is_refused() -> None:
     with pytest.raises(ImageDecodeError, match="neither bytes nor a path"):
         open_image({"bytes": None, "path": None})
 
 
-def test_unsupported_source_type() -> None:
+def test_unsupported_source_type_is_refused_naming_the_type() -> None:
     with pytest.raises(ImageDecodeError, match="int"):
         open_image(12345)
 
 
-def test_truncated_jpeg() -> None:
+def test_truncated_jpeg_bytes_are_refused_as_truncated() -> None:
     data = jpeg_bytes(synthetic_image(3, size=(64, 64)))
     with pytest.raises(ImageDecodeError, match="truncated"):
         open_image(data[: len(data) // 2])
 
 
-def test_truncated_jpeg_file(tmp_path: Path) -> None:
+def test_truncated_jpeg_file_is_refused_as_truncated(tmp_path: Path) -> None:
     data = jpeg_bytes(synthetic_image(3, size=(64, 64)))
     path = tmp_path / "half.jpg"
     path.write_bytes(data[: len(data) // 2])
@@ -247,7 +251,7 @@ def test_text_file_with_jpg_extension(tmp_path: Path) -> None:
     assert "notes.jpg" in str(info.value)
 
 
-def test_pixel_limit() -> None:
+def test_pixel_limit_refuses_above_it_and_decodes_at_or_under_it() -> None:
     data = encode(Image.new("RGB", (20, 20), (1, 2, 3)), "PNG")
     with pytest.raises(ImageDecodeError) as info:
         open_image(data, max_pixels=100)
@@ -281,9 +285,9 @@ def test_failed_decode_closes_the_file(tmp_path: Path, case: str) -> None:
     path = tmp_path / "bad.jpg"
     data = jpeg_bytes(synthetic_image(3, size=(64, 64)))
     path.write_bytes(data[: len(data) // 2] if case == "truncated" else data)
-    with pytest.raises(ImageDecodeError) as info:
+    said = "exceeds the limit of 100 pixels" if case == "too_many_pixels" else "truncated"
+    with pytest.raises(ImageDecodeError, match=said):
         open_image(path, max_pixels=100 if case == "too_many_pixels" else None)
-    assert info.value is not None
     assert open_descriptors_of(path) == []
 
 

@@ -164,7 +164,7 @@ def test_refuses_what_the_reference_cannot_compute() -> None:
         fullrank_query_metrics(np.array([1, 0]), np.array([0.2]), 2)
 
 
-def test_mean_over_queries() -> None:
+def test_mean_metrics_average_each_metric_over_the_queries() -> None:
     rows = [
         fullrank_query_metrics(np.array([1, 0]), np.array([0.9, 0.1]), 1),
         fullrank_query_metrics(np.array([0, 1]), np.array([0.9, 0.1]), 2),

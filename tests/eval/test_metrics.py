@@ -61,7 +61,7 @@ def rerank(y_true: list[int], y_score: list[float]) -> dict[str, float]:
 # --- INQUIRE rerank: AP and nDCG over all candidates (× 100), MRR ---
 
 
-def test_perfect_ranking() -> None:
+def test_perfect_ranking_scores_100_ap_and_ndcg_and_mrr_1() -> None:
     # Ranked: [1, 1, 0, 0]. AP = (1/1 + 2/2) / 2 = 1, × hits/min(count_pos, k) = 2/2 → 100.
     # nDCG: DCG = d(1) + d(2) = IDCG → 100. First item relevant → MRR 1.
     m = rerank([1, 1, 0, 0], [0.9, 0.8, 0.3, 0.1])
@@ -70,7 +70,7 @@ def test_perfect_ranking() -> None:
     assert m["MRR"] == pytest.approx(1.0)
 
 
-def test_all_candidates_relevant() -> None:
+def test_all_candidates_relevant_score_100_in_any_order() -> None:
     # Every threshold has precision 1 → AP 1 × 3/3; any order of three 1s is ideal → nDCG 100.
     m = rerank([1, 1, 1], [0.2, 0.7, 0.5])
     assert m["AP"] == pytest.approx(100.0)
@@ -147,7 +147,7 @@ def test_ap_and_ndcg_at_k_with_positives_beyond_k() -> None:
     assert inquire_ndcg(y_true[shuffle], y_score[shuffle], 5, 3) == pytest.approx(0.70391808903)
 
 
-def test_no_positive_in_top_k() -> None:
+def test_no_positive_in_top_k_scores_zero_ap_and_ndcg() -> None:
     # Top 2 of [0, 0, 1] is all misses: AP 0; nDCG: DCG@2 = 0 with one pseudo-positive → 0.
     y_true = np.array([0, 0, 1])
     y_score = np.array([0.9, 0.8, 0.7])

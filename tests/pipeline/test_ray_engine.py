@@ -110,7 +110,7 @@ def test_ray_writes_the_table_engine_local_writes(ray_run, local_table):
 
 
 @on_ray
-def test_each_shard_once_and_both_actors_joined(ray_run):
+def test_each_shard_once_and_both_actors_registered(ray_run):
     out, _ = ray_run
     metadata = read_metadata(out)
     roles = {p.get("role"): p for p in metadata["run"]["processes"]}
@@ -120,7 +120,6 @@ def test_each_shard_once_and_both_actors_joined(ray_run):
     # How the shards split is timing: the job is one second of work here, and an actor that loads
     # its model after the other has finished rightly finds nothing left (both committing is shown
     # by test_killed_actors_then_a_local_rerun_resume_one_state, where each stops after 2 commits).
-    assert any(shards), shards
     layout = position_shards(IMAGES, SHARD, unit=BATCH)
     assert sorted(shards[0] + shards[1]) == list(range(len(layout)))  # each one once
     # the actors' config is the driver's, with the output made absolute

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from conftest import OFFLINE, REPO
 
@@ -93,7 +92,7 @@ def test_srun_mpi_variables_do_not_make_a_world():
     assert ran.stdout.split() == ["1", "0"]  # alone: a launch of its own
 
 
-def test_a_silent_owner_on_another_machine_is_waited_for_then_taken_over(tmp_path):
+def test_a_silent_owner_on_another_machine_is_waited_for_then_taken_over(tmp_path, monkeypatch):
     """A rerun started right after a task died elsewhere takes its shard when the lease runs out."""
     ledger = Ledger(tmp_path / "state", lease_s=4.0)  # heartbeats every 1 s; silent after 2 s
     ledger.join("spec", "rerun", rank=0)
@@ -110,11 +109,25 @@ def test_a_silent_owner_on_another_machine_is_waited_for_then_taken_over(tmp_pat
         assert ledger.silent("far-dead") and not ledger.silent("far-alive")
         assert ledger.is_alive("far-dead")  # its lease has not run out yet
         pair = PairClaims(ledger, "clip", "photos", position_shards(20, 10))
-        started = time.monotonic()
+        waits, outwait = [], ledger.outwait
+
+        def seen(members) -> tuple[list[str], str | None]:
+            """Who of ``members()`` is silent, and who holds shard 0."""
+            silent = [m for m in members() if ledger.silent(m)]
+            return silent, ledger.holder(pair.claim_name(0))
+
+        def spy(members) -> None:
+            began = seen(members)
+            outwait(members)
+            waits.append((began, seen(members)))
+
+        monkeypatch.setattr(ledger, "outwait", spy)
         task = pair.claim_next()
-        waited = time.monotonic() - started
         assert (task.shard.index, task.generation) == (0, 1)  # taken over, not left to a dead one
-        assert 1.0 <= waited < 6.0
+        # one wait, begun while far-dead was silent, ended when its lease ran out, and only then
+        # was its shard taken over
+        assert waits == [((["far-dead"], "far-dead"), ([], "far-dead"))]
+        assert ledger.holder(pair.claim_name(0)) == ledger.me.id
         os.utime(ledger.processes_dir / "far-alive.json")
         assert pair.claim_next() is None  # a live owner keeps its shard, without a wait
     finally:
