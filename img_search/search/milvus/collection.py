@@ -21,6 +21,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,22 @@ class Collection:
         self.client.load_collection(self.name, timeout=self.timeout)
 
 
+@dataclass(frozen=True)
+class CollectionRows:
+    """What a collection is made to hold: each row's id and vector, the names every row shares
+    (model, dataset) and, for a caption table, its caption columns."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    scalars: dict[str, str]
+    captions: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def fields(self) -> list[str]:
+        """The collection's text fields, in order: ``id``, the shared names, the caption columns."""
+        return ["id", *self.scalars, *self.captions]
+
+
 class CollectionSync:
     """Makes a collection hold exactly a table's rows, in the layout given (``dim``, ``fields``,
     ``metric``, ``index_type``, ``index_params``: recorded on the collection)."""
@@ -121,20 +138,14 @@ class CollectionSync:
         self.collection, self.layout = collection, layout
         self.batch_size, self.index_wait = max(1, int(batch_size)), float(index_wait)
 
-    def run(
-        self,
-        ids: np.ndarray,
-        vectors: np.ndarray,
-        scalars: dict[str, str],
-        captions: dict[str, np.ndarray],
-        identity: dict[str, Any],
-    ) -> int:
+    def run(self, rows: CollectionRows, identity: dict[str, Any]) -> int:
         """Recreate the collection if its model or layout differ, else upsert only the missing ids
         and delete the ids the table lost (finite vectors: ``load_selection`` left out the
         others); wait until it is indexed. Returns how many rows it holds."""
+        ids, vectors, scalars = rows.ids, rows.vectors, rows.scalars
         columns = {
             "id": _text_column("id", ids),
-            **{c: _text_column(c, v) for c, v in captions.items()},
+            **{c: _text_column(c, v) for c, v in rows.captions.items()},
         }
         for name, value in scalars.items():  # the model and dataset names: the same length check
             _text_column(name, np.array([value], dtype=object))
@@ -169,9 +180,9 @@ class CollectionSync:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        for field in layout["fields"]:
+        for name in layout["fields"]:
             schema.add_field(
-                field, DataType.VARCHAR, max_length=MAX_LENGTH[field], is_primary=field == "id"
+                name, DataType.VARCHAR, max_length=MAX_LENGTH[name], is_primary=name == "id"
             )
         schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=layout["dim"])
         index = target.client.prepare_index_params()

@@ -26,6 +26,7 @@ from img_search.search.milvus.collection import (
     MAX_LENGTH,
     VECTOR,
     Collection,
+    CollectionRows,
     CollectionSync,
     collection_name,
     same_model,
@@ -106,7 +107,9 @@ class MilvusIndex(VectorIndex):
         ids = np.arange(len(vectors)).astype(str).astype(object)
         # no model here: the vectors themselves say whether a collection of the same size holds them
         identity = {"fingerprint": hashlib.sha1(vectors.tobytes()).hexdigest()}
-        self._sync(ids, vectors, {"model_name": "ann", "dataset_name": "ann"}, {}, identity)
+        self._sync(
+            CollectionRows(ids, vectors, {"model_name": "ann", "dataset_name": "ann"}), identity
+        )
         self.attach(ids)
 
     def add_selection(self, selection: TableSelection, name: str) -> None:
@@ -116,7 +119,8 @@ class MilvusIndex(VectorIndex):
         self._place(selection.path, selection.model_name, dataset)
         scalars = {"model_name": selection.model_name, "dataset_name": selection.dataset_name}
         captions = {c: selection.extra[c] for c in CAPTION_FIELDS if c in selection.extra}
-        self._sync(selection.ids, selection.vectors, scalars, captions, selection.identity)
+        rows = CollectionRows(selection.ids, selection.vectors, scalars, captions)
+        self._sync(rows, selection.identity)
 
     def _place(self, table: Path | None, model_name: str, dataset_name: str) -> None:
         """Decide the uri and the collection name (from ``dataset_name`` as given), and connect."""
@@ -133,17 +137,9 @@ class MilvusIndex(VectorIndex):
         self.collection = str(self.params["collection"])
         self.client = connect(self.uri, self.token, float(self.params["timeout"]))
 
-    def _sync(
-        self,
-        ids: np.ndarray,
-        vectors: np.ndarray,
-        scalars: dict[str, str],
-        captions: dict[str, np.ndarray],
-        identity: dict[str, Any],
-    ) -> None:
+    def _sync(self, rows: CollectionRows, identity: dict[str, Any]) -> None:
         """Make the collection hold exactly these rows, in this index's layout."""
-        self.fields = ["id", *scalars, *captions]
-        self.identity = identity
+        self.fields, self.identity = rows.fields, identity
         layout = {
             "dim": self.dim,
             "fields": self.fields,
@@ -154,7 +150,7 @@ class MilvusIndex(VectorIndex):
         sync = CollectionSync(
             self._held, layout, self.params["batch_size"], self.params["index_wait"]
         )
-        self.count = sync.run(ids, vectors, scalars, captions, identity)
+        self.count = sync.run(rows, identity)
 
     # -- saving and loading --
 
