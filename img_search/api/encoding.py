@@ -2,46 +2,32 @@
 
 The same YAML specs and the same registry as ``models=<name>`` on the
 command line, and the same steps as a loader worker and the forward pass
-(decode with the pixel limit, the encoder's transform, its collate, its
-encoder), so a batch gives the vectors the pipeline writes for that batch.
+(``Encoder.encode``: decode with the pixel limit, the encoder's transform,
+its collate, its encoder), so a batch gives the vectors the pipeline writes
+for that batch.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from img_search.failures import first_line
+from img_search.embedding.encode import Encoded, ItemFailure
 from img_search.images import DEFAULT_MAX_PIXELS  # tasks.max_image_pixels' default
 from img_search.registry import UnknownNameError
 
 if TYPE_CHECKING:
     from img_search.embedding import Encoder
 
-
-class ImageFailure(ValueError):
-    """An image that cannot be embedded: its index in the input, and why."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"image {index}: {reason}")
-        self.index, self.reason = index, reason
-
-
-@dataclass
-class EncodedImages:
-    """``encode_images(..., on_error="skip")``: the vectors of the images that worked, and the others.
-
-    ``vectors[j]`` is the image ``indices[j]`` of the input; ``failures`` name the rest.
-    """
-
-    vectors: np.ndarray
-    indices: np.ndarray
-    failures: list[ImageFailure] = field(default_factory=list)
+#: An image that cannot be embedded: ``.index`` in the input, ``.reason``, ``.cause`` (the
+#: encode path's ``ItemFailure``; its message is ``image <index>: <reason>``).
+ImageFailure = ItemFailure
+#: ``encode_images(..., on_error="skip")``: ``vectors[j]`` is the image ``indices[j]`` of the
+#: input; ``failures`` name the rest (the encode path's ``Encoded``).
+EncodedImages = Encoded
 
 
 def model_specs() -> dict[str, dict[str, Any]]:
@@ -145,37 +131,15 @@ class ModelEncoder:
         result is ``EncodedImages`` (the vectors of the others, their indices
         and the failures) instead.
         """
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-        if not self.encoder.supports_images:
-            raise ValueError(f"model {self.name!r} ({self.encoder.kind}) has no image side")
-        from img_search.embedding.prepare import DecodeAndTransform
-
-        prepare = DecodeAndTransform(self.encoder.image_transform(), self.max_image_pixels)
-        collate = self.encoder.image_transform().collate
-        done: list[np.ndarray] = []
-        kept: list[int] = []
-        failures: list[ImageFailure] = []
-        for batch in self._batches(len(images), batch_size, progress, "images"):
-            features, ok = [], []
-            for i in batch:
-                try:
-                    features.append(prepare(_Item(images[i])))
-                    ok.append(i)
-                except Exception as exc:  # decode errors come in many types (PIL, OSError, limits)
-                    failure = ImageFailure(i, _reason(images[i], exc))
-                    if on_error == "raise":
-                        raise failure from exc
-                    failures.append(failure)
-            if ok:
-                done.append(
-                    self._forward(lambda f=features: self.encoder.encode_images(collate(f)))
-                )
-                kept += ok
-        vectors = self._stack(done)
-        if on_error == "raise":
-            return vectors
-        return EncodedImages(vectors, np.asarray(kept, np.int64), failures)
+        encoded = self.encoder.encode(
+            images,
+            side="image",
+            batch_size=batch_size,
+            max_pixels=self.max_image_pixels,
+            on_error=on_error,
+            progress=progress,
+        )
+        return encoded.vectors if on_error == "raise" else encoded
 
     def encode_texts(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = True
@@ -183,44 +147,5 @@ class ModelEncoder:
         """Strings → (n, dim) float32 array, as ``embed_text`` encodes captions."""
         if isinstance(texts, str):
             raise TypeError("encode_texts takes a list of strings; wrap a single one: [text]")
-        if not self.encoder.supports_texts:
-            raise ValueError(f"model {self.name!r} ({self.encoder.kind}) has no text side")
-        done = [
-            self._forward(lambda b=batch: self.encoder.encode_texts([str(texts[i]) for i in b]))
-            for batch in self._batches(len(texts), batch_size, progress, "texts")
-        ]
-        return self._stack(done)
-
-    def _forward(self, run: Any) -> np.ndarray:
-        return run().float().cpu().numpy()
-
-    def _stack(self, done: list[np.ndarray]) -> np.ndarray:
-        if done:
-            return np.concatenate(done).astype(np.float32, copy=False)
-        return np.zeros((0, self.encoder.dim or 0), np.float32)
-
-    def _batches(self, n: int, size: int, progress: bool, what: str) -> Iterator[range]:
-        if size <= 0:
-            raise ValueError(f"batch_size must be positive, got {size}")
-        from img_search.console import make_progress
-
-        with make_progress(enabled=progress and n > size) as bar:
-            task = bar.add_task(f"{self.name} × {what}", total=n, rate="")
-            for start in range(0, n, size):
-                yield range(start, min(start + size, n))
-                done = min(start + size, n)
-                rate = done / max(bar.tasks[task].elapsed or 1e-9, 1e-9)
-                bar.update(task, completed=done, rate=f"{rate:.1f} it/s")
-
-
-@dataclass(frozen=True)
-class _Item:
-    """What a loader worker gets from a dataset (``ImageItem``), for ``DecodeAndTransform``."""
-
-    source: Any
-
-
-def _reason(image: Any, exc: BaseException) -> str:
-    label = os.fspath(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
-    first = first_line(str(exc))
-    return f"{label}: {type(exc).__name__}: {first}" if first else f"{label}: {type(exc).__name__}"
+        encoded = self.encoder.encode(texts, side="text", batch_size=batch_size, progress=progress)
+        return encoded.vectors

@@ -51,7 +51,7 @@ class Table:
         self.path, self.model_name, self.dataset_name = path, model_name, dataset_name
         self._selection: TableSelection | None = None
         self._indexes: dict[str, SavedIndex] = {}
-        self._encoder: Encoder | None = None
+        self._encoders: dict[str, Encoder] = {}
 
     def __repr__(self) -> str:
         return f"Table({str(self.path)!r}, model_name={self.model_name!r}, dataset_name={self.dataset_name!r})"
@@ -131,7 +131,7 @@ class Table:
         DataFrame. ``group_by_image=True`` (caption tables): the ``k`` best
         images, each once, at its best caption's score, with its ``captions``.
         """
-        from img_search.search.hits import search
+        from img_search.search.hits import query_vector, search
 
         asked = (("text", text), ("image", image), ("vector", vector), ("id", id))
         given = [name for name, value in asked if value is not None]
@@ -143,14 +143,16 @@ class Table:
             raise ValueError(f"k must be positive, got {k}")
         saved = self._index(index)
         where = saved.parse_filter(filter)
-        if id is not None:
-            from img_search.store.selection import vector_of
-
-            query = vector_of(self.path, self.model_name, self.dataset_name, str(id))
-        elif vector is not None:
-            query = unit(np.asarray(vector, np.float32))
-        else:
-            query = self._encode(saved, text, image, device, trust_remote_code)
+        query = query_vector(
+            saved,
+            text=text,
+            image=image,
+            item_id=id,
+            vector=vector,
+            device=device or "auto",
+            trust_remote_code=trust_remote_code,
+            loaded=self._encoders,  # the model loads once, for every query of this table
+        )
         return search(saved, query, k, None if id is None else str(id), where, group_by_image)
 
     def _index(self, index: str) -> SavedIndex:
@@ -171,23 +173,6 @@ class Table:
                 folder = self.path
             self._indexes[index] = open_index(folder, self.model_name, self.dataset_name, index)
         return self._indexes[index]
-
-    def _encode(
-        self,
-        saved: SavedIndex,
-        text: str | None,
-        image: Any,
-        device: str | None,
-        trust_remote_code: bool,
-    ) -> np.ndarray:
-        from img_search.search.hits import index_encoder, query_vector
-
-        if self._encoder is None:  # loaded once, for every query of this table
-            from img_search.embedding.devices import pick_device
-
-            device = pick_device(device or "auto")
-            self._encoder = index_encoder(saved, None, device, trust_remote_code)
-        return query_vector(saved, text=text, image=image, encoder=self._encoder)
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, task: str, **options: Any) -> dict[str, Any]:
@@ -222,10 +207,3 @@ class Table:
         for saved in self._indexes.values():
             saved.close()
         self._indexes.clear()
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    if vector.ndim != 1 or norm == 0 or not np.isfinite(norm):
-        raise ValueError("vector= must be one non-zero, finite 1-d vector")
-    return vector / norm

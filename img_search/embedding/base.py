@@ -11,12 +11,17 @@ import contextlib
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch.utils.data import default_collate
+
+from img_search.embedding.encode import Encoded, OnError, Side
+from img_search.embedding.encode import encode as encode_items
+from img_search.embedding.prepare import CaptionText, DecodeAndTransform
+from img_search.images import DEFAULT_MAX_PIXELS
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Characters of a text kept per token its model takes, before tokenising. A token spans a word
@@ -61,7 +66,10 @@ class ImageTransform:
 
 
 class Encoder(ABC):
-    """A model family behind one small API: ``load``, ``image_transform``, ``encode_images``, ``encode_texts``."""
+    """A model family behind one small API: ``load``, ``image_transform``, ``encode_images``, ``encode_texts``.
+
+    Subclasses implement those hooks; ``encode(items, side=...)`` is built on them for every model.
+    """
 
     #: Registry name (``model:`` in the YAML).
     kind: ClassVar[str] = ""
@@ -116,6 +124,52 @@ class Encoder(ABC):
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw strings → (n, dim) unit vectors on ``self.device``."""
         raise NotImplementedError(f"encoder {self.kind} has no text side")
+
+    # -- items → vectors: the steps of the pipeline, and the one loop outside it ----------------
+    def has_side(self, side: str) -> bool:
+        """Whether this model encodes ``side`` items: "image" or "text"."""
+        if side == "image":
+            return self.supports_images
+        return side == "text" and self.supports_texts
+
+    def preparer(
+        self, side: Side, max_pixels: int | None = DEFAULT_MAX_PIXELS, *, require_text: bool = False
+    ) -> DecodeAndTransform | CaptionText:
+        """Picklable item → features, run in loader workers: an image decoded with the pixel limit
+        then ``image_transform()``; a text as it is (``require_text``: an empty one is an error)."""
+        if side == "image":
+            return DecodeAndTransform(self.image_transform(), max_pixels)
+        return CaptionText(require_text)
+
+    def collate(self, side: Side) -> Callable[[list[Any]], Any]:
+        """Picklable list of features → one batch for ``forward``."""
+        return self.image_transform().collate if side == "image" else list
+
+    def forward(self, side: Side, features: Any) -> torch.Tensor:
+        """A collated batch → (n, dim) unit vectors: the ``encode_images`` / ``encode_texts`` hooks."""
+        return self.encode_images(features) if side == "image" else self.encode_texts(features)
+
+    def encode(
+        self,
+        items: Sequence[Any],
+        *,
+        side: Side,
+        batch_size: int = 32,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        on_error: OnError = "raise",
+        progress: bool = False,
+    ) -> Encoded:
+        """Images (paths, bytes, PIL) or texts → vectors, through the pipeline's own steps
+        (``embedding.encode``); a side the model lacks is refused before any item is read."""
+        return encode_items(
+            self,
+            items,
+            side=side,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            on_error=on_error,
+            progress=progress,
+        )
 
     # -- description ----------------------------------------------------------
     def source(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """What a loader worker does to one item before the model sees it: picklable, run outside the main process.
 
-The pipeline's loader workers and the Python API's ``ModelEncoder`` use the
-same steps, so a vector from either is the vector of the same preprocessing.
+``Encoder.preparer`` gives these to the pipeline's loader workers and to
+``Encoder.encode`` (the API, queries, evaluation, the server) alike, so a
+vector from either is the vector of the same preprocessing.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ class DecodeAndTransform:
 
 
 class CaptionText:
-    """Loader step for captions: the raw text; an empty caption is an item error, not a vector."""
+    """Loader step for texts: the raw text; with ``require_text`` (captions, the pipeline's default),
+    an empty one is an item error, not a vector."""
+
+    def __init__(self, require_text: bool = True) -> None:
+        self.require_text = require_text
 
     def __call__(self, item: Any) -> str:
-        if not item.text or not item.text.strip():
+        if self.require_text and (not item.text or not item.text.strip()):
             raise ValueError("empty caption")
         return item.text

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +30,6 @@ from img_search.eval.csv_files import write_csv_rows
 from img_search.failures import explain_hub_failure
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from img_search.embedding import Encoder
     from img_search.store.selection import SelectionInfo, TableSelection
 
@@ -50,30 +48,18 @@ def required(cfg: DictConfig, key: str, what: str = "<table.parquet>") -> str:
 
 
 def query_encoder(cfg: DictConfig, info: SelectionInfo | TableSelection) -> Encoder:
-    """The text side of the model that made the table's vectors, checked against its recorded identity."""
-    from img_search.embedding.devices import pick_device
-    from img_search.search.table_encoder import load_query_encoder
+    """The text side of the model that made the table's vectors (``table_encoder.encoder_of``:
+    checked against its recorded identity); ``encode(texts, side="text")`` gives the queries."""
+    from img_search.search.table_encoder import encoder_of, require_side
 
-    return load_query_encoder(
-        info.model_name,
-        info.model_spec,
-        info.identity,
+    encoder = encoder_of(
+        info,
         overrides=OmegaConf.to_container(cfg.model_overrides),
-        device=pick_device(str(cfg.device)),
+        device=str(cfg.device),
         trust_remote_code=bool(cfg.trust_remote_code),
     )
-
-
-def encode_texts(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
-    import numpy as np
-
-    from img_search.search.table_encoder import encode_text_queries
-
-    parts = [
-        encode_text_queries(encoder, texts[start : start + TEXT_BATCH])
-        for start in range(0, len(texts), TEXT_BATCH)
-    ]
-    return np.concatenate(parts)
+    require_side(encoder, "text")
+    return encoder
 
 
 # -- the tasks ------------------------------------------------------------------------------
@@ -118,7 +104,8 @@ def run_inquire(cfg: DictConfig) -> dict[str, Any]:
     table = Table(title=f"INQUIRE-Rerank, {images.model_name} ({len(images)} images)")
     results: dict[str, Any] = {"task": "inquire", "model_name": images.model_name, "splits": {}}
     for split, queries in zip(cfg.inquire.splits, splits, strict=True):
-        vectors = encode_texts(encoder, [q.query for q in queries])
+        texts = [q.query for q in queries]
+        vectors = encoder.encode(texts, side="text", batch_size=TEXT_BATCH).vectors
         result = inquire_rerank(str(split), queries, vectors, images, list(cfg.inquire.ap_ks))
         if not table.columns:
             table.add_column("split")
@@ -152,7 +139,8 @@ def run_inquire_fullrank(cfg: DictConfig) -> dict[str, Any]:
     if k < 1:
         raise ValueError(f"inquire_fullrank.k must be at least 1, got {k}")
     queries = read_queries(queries_file, annotations_file)
-    vectors = encode_texts(query_encoder(cfg, info), [q.text for q in queries])
+    texts = [q.text for q in queries]
+    vectors = query_encoder(cfg, info).encode(texts, side="text", batch_size=TEXT_BATCH).vectors
     result = inquire_fullrank(
         info.path, info.model_name, info.dataset_name, queries, vectors, k, progress=True
     )

@@ -8,6 +8,7 @@ image.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -45,28 +46,6 @@ class Hits(list):
         return pd.DataFrame([{n: r[n] for n in columns} for r in rows], columns=columns)
 
 
-def index_encoder(
-    index: SavedIndex,
-    model_overrides: dict[str, Any] | None = None,
-    device: str = "cpu",
-    trust_remote_code: bool = False,
-) -> Encoder:
-    """The model that made the index's vectors, rebuilt from its recorded spec and checked against
-    its identity (``table_encoder``), on ``device`` (``auto``: CUDA when there is one); torch loads
-    only here."""
-    from img_search.embedding.devices import pick_device
-    from img_search.search.table_encoder import load_query_encoder
-
-    return load_query_encoder(
-        index.model_name,
-        index.meta.get("model_spec") or {},
-        index.meta.get("identity") or {},
-        overrides=model_overrides,
-        device=pick_device(device),
-        trust_remote_code=trust_remote_code,
-    )
-
-
 def query_vector(
     index: SavedIndex,
     text: str | None = None,
@@ -75,29 +54,62 @@ def query_vector(
     model_overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     trust_remote_code: bool = False,
-    encoder: Encoder | None = None,
+    *,
+    vector: np.ndarray | None = None,
+    loaded: dict[str, Encoder] | None = None,
 ) -> np.ndarray:
-    """The one query as a unit vector in the index's space (an id needs no model at all).
+    """The one query as a unit vector in the index's space: an id's stored vector, a vector as
+    given (made unit), or a text or image through the model that made the index's vectors
+    (``table_encoder.encoder_of``, on ``device``; ``auto``: CUDA when there is one).
 
-    ``image`` is a path, the file's bytes or a PIL image; ``encoder`` an
-    ``index_encoder`` already loaded (a caller with several queries).
+    ``image`` is a path, the file's bytes or a PIL image; ``loaded`` keeps
+    the loaded model for a caller's next query. torch loads only here.
     """
-    given = [name for name, value in (("text", text), ("image", image), ("id", item_id)) if value]
+    asked = (("text", text), ("image", image), ("id", item_id), ("vector", vector))
+    given = [name for name, value in asked if _given(value)]
     if len(given) != 1:
         raise ValueError(
             f"give exactly one of text=..., image=... or id=... (got {', '.join(given) or 'none'})"
         )
-    if item_id is not None:
+    side = given[0]
+    if side == "id":
         from img_search.store.selection import vector_of
 
         return vector_of(index.table, index.model_name, index.dataset_name, str(item_id))
-    from img_search.search.table_encoder import encode_image_queries, encode_text_queries
+    if side == "vector":
+        return unit(vector)
+    if side == "image" and isinstance(image, (str, os.PathLike)) and not os.path.exists(image):
+        raise FileNotFoundError(f"query image not found: {image}")
+    from img_search.search.table_encoder import encoder_of, require_side
 
-    if encoder is None:
-        encoder = index_encoder(index, model_overrides, device, trust_remote_code)
-    if text is not None:
-        return encode_text_queries(encoder, [str(text)])[0]
-    return encode_image_queries(encoder, [image])[0]
+    encoder = encoder_of(
+        index,
+        overrides=model_overrides,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        loaded=loaded,
+    )
+    require_side(encoder, side)
+    encoded = encoder.encode([text if side == "text" else image], side=side, on_error="skip")
+    for failure in encoded.failures:  # one query: its own reason, as the decoder gave it
+        raise failure.cause or failure
+    return encoded.vectors[0]
+
+
+def _given(value: Any) -> bool:
+    """An empty text (``text=``) counts as not given, as no query at all."""
+    return value is not None and not (isinstance(value, (str, bytes)) and len(value) == 0)
+
+
+def unit(vector: Any) -> np.ndarray:
+    """A query vector given whole, as float32 of unit length (or refused: it would match nothing)."""
+    import numpy as np
+
+    vector = np.asarray(vector, np.float32)
+    norm = float(np.linalg.norm(vector))
+    if vector.ndim != 1 or norm == 0 or not np.isfinite(norm):
+        raise ValueError("vector= must be one non-zero, finite 1-d vector")
+    return vector / norm
 
 
 def search(

@@ -100,6 +100,16 @@ class SavedIndex:
     def table(self) -> Path:
         return Path(self.meta["table"])
 
+    @property
+    def model_spec(self) -> dict[str, Any]:
+        """The resolved encoder spec the table records (``table_encoder.encoder_of`` rebuilds it)."""
+        return self.meta.get("model_spec") or {}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The identity of the model that made the vectors, as the table records it."""
+        return self.meta.get("identity") or {}
+
     def search(
         self, queries: np.ndarray, k: int, where: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:

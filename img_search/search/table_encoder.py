@@ -14,44 +14,82 @@ and a checkpoint that ships code is loaded only with the user's own
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import numpy as np
-from PIL import Image
+from typing import Any, Protocol
 
 from img_search.embedding import Encoder, get_encoder
-from img_search.embedding.base import RemoteCodeRefused
-from img_search.images import open_image
+from img_search.embedding.base import RemoteCodeRefused, fingerprint
+from img_search.embedding.devices import pick_device
 
 
 class ModelMismatch(ValueError):
     """The query model is not the model that produced the searched vectors."""
 
 
-def load_query_encoder(
-    model_name: str,
-    model_spec: Mapping[str, Any],
-    identity: Mapping[str, Any],
+class RecordedModel(Protocol):
+    """What a table (``store.selection.SelectionInfo``) or a saved index (``SavedIndex``) records
+    of the model that made its vectors."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_spec(self) -> Mapping[str, Any]: ...
+
+    @property
+    def identity(self) -> Mapping[str, Any]: ...
+
+
+def encoder_of(
+    recorded: RecordedModel,
+    *,
     overrides: Mapping[str, Any] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     trust_remote_code: bool = False,
+    loaded: dict[str, Encoder] | None = None,
 ) -> Encoder:
-    """Load the encoder of ``model_spec`` (plus ``overrides``) and check it against ``identity``."""
-    if not model_spec:
+    """The model that made these vectors, rebuilt from the recorded spec (plus ``overrides``).
+
+    Its source is compared with the recorded identity before anything is
+    loaded, a checkpoint that ships code is loaded only with the user's
+    consent, and after loading the whole identity must match. ``device``:
+    ``auto`` is CUDA when there is one. ``loaded`` (by fingerprint) lets
+    several tables or queries of one model share one loaded encoder.
+    """
+    name, identity = recorded.model_name, recorded.identity or {}
+    if not recorded.model_spec:
         raise ModelMismatch(
-            f"the table does not record how model {model_name!r} was configured; "
+            f"the table does not record how model {name!r} was configured; "
             "it was not written by img_search.pipeline"
         )
-    spec = {**model_spec, **(overrides or {})}
-    encoder = get_encoder(spec, name=model_name)
+    spec = {**recorded.model_spec, **(overrides or {})}
+    key = str(identity.get("fingerprint") or fingerprint({"name": name, "spec": spec}))
+    if loaded is not None and key in loaded:
+        return loaded[key]
+    encoder = get_encoder(spec, name=name)
     check_same_source(encoder, identity)
     if encoder.runs_checkpoint_code and trust_remote_code:
         check_consented_checkpoint(encoder, (overrides or {}).get("model_name"))
-    encoder.load(device, trust_remote_code=trust_remote_code)
+    encoder.load(pick_device(device), trust_remote_code=trust_remote_code)
     check_same_model(encoder, identity)
+    if loaded is not None:
+        loaded[key] = encoder
     return encoder
+
+
+#: What to search with instead, when a model lacks the side of a query.
+OTHER_WAYS = {
+    "text": "search its images with image=... or id=..., or search a caption table for text",
+    "image": "query it with text=...",
+}
+
+
+def require_side(encoder: Encoder, side: str) -> None:
+    """A query of a side the model has, or ``ModelMismatch`` saying what it can be searched with."""
+    if not encoder.has_side(side):
+        raise ModelMismatch(
+            f"model {encoder.name!r} ({encoder.kind}) has no {side} side: {OTHER_WAYS[side]}"
+        )
 
 
 def check_same_source(encoder: Encoder, identity: Mapping[str, Any]) -> None:
@@ -110,38 +148,3 @@ def raise_differences(
         + ("; ".join(differences) or "different fingerprint")
         + ")"
     )
-
-
-def encode_text_queries(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
-    if not encoder.supports_texts:
-        raise ModelMismatch(
-            f"model {encoder.name!r} ({encoder.kind}) has no text side: search its images with "
-            "image=... or id=..., or search a caption table for text"
-        )
-    return encoder.encode_texts(list(texts)).cpu().numpy().astype(np.float32)
-
-
-def encode_image_queries(
-    encoder: Encoder, images: Sequence[Any], max_pixels: int | None = None
-) -> np.ndarray:
-    """Image files (or their bytes, or PIL images) → query vectors; a missing file is named."""
-    opened = []
-    resize_to = encoder.image_transform().resize_target if encoder.supports_images else None
-    for image in images:
-        if isinstance(image, (str, os.PathLike)) and not os.path.exists(image):
-            raise FileNotFoundError(f"query image not found: {image}")
-        kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
-        source = os.fspath(image) if isinstance(image, os.PathLike) else image
-        opened.append(open_image(source, resize_to=resize_to, **kwargs))
-    return encode_images(encoder, opened)
-
-
-def encode_images(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
-    """Decoded RGB images → query vectors, through the encoder's own preprocessing."""
-    if not encoder.supports_images:
-        raise ModelMismatch(
-            f"model {encoder.name!r} ({encoder.kind}) has no image side: query it with text=..."
-        )
-    transform = encoder.image_transform()
-    batch = transform.collate([transform(image) for image in images])
-    return encoder.encode_images(batch).cpu().numpy().astype(np.float32)

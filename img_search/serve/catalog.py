@@ -25,7 +25,7 @@ from PIL import Image
 
 from img_search.embedding import Encoder
 from img_search.search.indexes import SavedIndex, open_index
-from img_search.search.table_encoder import encode_images, encode_text_queries, load_query_encoder
+from img_search.search.table_encoder import encoder_of
 from img_search.serve.thumbnails import IMAGE_SOURCE_WAIT_S, ItemImages, item_images_of
 from img_search.store import is_table, open_table, read_table
 from img_search.store import schema as S
@@ -63,9 +63,7 @@ class LoadedTable:
 
     def reads(self, side: str) -> bool:
         """Whether its model encodes ``side`` queries: "text" or "image"."""
-        if self.encoder is None:
-            return False
-        return self.encoder.supports_texts if side == "text" else self.encoder.supports_images
+        return self.encoder is not None and self.encoder.has_side(side)
 
     def holds(self, item_id: str) -> bool:
         """Whether the table has this item (searchable or left out)."""
@@ -125,18 +123,7 @@ def load_table(
     row_of = unique_rows(name, index)
     LeftOut.of(index.left_out).warn(f"table {name}")
     kind = str(index.meta.get("table_kind", "image"))
-    identity = index.meta.get("identity") or {}
-    encoders = {} if encoders is None else encoders
-    key = str(identity.get("fingerprint") or f"{index.table}:{index.model_name}")
-    if key not in encoders:
-        encoders[key] = load_query_encoder(
-            index.model_name,
-            index.meta.get("model_spec") or {},
-            identity,
-            device=device,
-            trust_remote_code=trust_remote_code,
-        )
-    encoder = encoders[key]
+    encoder = encoder_of(index, device=device, trust_remote_code=trust_remote_code, loaded=encoders)
     check_dimension(name, index, encoder)
     loaded = LoadedTable(
         name=name,
@@ -185,11 +172,11 @@ def check_dimension(name: str, index: SavedIndex, encoder: Encoder) -> None:
     """
     dim = encoder.dim
     if dim is None:
-        if encoder.supports_texts:
-            probe = encode_text_queries(encoder, ["a probe"])
+        if encoder.has_side("text"):
+            probe = encoder.encode(["a probe"], side="text")
         else:
-            probe = encode_images(encoder, [Image.new("RGB", (64, 64), (128, 128, 128))])
-        dim = int(probe.shape[-1])
+            probe = encoder.encode([Image.new("RGB", (64, 64), (128, 128, 128))], side="image")
+        dim = int(probe.vectors.shape[-1])
     if dim != index.meta["dim"]:
         raise ValueError(
             f"table {name}: its vectors have {index.meta['dim']} dimensions, but model "

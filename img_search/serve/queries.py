@@ -19,12 +19,13 @@ from fastapi import HTTPException
 from PIL import Image
 
 from img_search.embedding import Encoder
+from img_search.embedding.encode import ItemFailure
 from img_search.host import usable_cores
 from img_search.images import ImageDecodeError, ImageTooLarge, ResizeTarget, open_image
-from img_search.search.table_encoder import encode_images, encode_text_queries
 
 #: What an upload may be (Pillow would also open EPS, which runs Ghostscript).
 UPLOAD_FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+OUT_OF_MEMORY = "the image needs more memory to process than this server has"
 
 
 def _malloc_trim() -> ctypes._CFuncPtr | None:
@@ -75,7 +76,7 @@ class QueryEncoder:
 
     def text(self, encoder: Encoder, text: str) -> np.ndarray:
         with self.lock:
-            return encode_text_queries(encoder, [text])[0]
+            return encoder.encode([text], side="text").vectors[0]
 
     def image(self, encoder: Encoder, data: bytes) -> np.ndarray:
         """The vector of an uploaded file, or 413 (too large) / 422 (not a readable image)."""
@@ -86,13 +87,15 @@ class QueryEncoder:
         image = decode_upload(data, self.max_pixels, encoder.image_transform().resize_target)
         try:
             with self.lock:
-                return encode_images(encoder, [image])[0]
-        except ImageDecodeError as exc:  # a preprocessing that refuses the size it would reach
-            raise HTTPException(413, f"the image cannot be searched: {exc}") from None
-        except MemoryError:
-            raise HTTPException(
-                413, "the image needs more memory to process than this server has"
-            ) from None
+                return encoder.encode([image], side="image", max_pixels=self.max_pixels).vectors[0]
+        except ItemFailure as failure:  # the decoded image, refused by its preprocessing
+            if isinstance(failure.cause, ImageDecodeError):  # the size it would reach
+                raise HTTPException(413, f"the image cannot be searched: {failure.cause}") from None
+            if isinstance(failure.cause, MemoryError):
+                raise HTTPException(413, OUT_OF_MEMORY) from None
+            raise
+        except MemoryError:  # the forward pass
+            raise HTTPException(413, OUT_OF_MEMORY) from None
 
 
 def decode_upload(

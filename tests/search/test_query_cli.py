@@ -86,12 +86,12 @@ def test_every_photo_is_found_by_a_new_wording(demo_tables):
     """The same path as the CLI, with the model loaded once for the eight queries."""
     from img_search.search.hits import query_vector, search
     from img_search.search.indexes import open_index
-    from img_search.search.table_encoder import encode_text_queries, load_query_encoder
+    from img_search.search.table_encoder import encoder_of
 
     index = open_index(demo_tables["captions"])
-    encoder = load_query_encoder(index.model_name, index.meta["model_spec"], index.meta["identity"])
+    encoder = encoder_of(index, device="cpu")
     stems = sorted(PARAPHRASES)
-    vectors = encode_text_queries(encoder, [PARAPHRASES[s] for s in stems])
+    vectors = encoder.encode([PARAPHRASES[s] for s in stems], side="text").vectors
     for stem, vector in zip(stems, vectors, strict=True):
         hits = search(index, vector, 3)
         assert hits[0].image_id == stem, (stem, hits)
@@ -149,6 +149,16 @@ def test_bad_queries_fail_with_one_line(args, message, demo_tables, run_query):
     result = run_query(f"index={demo_tables['images']}", *args, expect_ok=False)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreadable_query_image_fails_with_the_decoder_reason(demo_tables, tmp_path, run_query):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    result = run_query(f"index={demo_tables['images']}", f"image={broken}", expect_ok=False)
+    assert result.returncode == 2, result.stderr
+    assert "cannot decode image" in result.stderr
+    assert "image 0:" not in result.stderr  # one query: no position to name
     assert "Traceback" not in result.stderr
 
 
