@@ -241,7 +241,7 @@ def embed_source(
 
 
 def part_writers(job: Job, encoder: Encoder, source: Any) -> Any:
-    """Part file name → a ``PartWriter`` of this pair (plain-list vectors in a folder table)."""
+    """Part file name → a ``PartWriter`` of this pair."""
 
     def make(name: str) -> PartWriter:
         job.layout.parts_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,6 @@ def part_writers(job: Job, encoder: Encoder, source: Any) -> Any:
             source.name,
             output_dtype=job.settings.output_dtype,
             extra_fields=job.modality.extra_fields,
-            fixed_size=not job.layout.is_folder,
         )
 
     return make

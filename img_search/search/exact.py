@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,8 +46,9 @@ import pyarrow.parquet as pq
 from img_search.search.tables import choose_selection
 from img_search.store import TableLayout, open_table
 from img_search.store import schema as S
-from img_search.store.reader import selection_batches, selection_filter
-from img_search.store.vectors import LeftOut, usable_rows
+from img_search.store.blocks import vector_blocks
+from img_search.store.reader import selection_filter
+from img_search.store.vectors import LeftOut, as_float32
 
 #: Stored vectors per block: 16 MiB (10,922 rows of 768-d float16, 5,461 of float32). Decoding
 #: a block of list column from Parquet takes about ten times that; the product is efficient
@@ -66,9 +68,21 @@ class TopK:
 
 
 class RunningTopK:
-    """The best ``k`` rows so far; ``add`` the blocks in row order, then take the ``result``."""
+    """The best ``k`` rows so far; ``add`` the blocks in row order, then take the ``result``.
 
-    def __init__(self, queries: np.ndarray, k: int) -> None:
+    Until ``k`` rows are in, each block is cut to its own best ``k``
+    (``best_columns``) and merged. After that a block's row can only enter a
+    query's top ``k`` with a score above the ``k``-th kept, since a tie loses
+    to the earlier row: the block's scores are compared with that floor, and
+    only the few above it are merged (a handful per block once the floor has
+    risen), instead of partitioning every block.
+
+    ``device``: a torch device (``"cuda"``, or ``"cpu"`` for torch's own
+    BLAS) that computes the products instead of numpy; the selection stays on
+    the CPU, the same for every device.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int, device: str | None = None) -> None:
         queries = np.asarray(queries)
         if queries.ndim != 2:
             raise ValueError(f"queries must be a (queries, dim) matrix, got shape {queries.shape}")
@@ -81,7 +95,7 @@ class RunningTopK:
         self.scores = np.empty((count, 0), dtype=np.float32)
         self.rows = np.empty((count, 0), dtype=np.int64)
         self.ids: np.ndarray | None = np.empty((count, 0), dtype=object)
-        self._buffer = np.empty((0, self.queries.shape[1]), dtype=np.float32)
+        self._product = BlockProduct(self.queries, device)
 
     def add(self, vectors: np.ndarray, ids: pa.Array | np.ndarray | None = None) -> None:
         """The next rows (``vectors[i]`` is row ``scanned + i``), with their ids if tracked."""
@@ -93,39 +107,92 @@ class RunningTopK:
                 f"vectors of shape {vectors.shape} against queries of dimension "
                 f"{self.queries.shape[1]}: the queries must come from the table's model"
             )
-        scores = self.queries @ self._float32(vectors).T
-        np.copyto(scores, -np.inf, where=np.isnan(scores))
-        columns = best_columns(scores, self.k)
-        new_scores = np.take_along_axis(scores, columns, axis=1)
-        merged = np.concatenate([self.scores, new_scores], axis=1)
-        # Kept rows precede the block's and each side is in rank order, so a stable sort of
-        # the scores alone breaks ties by row position.
-        order = np.argsort(-merged, axis=1, kind="stable")[:, : self.k]
-        self.scores = np.take_along_axis(merged, order, axis=1)
-        rows = np.concatenate([self.rows, columns + self.scanned], axis=1)
-        self.rows = np.take_along_axis(rows, order, axis=1)
-        if ids is None or self.ids is None:
+        if ids is None:
             self.ids = None
+        scores = self._product(vectors)
+        if self.scores.shape[1] < self.k:
+            np.copyto(scores, -np.inf, where=np.isnan(scores))
+            columns = best_columns(scores, self.k)
+            self._merge(slice(None), np.take_along_axis(scores, columns, axis=1), columns, ids)
         else:
-            taken = ids.take(columns.ravel())
-            if isinstance(taken, pa.Array):
-                taken = taken.to_numpy(zero_copy_only=False)
-            taken = np.asarray(taken, dtype=object).reshape(columns.shape)
-            self.ids = np.take_along_axis(np.concatenate([self.ids, taken], axis=1), order, axis=1)
+            self._add_above_floor(scores, ids)
         self.scanned += count
 
     def result(self) -> TopK:
         return TopK(scores=self.scores, rows=self.rows, ids=self.ids, scanned=self.scanned)
 
-    def _float32(self, vectors: np.ndarray) -> np.ndarray:
-        """The block as float32: itself when it is already, else converted into a reused buffer."""
-        if vectors.dtype == np.float32:
-            return vectors
-        if len(self._buffer) < len(vectors):
-            self._buffer = np.empty((len(vectors), vectors.shape[1]), dtype=np.float32)
-        block = self._buffer[: len(vectors)]
-        np.copyto(block, vectors, casting="same_kind")
-        return block
+    def _add_above_floor(self, scores: np.ndarray, ids: pa.Array | np.ndarray | None) -> None:
+        """Merge the scores above each query's ``k``-th best so far (NaN never is)."""
+        above = scores > self.scores[:, -1:]
+        hot = np.flatnonzero(above.any(axis=1))
+        if not len(hot):
+            return
+        query, column = np.nonzero(above[hot])  # by query, then column: in row order
+        counts = np.bincount(query, minlength=len(hot))
+        slot = np.arange(len(query)) - np.repeat(np.cumsum(counts) - counts, counts)
+        width = int(counts.max())
+        # Padding scores -inf and comes last: it never ranks above the k rows kept.
+        new_scores = np.full((len(hot), width), -np.inf, dtype=np.float32)
+        new_scores[query, slot] = scores[hot[query], column]
+        columns = np.zeros((len(hot), width), dtype=np.int64)
+        columns[query, slot] = column
+        self._merge(hot, new_scores, columns, ids)
+
+    def _merge(
+        self,
+        which: slice | np.ndarray,
+        new_scores: np.ndarray,
+        columns: np.ndarray,
+        ids: pa.Array | np.ndarray | None,
+    ) -> None:
+        """Merge a block's candidates (row order within each query) into the kept rows of ``which``."""
+        merged = np.concatenate([self.scores[which], new_scores], axis=1)
+        # Kept rows precede the block's and each side is in row order, so a stable sort of
+        # the scores alone breaks ties by row position.
+        order = np.argsort(-merged, axis=1, kind="stable")[:, : self.k]
+        rows = np.concatenate([self.rows[which], columns + self.scanned], axis=1)
+        kept_ids = None
+        if self.ids is not None and ids is not None:
+            taken = ids.take(columns.ravel())
+            if isinstance(taken, pa.Array):
+                taken = taken.to_numpy(zero_copy_only=False)
+            taken = np.asarray(taken, dtype=object).reshape(columns.shape)
+            both = np.concatenate([self.ids[which], taken], axis=1)
+            kept_ids = np.take_along_axis(both, order, axis=1)
+        if isinstance(which, slice):  # every query (the block's own best k)
+            self.scores = np.take_along_axis(merged, order, axis=1)
+            self.rows = np.take_along_axis(rows, order, axis=1)
+            if kept_ids is not None:
+                self.ids = kept_ids
+            return
+        self.scores[which] = np.take_along_axis(merged, order, axis=1)
+        self.rows[which] = np.take_along_axis(rows, order, axis=1)
+        if kept_ids is not None and self.ids is not None:
+            self.ids[which] = kept_ids
+
+
+class BlockProduct:
+    """queries × block scores as a float32 numpy matrix: numpy's BLAS, or torch on ``device``."""
+
+    def __init__(self, queries: np.ndarray, device: str | None) -> None:
+        self.queries = queries
+        self.device = device
+        self._on_device = None
+        if device is not None:
+            import torch
+
+            self._on_device = torch.from_numpy(queries).to(self.device)
+        self._out = np.empty((len(queries), 0), dtype=np.float32)
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        if self._on_device is not None:
+            import torch
+
+            block = torch.from_dlpack(np.ascontiguousarray(vectors)).to(self.device)
+            return (self._on_device @ block.to(torch.float32).T).cpu().numpy()
+        if self._out.shape[1] != len(vectors):  # (blocks are mostly of one size: reused)
+            self._out = np.empty((len(self.queries), len(vectors)), dtype=np.float32)
+        return np.matmul(self.queries, as_float32(vectors).T, out=self._out)
 
 
 def best_columns(scores: np.ndarray, k: int) -> np.ndarray:
@@ -161,18 +228,22 @@ def exact_top_k(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     max_rows: int | None = None,
     progress: bool = False,
+    threads: int | None = None,
+    device: str | None = None,
 ) -> TopK:
     """The ``k`` best rows of a table's (model, dataset) for each query, by inner product.
 
     ``model_name`` and ``dataset_name`` may be left out when the table holds
     one of each (else the error lists them). ``max_rows`` searches only the
     first rows of the selection (for checks and benchmarks). ``progress``
-    shows a rich bar with the rows searched per second.
+    shows a rich bar with the rows searched per second. ``threads``: how many
+    threads decode ahead (``store.blocks.decode_threads`` by default);
+    ``device``: a torch device for the products (``"cuda"``).
     """
     from img_search.console import make_progress
 
     model_name, dataset_name = choose_selection(path, model_name, dataset_name)
-    running = RunningTopK(queries, k)
+    running = RunningTopK(queries, k, device=device)
     value_type = (
         pq.read_schema(TableLayout.of(path).metadata_file).field(S.EMBEDDING).type.value_type
     )
@@ -186,18 +257,16 @@ def exact_top_k(
             total = min(total, max_rows) if max_rows is not None else total
         task = bar.add_task(f"exact top-{k} {model_name} × {dataset_name}", total=total, rate="")
         started = time.perf_counter()
-        for block in selection_batches(path, model_name, dataset_name, batch_rows=block_rows):
-            usable = usable_rows(block.column(S.EMBEDDING), block.column(S.ID))
-            left_out.extend(usable.left_out)
-            ids = block.column(S.ID)
-            if not usable.complete:
-                ids = ids.filter(pa.array(usable.keep))
-            vectors = usable.vectors[: max(0, int(min(len(ids), limit - running.scanned)))]
-            running.add(vectors, ids.slice(0, len(vectors)))
-            rate = running.scanned / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=running.scanned, rate=f"{rate:,.0f} rows/s")
-            if running.scanned >= limit:
-                break
+        blocks = vector_blocks(path, model_name, dataset_name, block_rows, threads=threads)
+        with closing(blocks):  # (closing it stops the decoding threads)
+            for block in blocks:
+                left_out.extend(block.left_out)
+                vectors = block.vectors[: max(0, int(min(len(block.ids), limit - running.scanned)))]
+                running.add(vectors, block.ids.slice(0, len(vectors)))
+                rate = running.scanned / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=running.scanned, rate=f"{rate:,.0f} rows/s")
+                if running.scanned >= limit:
+                    break
     source = f"{path} ({model_name} × {dataset_name})"
     left_out.refuse_if_all(source, running.scanned + len(left_out))
     left_out.warn(source)
@@ -208,3 +277,11 @@ def exact_top_k(
     result = running.result()
     result.left_out = left_out
     return result
+
+
+def matrix_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, block_rows: int = 8_192) -> TopK:
+    """The same search over a matrix in memory (the ``flat`` index's): block by block, same ranking."""
+    running = RunningTopK(queries, k)
+    for start in range(0, len(vectors), block_rows):
+        running.add(vectors[start : start + block_rows])
+    return running.result()

@@ -79,11 +79,16 @@ def test_folder_opens_in_common_readers(tables, tmp_path):
 
     folder = tables["folder"]
     single = pq.read_table(tables["file"])
-    arrow = ds.dataset(folder).to_table()
+    # Each part holds one model's fixed-size vectors (64 and 32 dimensions): pyarrow and polars
+    # take the folder's schema (plain lists) to read both at once, or read one model's parts.
+    schema = pq.read_schema(folder / "_common_metadata")
+    arrow = ds.dataset(folder, schema=schema).to_table()
     assert arrow.num_rows == 82
     assert sorted(arrow.column("id").to_pylist()) == sorted(single.column("id").to_pylist())
-    frame = pl.scan_parquet(f"{folder}/*.parquet").collect()
+    frame = pl.scan_pyarrow_dataset(ds.dataset(folder, schema=schema)).collect()
     assert frame.shape == (82, 4)
+    other = pl.scan_parquet(f"{folder}/part-other-*.parquet").collect()
+    assert other.shape == (41, 4) and other.schema["embedding"] == pl.Array(pl.Float32, 32)
     counts = duckdb.sql(
         f"select model_name, count(*), min(len(embedding)), max(len(embedding)) "
         f"from read_parquet('{folder}/*.parquet') group by model_name order by model_name"

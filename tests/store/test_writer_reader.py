@@ -110,10 +110,10 @@ def make_file(
 def stage_parts(
     layout: TableLayout, groups: list[Group], *, first_part: int = 0, **options: Any
 ) -> list[Path]:
-    """Plain-list parts under ``<out>.partial/parts/``, as a folder table's parts must be."""
+    """Parts under ``<out>.partial/parts/``, as the pipeline stages them (fixed-size vectors)."""
     layout.parts_dir.mkdir(parents=True, exist_ok=True)
     return [
-        write_part(layout.parts_dir / f"part-{i:05d}.parquet", g, fixed_size=False, **options)
+        write_part(layout.parts_dir / f"part-{i:05d}.parquet", g, **options)
         for i, g in enumerate(groups, first_part)
     ]
 
@@ -534,7 +534,7 @@ def test_folder_reads_exactly_the_listed_parts(tmp_path: Path, two_groups: list[
     """A part file in the folder that the metadata does not list (an interrupted append) is not read."""
     path = tmp_path / "emb"
     make_folder(path, [two_groups[0]])
-    write_part(path / "part-00001.parquet", two_groups[1], fixed_size=False)
+    write_part(path / "part-00001.parquet", two_groups[1])
     matrix = read_embeddings(path)
     assert matrix.ids.tolist() == two_groups[0][2]
     assert open_table(path).to_table().num_rows == 9
@@ -543,7 +543,7 @@ def test_folder_reads_exactly_the_listed_parts(tmp_path: Path, two_groups: list[
 def test_unfinished_folder_is_not_a_table(tmp_path: Path, two_groups: list[Group]) -> None:
     path = tmp_path / "emb"
     path.mkdir()
-    write_part(path / "part-00000.parquet", two_groups[0], fixed_size=False)
+    write_part(path / "part-00000.parquet", two_groups[0])
     assert not is_table(path)
     with pytest.raises(ValueError, match="not a finished img_search folder table"):
         read_metadata(path)
@@ -553,53 +553,167 @@ def test_unfinished_folder_is_not_a_table(tmp_path: Path, two_groups: list[Group
         read_embeddings(tmp_path / "absent")
 
 
-def test_folder_opens_with_other_tools(
-    tmp_path: Path, two_groups: list[Group], mixed_dims: list[Group]
-) -> None:
-    """pyarrow, polars, DuckDB and 🤗 datasets read the folder as it is, errors table in ``emb.side/`` beside it."""
+def read_with_other_tools(path: Path, tmp_path: Path, *, one_dimension: bool) -> dict[str, dict]:
+    """(model, id) → vector as pyarrow, pandas, polars, DuckDB and 🤗 datasets read the folder.
+
+    A folder of one dimension opens as it is everywhere. Parts of different dimensions
+    (one model each): pyarrow, and polars and pandas through it, take the folder's schema
+    (``_common_metadata``: plain lists); DuckDB and 🤗 datasets read it as it is.
+    """
     import datasets
     import duckdb
+    import pandas as pd
     import polars as pl
     import pyarrow.dataset as ds
 
-    path = tmp_path / "emb"
-    groups = [two_groups[0], *mixed_dims]  # models of 8 and 4 dimensions
-    layout = make_folder(path, groups)
-    write_errors(layout.errors_path, [("bad.jpg", "inquire", "clip", "cannot decode image")])
-    assert layout.errors_path == tmp_path / "emb.side" / "errors.parquet"
-    assert "emb.side" in listing(tmp_path) and "errors.parquet" not in listing(path)
-    total = sum(len(g[2]) for g in groups)
-
-    table = ds.dataset(path, format="parquet").to_table()
-    assert table.num_rows == total
-    assert table.schema.field("embedding").type == pa.list_(pa.float32())
-    assert_same_rows(
-        by_key(
-            table.column("model_name").to_pylist(),
-            table.column("id").to_pylist(),
-            table.column("embedding").to_pylist(),
-        ),
-        groups,
-    )
-
-    frame = pl.scan_parquet(f"{path}/*.parquet").collect()
-    assert frame.height == total
-    assert_same_rows(
-        by_key(frame["model_name"].to_list(), frame["id"].to_list(), frame["embedding"].to_list()),
-        groups,
-    )
-
+    if one_dimension:
+        dataset = ds.dataset(path, format="parquet")
+        frame = pl.scan_parquet(f"{path}/*.parquet").collect()
+        pandas = pd.read_parquet(path)
+    else:
+        dataset = ds.dataset(path, format="parquet", schema=pq.read_schema(path / COMMON_METADATA))
+        frame = pl.scan_pyarrow_dataset(dataset).collect()
+        pandas = dataset.to_table().to_pandas()
+    table = dataset.to_table()
     rows = duckdb.sql(
         f"SELECT model_name, id, embedding FROM read_parquet('{path}/*.parquet')"
     ).fetchall()
-    assert len(rows) == total
-    assert_same_rows(by_key(*map(list, zip(*rows, strict=True))), groups)
-
     hf = datasets.load_dataset(
         "parquet", data_dir=str(path), split="train", cache_dir=str(tmp_path / "hf_cache")
     )
-    assert hf.num_rows == total
-    assert_same_rows(by_key(hf["model_name"], hf["id"], hf["embedding"]), groups)
+    columns = ("model_name", "id", "embedding")
+    return {
+        "pyarrow": by_key(*(table.column(c).to_pylist() for c in columns)),
+        "pandas": by_key(*(pandas[c].tolist() for c in columns)),
+        "polars": by_key(*(frame[c].to_list() for c in columns)),
+        "duckdb": by_key(*map(list, zip(*rows, strict=True))),
+        "datasets": by_key(*(hf[c] for c in columns)),
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_folder_of_one_dimension_opens_with_other_tools(
+    tmp_path: Path, two_groups: list[Group], dtype: str
+) -> None:
+    """Fixed-size parts: each tool reads the folder as it is, errors table in ``emb.side/`` beside it."""
+    path = tmp_path / "emb"
+    layout = make_folder(path, two_groups, output_dtype=dtype)
+    for part in read_metadata(path)["parts"]:
+        assert pq.read_schema(path / part).field("embedding").type == pa.list_(
+            S.OUTPUT_DTYPES[dtype], 8
+        )
+    write_errors(layout.errors_path, [("bad.jpg", "inquire", "clip", "cannot decode image")])
+    assert layout.errors_path == tmp_path / "emb.side" / "errors.parquet"
+    assert "emb.side" in listing(tmp_path) and "errors.parquet" not in listing(path)
+    expected = [(m, d, i, v.astype(dtype).astype(np.float32)) for m, d, i, v in two_groups]
+    for tool, rows in read_with_other_tools(path, tmp_path, one_dimension=True).items():
+        assert len(rows) == 15, tool
+        assert_same_rows(rows, expected)
+
+
+def test_folder_of_two_dimensions_opens_with_other_tools(
+    tmp_path: Path, two_groups: list[Group], mixed_dims: list[Group]
+) -> None:
+    """Parts of 8 and 4 dimensions, as the docs say to open them."""
+    path = tmp_path / "emb"
+    groups = [two_groups[1], *mixed_dims]  # (model, id) names one row
+    make_folder(path, groups)
+    types = [pq.read_schema(path / p).field("embedding").type for p in read_metadata(path)["parts"]]
+    assert types == [
+        pa.list_(pa.float32(), 8),
+        pa.list_(pa.float32(), 8),
+        pa.list_(pa.float32(), 4),
+    ]
+    for tool, rows in read_with_other_tools(path, tmp_path, one_dimension=False).items():
+        assert len(rows) == sum(len(g[2]) for g in groups), tool
+        assert_same_rows(rows, groups)
+
+
+def column_storage(file: Path) -> dict[str, tuple[set[str], set[str], bool]]:
+    """Per column (by its top name): compressions, encodings, and whether any row group has statistics."""
+    metadata = pq.read_metadata(file)
+    found: dict[str, tuple[set[str], set[str], bool]] = {}
+    for group in range(metadata.num_row_groups):
+        for number in range(metadata.num_columns):
+            column = metadata.row_group(group).column(number)
+            name = column.path_in_schema.split(".")[0]
+            codecs, encodings, stats = found.get(name, (set(), set(), False))
+            codecs.add(column.compression)
+            encodings.update(column.encodings)
+            found[name] = (codecs, encodings, stats or column.is_stats_set)
+    return found
+
+
+@pytest.mark.parametrize("form", ["emb.parquet", "emb"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_vectors_are_stored_plain(
+    tmp_path: Path, two_groups: list[Group], form: str, dtype: str
+) -> None:
+    """The vectors: fixed-size, no dictionary, no compression, no statistics (they decode at memory
+    speed); the other columns keep Snappy, their dictionary and the statistics the readers skip by."""
+    path = tmp_path / form
+    if form.endswith(".parquet"):
+        make_file(path, two_groups, output_dtype=dtype)
+    else:
+        make_folder(path, two_groups, output_dtype=dtype)
+    files = (
+        [path] if form.endswith(".parquet") else [path / p for p in read_metadata(path)["parts"]]
+    )
+    for file in files:
+        assert pq.read_schema(file).field("embedding").type == pa.list_(S.OUTPUT_DTYPES[dtype], 8)
+        storage = column_storage(file)
+        assert storage["embedding"] == ({"UNCOMPRESSED"}, {"PLAIN", "RLE"}, False)
+        for name in ("id", "model_name", "dataset_name"):
+            codecs, encodings, stats = storage[name]
+            assert codecs == {"SNAPPY"} and "RLE_DICTIONARY" in encodings and stats, name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_tables_written_before_still_read(
+    tmp_path: Path, two_groups: list[Group], mixed_dims: list[Group], dtype: str
+) -> None:
+    """Tables in the earlier format (dictionary + Snappy vectors; ``list<half>`` folder parts) read
+    as before, and a folder of such parts with fixed-size parts appended reads as one selection."""
+    from img_search.search.tables import load_selection
+    from img_search.store.blocks import vector_blocks
+    from img_search.store.reader import selection_batches
+    from img_search.testing.tables import rewrite_as_before
+
+    file, folder = tmp_path / "emb.parquet", tmp_path / "emb"
+    make_file(file, two_groups, output_dtype=dtype)
+    layout = make_folder(folder, two_groups, output_dtype=dtype)
+    rewrite_as_before(file)
+    rewrite_as_before(folder)
+    value = S.OUTPUT_DTYPES[dtype]
+    assert pq.read_schema(file).field("embedding").type == pa.list_(value, 8)
+    assert column_storage(file)["embedding"][:2] == ({"SNAPPY"}, {"PLAIN", "RLE", "RLE_DICTIONARY"})
+    for part in read_metadata(folder)["parts"]:
+        assert pq.read_schema(folder / part).field("embedding").type == pa.list_(value)
+        assert column_storage(folder / part)["embedding"][0] == {"SNAPPY"}
+
+    appended = ("clip", "inquire", ids_for("new", 5), unit_rows(5, 8, 9))
+    new = stage_parts(layout, [appended, mixed_dims[1]], first_part=2, output_dtype=dtype)
+    names = [*read_metadata(folder)["parts"], *(p.name for p in new)]
+    publish_folder(layout, folder_schema(names, output_dtype=dtype), new)
+
+    stored = [v.astype(dtype).astype(np.float32) for v in (two_groups[0][3], appended[3])]
+    for path, extra in ((file, []), (folder, [appended])):
+        ids = two_groups[0][2] + [i for g in extra for i in g[2]]
+        expected = np.concatenate(stored[: 1 + len(extra)])
+        matrix = read_embeddings(path, model_name="clip", dataset_name="inquire")
+        assert matrix.ids.tolist() == ids
+        np.testing.assert_array_equal(matrix.vectors, expected)
+        selection = load_selection(path, "clip", "inquire")
+        assert selection.ids.tolist() == ids
+        np.testing.assert_array_equal(selection.vectors, expected)
+        batches = selection_batches(path, "clip", "inquire", batch_rows=4)
+        fixed = {pa.types.is_fixed_size_list(b.schema.field("embedding").type) for b in batches}
+        assert fixed == ({True} if path == file else {False, True})  # old parts, then new ones
+        blocks = list(vector_blocks(path, "clip", "inquire", block_rows=4, threads=2))
+        assert [i for b in blocks for i in b.ids.to_pylist()] == ids
+        np.testing.assert_array_equal(np.concatenate([b.vectors for b in blocks]), expected)
+    tiny = read_embeddings(folder, model_name="tiny")
+    np.testing.assert_array_equal(tiny.vectors, mixed_dims[1][3].astype(dtype).astype(np.float32))
 
 
 # -- errors table --------------------------------------------------------------------------
