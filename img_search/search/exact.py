@@ -123,19 +123,19 @@ class RunningTopK:
 
     def _add_above_floor(self, scores: np.ndarray, ids: pa.Array | np.ndarray | None) -> None:
         """Merge the scores above each query's ``k``-th best so far (NaN never is)."""
-        above = scores > self.scores[:, -1:]
-        hot = np.flatnonzero(above.any(axis=1))
-        if not len(hot):
+        # (flatnonzero of the raveled mask: a tenth of the time of a 2-d nonzero)
+        above = np.flatnonzero(scores > self.scores[:, -1:])
+        if not len(above):
             return
-        query, column = np.nonzero(above[hot])  # by query, then column: in row order
-        counts = np.bincount(query, minlength=len(hot))
+        query, column = np.divmod(above, scores.shape[1])  # by query, then column: row order
+        hot, within, counts = np.unique(query, return_inverse=True, return_counts=True)
         slot = np.arange(len(query)) - np.repeat(np.cumsum(counts) - counts, counts)
         width = int(counts.max())
         # Padding scores -inf and comes last: it never ranks above the k rows kept.
         new_scores = np.full((len(hot), width), -np.inf, dtype=np.float32)
-        new_scores[query, slot] = scores[hot[query], column]
+        new_scores[within, slot] = scores[query, column]
         columns = np.zeros((len(hot), width), dtype=np.int64)
-        columns[query, slot] = column
+        columns[within, slot] = column
         self._merge(hot, new_scores, columns, ids)
 
     def _merge(
