@@ -32,12 +32,20 @@ class DecodeAndTransform:
         return self.transform(image)
 
 
-def _prepare(encoder: Encoder, settings: TaskSettings) -> DecodeAndTransform:
-    return DecodeAndTransform(encoder.image_transform(), settings.max_image_pixels)
+def _prepare(encoder: Encoder, settings: TaskSettings) -> Any:
+    step = DecodeAndTransform(encoder.image_transform(), settings.max_image_pixels)
+    if settings.decode == "gpu":
+        from img_search.pipeline.gpu_decode import jpegs_to_device
+
+        transform = encoder.image_transform()
+        return jpegs_to_device(step, transform, settings.max_image_pixels, encoder.name)
+    return step
 
 
 def _collate(encoder: Encoder) -> Any:
-    return encoder.image_transform().collate
+    from img_search.pipeline.gpu_decode import MixedCollate  # (as it is, without tasks.decode=gpu)
+
+    return MixedCollate(encoder.image_transform().collate)
 
 
 def _forward(encoder: Encoder, features: Any) -> torch.Tensor:
