@@ -103,7 +103,17 @@ def model_only(encoder, batches: list, images: int) -> float:
     return images / (time.perf_counter() - started)
 
 
-def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: int, workers: int):
+def pipeline(
+    group_key: str,
+    spec: dict,
+    folder: Path,
+    out: Path,
+    batch_size: int,
+    workers: int,
+    extra: tuple[str, ...] = (),
+):
+    """One run of the embed job in this process; its ``PassStats`` (model loading excluded).
+    ``extra``: more overrides (``tasks.precision=fp16``, ``tasks.decode=gpu``)."""
     from hydra import compose, initialize_config_module
 
     from img_search.pipeline.embed import IMAGES, image_dataset_specs
@@ -119,6 +129,7 @@ def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: in
         f"tasks.num_workers={workers}",
         "tasks.overwrite=true",
         "logging=quiet",
+        *extra,
     ]
     with initialize_config_module("img_search.config", version_base=None):
         cfg = compose("embed_config", overrides=overrides)
