@@ -1,7 +1,9 @@
 """``benchmarks/gpu.py --smoke``: the GPU run's every step, on the CPU with tiny sizes, and its JSON.
 
 The GPU machine gets one prepared command (docs/benchmarks.md); this runs the
-same script end to end here, so a run there does not fail on a step nobody ran.
+same script end to end here, so a run there does not fail on a step nobody ran,
+and runs it as ``device_wheels.py check`` does: with only the packages the GPU
+machine has and those ``make device-wheels`` brings, so a missing wheel fails here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from conftest import OFFLINE, REPO
 @pytest.mark.slow
 def test_gpu_benchmark_smoke_writes_every_measurement(tmp_path) -> None:
     out = tmp_path / "gpu.json"
-    command = [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke"]
+    command = [sys.executable, str(REPO / "benchmarks" / "device_wheels.py"), "check", "--smoke"]
     done = subprocess.run(
         [*command, "--out", str(out), "--work", str(tmp_path / "work")],
         cwd=tmp_path,
