@@ -1,14 +1,16 @@
 """Exact top-k over one (model, dataset) of a table that need not fit in memory.
 
 The selection is streamed in blocks of about ``block_bytes`` of stored
-vectors (``store.reader.selection_batches``: record batches of the one file,
-or of every part file of a folder table, in table order). Each block is
-converted to float32 on its own (a float16 table stays float16 until then),
-scored against all queries with one matrix product, cut to its best ``k``
-per query, and merged with the best ``k`` kept so far. Memory is one block
-(decoding it from Parquet takes about ten times its size), its float32 copy
-and the (queries × block) scores, whatever the number of rows: never the
-whole matrix.
+vectors (``store.blocks.vector_blocks``: threads decode the row groups of the
+one file, or of every part file of a folder table, ahead of the search,
+leave out the rows without a usable vector and convert the rest to float32;
+the blocks arrive in table order). Each block is scored against all queries
+with one matrix product and merged with the best ``k`` kept so far: the
+first ``k`` rows by a partition, every later block by comparing its scores
+with each query's ``k``-th best and merging the few above it
+(``RunningTopK``). Memory is a few blocks in flight per decoding thread, their
+float32 copies and the (queries × block) scores, whatever the number of rows:
+never the whole matrix.
 
 Ranking rule (deterministic, the same for every block size): higher score
 first; equal scores by lower row position, a row's position being its index
@@ -27,9 +29,10 @@ product in another order for a matrix of another shape, so a product over
 the whole matrix at once can differ from the block's in the last bit; the
 ranking above is that of the block scores.
 
-Speed: decoding Parquet's list columns, about 30,000 rows of 768-d float16
-a second on one core, costs more than the product (2M rows × 250 queries in
-about two minutes on two shared cores, ``benchmarks/exact_topk.py``).
+Speed: Parquet decodes the plain vector columns the writer makes at about
+0.5-1 GB/s a thread, so on two cores the decoding thread and BLAS share the
+machine; ``benchmarks/exact_topk.py`` measures the search against FAISS's
+flat add + search on vectors already in memory (docs/benchmarks.md).
 """
 
 from __future__ import annotations
