@@ -6,6 +6,7 @@ Real tables of many row groups (every write its own row group), read with 1 and
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -87,8 +88,14 @@ def test_a_damaged_part_fails_in_the_caller(table) -> None:
         list(vector_blocks(path, "clip", "inat", block_rows=32, threads=2))
 
 
-def test_finite_rows_and_float32_conversion() -> None:
-    """The policy's test gives one answer for float16 and float32; the conversion is exact."""
+@pytest.mark.parametrize("torch_loaded", [True, False])
+def test_finite_rows_and_float32_conversion(monkeypatch, torch_loaded: bool) -> None:
+    """The policy's test gives one answer for float16 and float32; the conversion is exact, by
+    torch when the process has it loaded, by numpy otherwise."""
+    if torch_loaded:
+        import torch  # noqa: F401
+    else:
+        monkeypatch.delitem(sys.modules, "torch", raising=False)
     half = np.array([[1, 2], [np.nan, 0], [0, np.inf], [-np.inf, 1], [65504, 65504]], np.float16)
     single = as_float32(half)
     assert single.dtype == np.float32 and single.flags.c_contiguous
