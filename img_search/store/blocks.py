@@ -43,10 +43,15 @@ class _Failed:
     error: BaseException
 
 
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def decode_threads() -> int:
     """Half the cores this process may use (the other half scores), at least one, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, (cores or 1) // 2))
+    return max(1, min(8, usable_cores() // 2))
 
 
 def vector_blocks(
