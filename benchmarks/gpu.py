@@ -184,7 +184,7 @@ def measure_model(
 
         result["dim"] = read_metadata(out)["models"][key]["dim"]
     if not on_device:
-        result["pipeline"]["gpu"] = {"skipped": "its preprocessing (NaFlex) runs on the CPU only"}
+        result["pipeline"]["gpu"] = {"skipped": "its preprocessing runs on the CPU only"}
     return result
 
 

@@ -7,8 +7,14 @@ channel. ``device_preprocess`` reads that recipe off a transform — open_clip's
 torchvision ``Compose``, a transformers CLIP or SigLIP image processor,
 EfficientNet's ``ResizeCropNormalize`` — and ``DevicePreprocess`` runs it on a
 decoded uint8 tensor with torchvision's tensor functions, on whatever device
-the tensor is on. A transform it cannot follow (SigLIP2's NaFlex patches,
-jina's own) gives None: its images stay on the CPU path.
+the tensor is on; SigLIP2's NaFlex processor (resize to at most
+``max_num_patches`` patches, aspect kept, then patches) is ``NaFlexPreprocess``.
+A transform it cannot follow (jina's own, a processor called with options)
+gives None: its images stay on the CPU path.
+
+Each gives one item's features as the transform does (a tensor, or a dict of
+them for transformers), and ``collate`` / ``split`` turn a batch of them into
+what ``encode_images`` takes and back.
 
 Not bit-equal to PIL: torchvision's antialiased filters and libjpeg's or
 nvJPEG's decoding differ from PIL's by a grey level here and there; the
@@ -43,7 +49,7 @@ class DevicePreprocess:
     scale: float = 1 / 255
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    #: the encoder takes ``{"pixel_values": batch}`` (transformers) instead of the batch itself
+    #: an item is ``{"pixel_values": image}`` (transformers) instead of the image itself
     pixel_values: bool = False
 
     def target(self, width: int, height: int) -> tuple[int, int]:
@@ -59,33 +65,89 @@ class DevicePreprocess:
             return int(side * height / width), side
         return side, int(side * width / height)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
+    def __call__(self, image: torch.Tensor) -> Any:
         height, width = self.target(image.shape[-1], image.shape[-2])
-        resized = F.resize(image, [height, width], interpolation=self.interpolation, antialias=True)
+        resized = _resize(image, height, width, self.interpolation)
         if self.crop is not None:
             crop_h, crop_w = self.crop
             top, left = self._offset(height - crop_h), self._offset(width - crop_w)
             resized = resized[..., top : top + crop_h, left : left + crop_w]
-        pixels = resized.to(torch.float32) * self.scale
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=image.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32, device=image.device)[:, None, None]
-        return (pixels - mean) / std
+        pixels = _normalised(resized, self.scale, self.mean, self.std)
+        return {"pixel_values": pixels} if self.pixel_values else pixels
 
     def _offset(self, margin: int) -> int:
         return round(margin / 2.0) if self.crop_offset == "round" else margin // 2
 
-    def wrap(self, pixels: torch.Tensor) -> Any:
-        """A (n, 3, h, w) batch as the encoder's ``encode_images`` takes it."""
-        return {"pixel_values": pixels} if self.pixel_values else pixels
 
-    def unwrap(self, features: Any) -> torch.Tensor:
-        """The pixel batch of features collated on the CPU path."""
-        return features["pixel_values"] if self.pixel_values else features
+@dataclass(frozen=True)
+class NaFlexPreprocess:
+    """SigLIP2's processor: resize (aspect kept) to at most ``max_patches`` patches, normalise, cut
+    into ``patch`` x ``patch`` patches in its order, pad to ``max_patches`` with a mask."""
+
+    patch: int
+    max_patches: int
+    interpolation: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        from transformers.models.siglip2.image_processing_pil_siglip2 import (
+            get_image_size_for_max_num_patches,
+        )
+
+        height, width = get_image_size_for_max_num_patches(
+            image.shape[-2], image.shape[-1], self.patch, self.max_patches
+        )
+        pixels = _normalised(
+            _resize(image, height, width, self.interpolation), self.scale, self.mean, self.std
+        )
+        rows, columns = height // self.patch, width // self.patch
+        patches = pixels.reshape(3, rows, self.patch, columns, self.patch)
+        patches = patches.permute(1, 3, 2, 4, 0).reshape(rows * columns, -1)
+        padded = patches.new_zeros((self.max_patches, patches.shape[1]))
+        padded[: len(patches)] = patches
+        mask = torch.zeros(self.max_patches, dtype=torch.int32, device=image.device)
+        mask[: len(patches)] = 1
+        shape = torch.tensor([rows, columns], dtype=torch.int64, device=image.device)
+        return {"pixel_values": padded, "pixel_attention_mask": mask, "spatial_shapes": shape}
 
 
-def device_preprocess(transform: Any) -> DevicePreprocess | None:
+def _resize(image: torch.Tensor, height: int, width: int, interpolation: str) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as F
+
+    return F.resize(image, [height, width], interpolation=interpolation, antialias=True)
+
+
+def _normalised(image: torch.Tensor, scale: float, mean: Any, std: Any) -> torch.Tensor:
+    pixels = image.to(torch.float32) * scale
+    mean = torch.tensor(mean, dtype=torch.float32, device=image.device)[:, None, None]
+    std = torch.tensor(std, dtype=torch.float32, device=image.device)[:, None, None]
+    return (pixels - mean) / std
+
+
+def collate(items: list[Any]) -> Any:
+    """Items' features (tensors, or dicts of tensors) → one batch, on their device."""
+    if isinstance(items[0], dict):
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+    return torch.stack(items)
+
+
+def split(batch: Any) -> list[Any]:
+    """A collated batch → its items' features (``collate``'s inverse)."""
+    if isinstance(batch, dict):
+        count = len(next(iter(batch.values())))
+        return [{key: value[n] for key, value in batch.items()} for n in range(count)]
+    return list(batch.unbind(0))
+
+
+def to_device(item: Any, device: torch.device) -> Any:
+    if isinstance(item, dict):
+        return {key: value.to(device) for key, value in item.items()}
+    return item.to(device)
+
+
+def device_preprocess(transform: Any) -> DevicePreprocess | NaFlexPreprocess | None:
     """The transform's recipe, or None when it is not resize, crop, scale and normalise."""
     from img_search.embedding.efficientnet import ResizeCropNormalize
     from img_search.embedding.open_clip import OpenCLIPImageTransform
@@ -93,8 +155,8 @@ def device_preprocess(transform: Any) -> DevicePreprocess | None:
 
     if isinstance(transform, OpenCLIPImageTransform):
         return _from_torchvision(transform.transform)
-    if isinstance(transform, ProcessorImageTransform) and not transform.call_kwargs:
-        return _from_image_processor(transform.image_processor)
+    if isinstance(transform, ProcessorImageTransform):
+        return _from_image_processor(transform.image_processor, transform.call_kwargs)
     if type(transform) is ResizeCropNormalize:
         return DevicePreprocess(
             resize="shortest",
@@ -131,14 +193,31 @@ def _from_torchvision(compose: Any) -> DevicePreprocess | None:
     )
 
 
-def _from_image_processor(processor: Any) -> DevicePreprocess | None:
-    """A transformers image processor with a plain recipe (CLIP, SigLIP); not NaFlex (SigLIP2)."""
-    if hasattr(processor, "max_num_patches") or not getattr(processor, "do_resize", False):
+def _from_image_processor(
+    processor: Any, call_kwargs: dict[str, Any]
+) -> DevicePreprocess | NaFlexPreprocess | None:
+    """A transformers image processor with a plain recipe (CLIP, SigLIP) or SigLIP2's NaFlex."""
+    resample = FILTERS.get(int(getattr(processor, "resample", 0) or 0))
+    normalize = getattr(processor, "do_normalize", False)
+    scale = float(processor.rescale_factor) if getattr(processor, "do_rescale", False) else 1.0
+    mean = tuple(processor.image_mean) if normalize else (0.0, 0.0, 0.0)
+    std = tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0)
+    if hasattr(processor, "max_num_patches"):  # NaFlex: the call's patch settings win
+        if resample is None or set(call_kwargs) - {"patch_size", "max_num_patches"}:
+            return None
+        settings = {"patch_size": processor.patch_size, **call_kwargs}
+        settings.setdefault("max_num_patches", processor.max_num_patches)
+        return NaFlexPreprocess(
+            patch=int(settings["patch_size"]),
+            max_patches=int(settings["max_num_patches"]),
+            interpolation=resample,
+            scale=scale,
+            mean=mean,
+            std=std,
+        )
+    if call_kwargs or not getattr(processor, "do_resize", False) or resample is None:
         return None
     size = _dict(processor.size)
-    resample = FILTERS.get(int(getattr(processor, "resample", 0) or 0))
-    if resample is None:
-        return None
     if "shortest_edge" in size:
         resize, sizes = "shortest", (int(size["shortest_edge"]),)
     elif "height" in size and "width" in size:
@@ -149,15 +228,14 @@ def _from_image_processor(processor: Any) -> DevicePreprocess | None:
     if getattr(processor, "do_center_crop", False):
         crop_size = _dict(processor.crop_size)
         crop = (int(crop_size["height"]), int(crop_size["width"]))
-    normalize = getattr(processor, "do_normalize", False)
     return DevicePreprocess(
         resize=resize,
         size=sizes,
         interpolation=resample,
         crop=crop,
-        scale=float(processor.rescale_factor) if getattr(processor, "do_rescale", False) else 1.0,
-        mean=tuple(processor.image_mean) if normalize else (0.0, 0.0, 0.0),
-        std=tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0),
+        scale=scale,
+        mean=mean,
+        std=std,
         pixel_values=True,
     )
 

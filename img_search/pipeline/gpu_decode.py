@@ -11,8 +11,8 @@ the encoder's device and runs the encoder's preprocessing there
 
 Everything else takes the CPU path, the default's own code: an image that is
 not a JPEG (or is CMYK, or rotated by its EXIF), any image of a model whose
-preprocessing cannot run on the device (SigLIP2's NaFlex), and a JPEG the
-device fails to decode, which is then decoded by PIL in the main process.
+preprocessing cannot run on the device (jina-v4's), and a JPEG the device
+fails to decode, which is then decoded by PIL in the main process.
 An item that fails there too is an error row with the CPU path's reason:
 every item ends as a row or an error, as with ``tasks.decode=cpu``.
 """
@@ -138,34 +138,33 @@ def decode_on_device(batch: Any, encoder: Any, max_pixels: int | None) -> None:
     features = batch.features
     if not isinstance(features, DeviceBatch):
         return
-    from img_search.embedding.device_preprocess import device_preprocess
+    from img_search.embedding.device_preprocess import collate, device_preprocess, split, to_device
 
-    transform = encoder.image_transform()
+    transform, device = encoder.image_transform(), encoder.device
     steps = device_preprocess(transform)
-    pixels: list[torch.Tensor | None] = [None] * len(features)
+    items: list[Any] = [None] * len(features)
     reasons: dict[int, str] = {}
     if features.cpu is not None:
-        for slot, image in zip(features.cpu_slots, steps.unwrap(features.cpu), strict=True):
-            pixels[slot] = image.to(encoder.device)
+        for slot, item in zip(features.cpu_slots, split(features.cpu), strict=True):
+            items[slot] = to_device(item, device)
     for slot, data, image in zip(
-        features.jpeg_slots, features.jpegs, decoded(features.jpegs, encoder.device), strict=True
+        features.jpeg_slots, features.jpegs, decoded(features.jpegs, device), strict=True
     ):
         if isinstance(image, torch.Tensor):
-            pixels[slot] = steps(image)
+            items[slot] = steps(image)
             continue
         try:  # the device could not decode it: PIL, as on the CPU path
             from img_search.data import open_image
 
             image = open_image(data.numpy().tobytes(), max_pixels, transform.resize_target)
-            cpu = steps.unwrap(transform.collate([transform(image)]))[0]
-            pixels[slot] = cpu.to(encoder.device)
+            items[slot] = to_device(transform(image), device)
         except Exception as exc:
             reasons[slot] = f"{type(exc).__name__}: {exc}"
-    keep = [slot for slot in range(len(pixels)) if slot not in reasons]
+    keep = [slot for slot in range(len(items)) if slot not in reasons]
     batch.failures += [(batch.ids[slot], reason) for slot, reason in sorted(reasons.items())]
     batch.ids = [batch.ids[slot] for slot in keep]
     batch.positions = [batch.positions[slot] for slot in keep]
-    batch.features = steps.wrap(torch.stack([pixels[slot] for slot in keep])) if keep else None
+    batch.features = collate([items[slot] for slot in keep]) if keep else None
 
 
 def decoded(jpegs: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | Exception]:
