@@ -40,15 +40,24 @@ class DeviceJpeg:
 
 @dataclass
 class DeviceBatch:
-    """A collated batch whose JPEGs are still bytes: ``slots`` give each part's places in the batch."""
+    """A collated batch whose JPEGs are still bytes: ``slots`` give each part's places in the batch.
 
-    jpegs: list[torch.Tensor]
+    The JPEGs travel as one tensor (a loader worker hands a tensor over in a shared-memory
+    segment of its own: one per batch, not one per image, which 16 workers would count in
+    thousands of open files).
+    """
+
+    data: torch.Tensor  # uint8: the JPEGs' bytes, one after the other
+    sizes: list[int]
     jpeg_slots: list[int]
     cpu: Any = None  # the encoder's own collate of the CPU-path items (None if none)
     cpu_slots: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.jpeg_slots) + len(self.cpu_slots)
+
+    def jpegs(self) -> list[torch.Tensor]:
+        return list(torch.split(self.data, self.sizes))
 
 
 class JpegOrDecode:
@@ -125,7 +134,8 @@ class MixedCollate:
             return self.collate(features)
         others = [n for n, f in enumerate(features) if not isinstance(f, DeviceJpeg)]
         return DeviceBatch(
-            jpegs=[features[n].data for n in jpegs],
+            data=torch.cat([features[n].data for n in jpegs]),
+            sizes=[len(features[n].data) for n in jpegs],
             jpeg_slots=jpegs,
             cpu=self.collate([features[n] for n in others]) if others else None,
             cpu_slots=others,
@@ -147,9 +157,8 @@ def decode_on_device(batch: Any, encoder: Any, max_pixels: int | None) -> None:
     if features.cpu is not None:
         for slot, item in zip(features.cpu_slots, split(features.cpu), strict=True):
             items[slot] = to_device(item, device)
-    for slot, data, image in zip(
-        features.jpeg_slots, features.jpegs, decoded(features.jpegs, device), strict=True
-    ):
+    jpegs = features.jpegs()
+    for slot, data, image in zip(features.jpeg_slots, jpegs, decoded(jpegs, device), strict=True):
         if isinstance(image, torch.Tensor):
             items[slot] = steps(image)
             continue

@@ -141,6 +141,7 @@ def test_worker_step_passes_plain_jpegs_and_decodes_the_rest(photos, tiny_open_c
     mixed = collate([routed["p.png"], routed["j0.jpg"], routed["cmyk.jpg"]])
     assert isinstance(mixed, DeviceBatch)
     assert (mixed.jpeg_slots, mixed.cpu_slots) == ([1], [0, 2])
+    assert mixed.sizes == [(photos / "j0.jpg").stat().st_size]  # the JPEGs in one tensor
     batch = Batch(ids=["p", "j", "c"], positions=[0, 1, 2], features=mixed)
     decode_on_device(batch, encoder, None)
     assert batch.ids == ["p", "j", "c"] and batch.failures == []
