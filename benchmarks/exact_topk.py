@@ -16,8 +16,9 @@ file, a folder of ``--part-rows`` parts) and dtype, in one run:
      one float32 matrix (read before the clock starts; where the matrix and
      FAISS's copy of it do not fit in memory, the first rows that do, the
      seconds scaled to the table);
-  3. the search: ``exact_top_k`` in a child process (its peak RSS is its
-     VmHWM), ``--queries`` random unit queries, ``--k``;
+  3. the search: ``exact_top_k`` in a child process, its libraries imported
+     before the clock starts (its peak RSS is its VmHWM), ``--queries``
+     random unit queries, ``--k``;
   4. ``--before COMMIT``: the table rewritten as that commit wrote it
      (``testing.tables.rewrite_as_before``: dictionary + Snappy, plain-list
      parts) and searched by that commit's ``exact_top_k`` (its ``img_search``
@@ -142,6 +143,12 @@ def peak_rss() -> int:
 
 
 def child_search(table: str, queries_file: str, k: int, result_file: str) -> dict:
+    """The search in a fresh process, its libraries imported before the clock starts (as FAISS's
+    are): pyarrow's dataset module (which imports pandas), rich, threadpoolctl."""
+    import pyarrow.dataset  # noqa: F401
+    import rich.progress  # noqa: F401
+    import threadpoolctl  # noqa: F401
+
     from img_search.search.exact import exact_top_k  # (the tree on PYTHONPATH: now or --before)
 
     queries = np.load(queries_file)
