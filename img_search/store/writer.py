@@ -40,7 +40,7 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     Parquet dictionary-encodes a column until its dictionary outgrows a page,
     and float16 has only 65,536 values: every page of a float16 vector column
     stayed dictionary-encoded and decoded at about 50,000 rows of 768 a second,
-    a tenth of the plain encoding's speed. Snappy saves nothing on float
+    about a sixth of the plain encoding's speed. Snappy saves nothing on float
     vectors, and min/max statistics of vector values serve no filter. Tables
     written before (dictionary, Snappy) read as they are.
     """
