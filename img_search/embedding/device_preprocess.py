@@ -16,13 +16,16 @@ Each gives one item's features as the transform does (a tensor, or a dict of
 them for transformers), and ``collate`` / ``split`` turn a batch of them into
 what ``encode_images`` takes and back.
 
-Not bit-equal to PIL: torchvision's antialiased filters and libjpeg's or
-nvJPEG's decoding differ from PIL's by a grey level here and there; the
-vectors agree to a cosine the tests state (``tests/pipeline/test_gpu_decode.py``).
+Not bit-equal to PIL: the resize runs PIL's two passes (width, then height,
+rounded to 8 bits between them) with torch's antialiased filters in float,
+and libjpeg's or nvJPEG's decoding may differ from PIL's, so a grey level
+differs here and there; the vectors agree to a cosine the tests state
+(``tests/pipeline/test_gpu_decode.py``).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,16 +117,33 @@ class NaFlexPreprocess:
 
 
 def _resize(image: torch.Tensor, height: int, width: int, interpolation: str) -> torch.Tensor:
-    from torchvision.transforms.v2 import functional as F
-
-    return F.resize(image, [height, width], interpolation=interpolation, antialias=True)
+    """Antialiased, as PIL resizes: the width, then the height, each pass rounded to whole grey
+    levels (PIL keeps 8 bits between them); float32 0..255, the same operations on every device."""
+    pixels = image.unsqueeze(0).to(torch.float32)
+    for size in ((pixels.shape[-2], width), (height, width)):
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = torch.nn.functional.interpolate(
+                pixels, size=size, mode=interpolation, antialias=True, align_corners=False
+            )
+            pixels = pixels.add_(0.5).floor_().clamp_(0, 255)
+    return pixels[0]
 
 
 def _normalised(image: torch.Tensor, scale: float, mean: Any, std: Any) -> torch.Tensor:
-    pixels = image.to(torch.float32) * scale
-    mean = torch.tensor(mean, dtype=torch.float32, device=image.device)[:, None, None]
-    std = torch.tensor(std, dtype=torch.float32, device=image.device)[:, None, None]
-    return (pixels - mean) / std
+    """``(image x scale - mean) / std`` as one multiply and one subtract."""
+    factor, offset = _affine(scale, tuple(mean), tuple(std), image.device)
+    return image.to(torch.float32).mul_(factor).sub_(offset)
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(
+    scale: float, mean: tuple, std: tuple, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """The normalisation's factor and offset per channel, made on the device once (a tensor made
+    from a list on a GPU is a blocking copy: once per image would stall the queue)."""
+    std_ = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    mean_ = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    return (scale / std_).to(device), (mean_ / std_).to(device)
 
 
 def collate(items: list[Any]) -> Any:
