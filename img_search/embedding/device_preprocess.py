@@ -37,7 +37,7 @@ FILTERS = {2: "bilinear", 3: "bicubic"}
 
 @dataclass(frozen=True)
 class DevicePreprocess:
-    """Resize, crop, scale and normalise one decoded (3, height, width) uint8 image."""
+    """Resize, crop, scale and normalise decoded uint8 images of one size, (n, 3, height, width)."""
 
     #: ``shortest``: the shorter side to ``size[0]``, the aspect kept; ``exact``: to ``size`` (h, w)
     resize: str
@@ -68,9 +68,10 @@ class DevicePreprocess:
             return int(side * height / width), side
         return side, int(side * width / height)
 
-    def __call__(self, image: torch.Tensor) -> Any:
-        height, width = self.target(image.shape[-1], image.shape[-2])
-        resized = _resize(image, height, width, self.interpolation)
+    def __call__(self, images: torch.Tensor) -> Any:
+        """The batch's features (a tensor, or ``{"pixel_values": ...}``), as ``collate`` makes them."""
+        height, width = self.target(images.shape[-1], images.shape[-2])
+        resized = _resize(images, height, width, self.interpolation)
         if self.crop is not None:
             crop_h, crop_w = self.crop
             top, left = self._offset(height - crop_h), self._offset(width - crop_w)
@@ -94,39 +95,46 @@ class NaFlexPreprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images of one size, (n, 3, height, width) → the batch's features, as ``collate`` makes them."""
         from transformers.models.siglip2.image_processing_pil_siglip2 import (
             get_image_size_for_max_num_patches,
         )
 
         height, width = get_image_size_for_max_num_patches(
-            image.shape[-2], image.shape[-1], self.patch, self.max_patches
+            images.shape[-2], images.shape[-1], self.patch, self.max_patches
         )
         pixels = _normalised(
-            _resize(image, height, width, self.interpolation), self.scale, self.mean, self.std
+            _resize(images, height, width, self.interpolation), self.scale, self.mean, self.std
         )
-        rows, columns = height // self.patch, width // self.patch
-        patches = pixels.reshape(3, rows, self.patch, columns, self.patch)
-        patches = patches.permute(1, 3, 2, 4, 0).reshape(rows * columns, -1)
-        padded = patches.new_zeros((self.max_patches, patches.shape[1]))
-        padded[: len(patches)] = patches
-        mask = torch.zeros(self.max_patches, dtype=torch.int32, device=image.device)
-        mask[: len(patches)] = 1
-        shape = torch.tensor([rows, columns], dtype=torch.int64, device=image.device)
-        return {"pixel_values": padded, "pixel_attention_mask": mask, "spatial_shapes": shape}
+        count, rows, columns = len(images), height // self.patch, width // self.patch
+        patches = pixels.reshape(count, 3, rows, self.patch, columns, self.patch)
+        patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(count, rows * columns, -1)
+        padded = patches.new_zeros((count, self.max_patches, patches.shape[-1]))
+        padded[:, : rows * columns] = patches
+        mask = torch.zeros((count, self.max_patches), dtype=torch.int32, device=images.device)
+        mask[:, : rows * columns] = 1
+        shape = torch.tensor([rows, columns], dtype=torch.int64).to(
+            images.device, non_blocking=True
+        )
+        return {
+            "pixel_values": padded,
+            "pixel_attention_mask": mask,
+            "spatial_shapes": shape.expand(count, 2).contiguous(),
+        }
 
 
 def _resize(image: torch.Tensor, height: int, width: int, interpolation: str) -> torch.Tensor:
     """Antialiased, as PIL resizes: the width, then the height, each pass rounded to whole grey
     levels (PIL keeps 8 bits between them); float32 0..255, the same operations on every device."""
-    pixels = image.unsqueeze(0).to(torch.float32)
+    pixels = image.to(torch.float32)
     for size in ((pixels.shape[-2], width), (height, width)):
         if tuple(pixels.shape[-2:]) != size:
             pixels = torch.nn.functional.interpolate(
                 pixels, size=size, mode=interpolation, antialias=True, align_corners=False
             )
             pixels = pixels.add_(0.5).floor_().clamp_(0, 255)
-    return pixels[0]
+    return pixels
 
 
 def _normalised(image: torch.Tensor, scale: float, mean: Any, std: Any) -> torch.Tensor:

@@ -158,9 +158,18 @@ def decode_on_device(batch: Any, encoder: Any, max_pixels: int | None) -> None:
         for slot, item in zip(features.cpu_slots, split(features.cpu), strict=True):
             items[slot] = to_device(item, device)
     jpegs = features.jpegs()
-    for slot, data, image in zip(features.jpeg_slots, jpegs, decoded(jpegs, device), strict=True):
+    images = dict(zip(features.jpeg_slots, decoded(jpegs, device), strict=True))
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for slot, image in images.items():
         if isinstance(image, torch.Tensor):
-            items[slot] = steps(image)
+            by_size.setdefault(tuple(image.shape), []).append(slot)
+    for slots in by_size.values():  # (a size at a time: one call for many images of one size)
+        for slot, item in zip(
+            slots, split(steps(torch.stack([images[s] for s in slots]))), strict=True
+        ):
+            items[slot] = item
+    for slot, data in zip(features.jpeg_slots, jpegs, strict=True):
+        if isinstance(images[slot], torch.Tensor):
             continue
         try:  # the device could not decode it: PIL, as on the CPU path
             from img_search.data import open_image

@@ -141,14 +141,26 @@ def test_worker_step_passes_plain_jpegs_and_decodes_the_rest(photos, tiny_open_c
     collate = MixedCollate(transform.collate)
     plain = collate([routed["p.png"], routed["cmyk.jpg"]])
     assert isinstance(plain, torch.Tensor) and plain.shape == (2, 3, 64, 64)  # as without it
-    mixed = collate([routed["p.png"], routed["j0.jpg"], routed["cmyk.jpg"]])
+    # two JPEGs of one size (resized in one call) and one of another, between CPU-path items
+    twin = jpeg_bytes(synthetic_image(50, SIZES[0]))
+    jpegs = {
+        "j0": (photos / "j0.jpg").read_bytes(),
+        "twin": twin,
+        "j2": (photos / "j2.jpg").read_bytes(),
+    }
+    routed.update({name: step(ImageItem(name, data)) for name, data in jpegs.items()})
+    order = ["p.png", "j0", "cmyk.jpg", "twin", "j2"]
+    mixed = collate([routed[name] for name in order])
     assert isinstance(mixed, DeviceBatch)
-    assert (mixed.jpeg_slots, mixed.cpu_slots) == ([1], [0, 2])
-    assert mixed.sizes == [(photos / "j0.jpg").stat().st_size]  # the JPEGs in one tensor
-    batch = Batch(ids=["p", "j", "c"], positions=[0, 1, 2], features=mixed)
+    assert (mixed.jpeg_slots, mixed.cpu_slots) == ([1, 3, 4], [0, 2])
+    assert mixed.sizes == [len(jpegs[n]) for n in ("j0", "twin", "j2")]  # in one tensor
+    batch = Batch(ids=order, positions=list(range(5)), features=mixed)
     decode_on_device(batch, encoder, None)
-    assert batch.ids == ["p", "j", "c"] and batch.failures == []
-    assert batch.features.shape == (3, 3, 64, 64)
+    assert batch.ids == order and batch.failures == []
+    assert batch.features.shape == (5, 3, 64, 64)
     torch.testing.assert_close(batch.features[[0, 2]], plain)
-    pil = transform(Image.open(photos / "j0.jpg").convert("RGB"))
-    assert (batch.features[1] - pil).abs().max() <= 1 / 255 / 0.25 + 1e-6  # a grey level
+    for slot, name in ((1, "j0"), (3, "twin"), (4, "j2")):
+        pil = transform(Image.open(io.BytesIO(jpegs[name])).convert("RGB"))
+        assert (batch.features[slot] - pil).abs().max() <= 1 / 255 / 0.25 + 1e-6, (
+            name
+        )  # a grey level
