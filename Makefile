@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # on first import. That needs bytecode writing, which PYTHONDONTWRITEBYTECODE would turn off.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install demo serve browser test lint format clean
+.PHONY: install demo serve browser test lint format clean device-wheels
 
 install: $(STAMP)
 
@@ -61,3 +61,9 @@ test: lint browser
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache
+
+# The wheels benchmarks/gpu.py needs beyond what the GPU machine has (Python 3.12, manylinux x86_64),
+# for a machine that can fetch nothing: docs/benchmarks.md gives the command that installs them there.
+DEVICE_WHEELS ?= device-wheels
+device-wheels: install
+	$(PY) benchmarks/device_wheels.py download $(DEVICE_WHEELS)

@@ -103,7 +103,17 @@ def model_only(encoder, batches: list, images: int) -> float:
     return images / (time.perf_counter() - started)
 
 
-def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: int, workers: int):
+def pipeline(
+    group_key: str,
+    spec: dict,
+    folder: Path,
+    out: Path,
+    batch_size: int,
+    workers: int,
+    extra: tuple[str, ...] = (),
+):
+    """One run of the embed job in this process; its ``PassStats`` (model loading excluded).
+    ``extra``: more overrides (``tasks.precision=fp16``, ``tasks.decode=gpu``)."""
     from img_search.api.jobs import compose
     from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.runner import plan_job, run_job
@@ -118,6 +128,7 @@ def pipeline(group_key: str, spec: dict, folder: Path, out: Path, batch_size: in
         f"tasks.num_workers={workers}",
         "tasks.overwrite=true",
         "logging=quiet",
+        *extra,
     ]
     cfg = compose("embed_config", overrides)
     job = plan_job(cfg, IMAGES, image_dataset_specs(cfg))

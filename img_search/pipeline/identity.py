@@ -46,6 +46,8 @@ IDENTITY_TASK_OPTIONS: dict[str, str] = {
     "precision": "autocast precision of the forward pass: bf16 vectors differ from fp32 ones",
     "output_dtype": "the dtype the vectors are stored in",
     "max_image_pixels": "larger images are error rows instead of rows",
+    "decode": "where JPEGs are decoded and resized: the device's decoder and filters give vectors "
+    "close to PIL's, not equal",
 }
 
 

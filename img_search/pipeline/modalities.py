@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the commands import this before the config is checked: no t
 
     from img_search.data import ImageDataset, TextDataset
     from img_search.embedding import Encoder
-    from img_search.embedding.prepare import CaptionText, DecodeAndTransform
+    from img_search.embedding.prepare import CaptionText
     from img_search.pipeline.settings import TaskSettings
 
 
@@ -68,14 +68,22 @@ def _image_source(name: str, spec: Mapping[str, Any]) -> ImageDataset:
     return get_dataset(spec, name=name)
 
 
-def _image_prepare(encoder: Encoder, settings: TaskSettings) -> DecodeAndTransform:
+def _image_prepare(encoder: Encoder, settings: TaskSettings) -> Any:
     from img_search.embedding.prepare import DecodeAndTransform
 
-    return DecodeAndTransform(encoder.image_transform(), settings.max_image_pixels)
+    step = DecodeAndTransform(encoder.image_transform(), settings.max_image_pixels)
+    if settings.decode == "gpu":
+        from img_search.pipeline.gpu_decode import jpegs_to_device
+
+        transform = encoder.image_transform()
+        return jpegs_to_device(step, transform, settings.max_image_pixels, encoder.name)
+    return step
 
 
 def _image_collate(encoder: Encoder) -> Any:
-    return encoder.image_transform().collate
+    from img_search.pipeline.gpu_decode import MixedCollate  # (as it is, without tasks.decode=gpu)
+
+    return MixedCollate(encoder.image_transform().collate)
 
 
 def _image_forward(encoder: Encoder, features: Any) -> torch.Tensor:

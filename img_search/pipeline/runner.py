@@ -258,6 +258,9 @@ def part_writers(job: Job, encoder: Encoder, source: Any) -> Any:
 
 
 def forward(job: Job, encoder: Encoder, batch: Any) -> np.ndarray | None:
+    from img_search.pipeline.gpu_decode import decode_on_device
+
+    decode_on_device(batch, encoder, job.settings.max_image_pixels)  # tasks.decode=gpu's JPEGs
     if batch.features is None:
         return None
     return job.modality.forward(encoder, batch.features).float().cpu().numpy()

@@ -20,6 +20,7 @@ from img_search.failures import ConfigError
 from img_search.host import usable_cores
 
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
+DECODERS = ("cpu", "gpu")
 T = TypeVar("T")
 
 #: Auto shard size: about 64 shards, each between these sizes.
@@ -43,6 +44,9 @@ class TaskSettings:
     overwrite: bool = False
     #: Decompression-bomb guard: larger images are skipped and reported.
     max_image_pixels: int = 178_956_970
+    #: Where images are decoded: cpu (PIL in loader workers) | gpu (JPEGs on the model's
+    #: device, in batches: ``pipeline.gpu_decode``).
+    decode: str = "cpu"
     build_retries: int = 3
     build_backoff_s: float = 2.0
     #: Items per shard of a random-access source; null: about 64 shards of 256 to 10,000 items
@@ -76,6 +80,7 @@ class TaskSettings:
                 self.output_dtype in OUTPUT_DTYPES,
                 f"tasks.output_dtype must be one of {sorted(OUTPUT_DTYPES)}",
             ),
+            (self.decode in DECODERS, f"tasks.decode must be one of {list(DECODERS)}"),
             (self.shard_size is None or self.shard_size > 0, "tasks.shard_size must be positive"),
             (self.commit_every_s > 0, "tasks.commit_every_s must be positive"),
             (self.lease_s > 0, "tasks.lease_s must be positive"),

@@ -144,6 +144,9 @@ class _FaissIndex(VectorIndex):
 
 
 class FlatIndex(_FaissIndex):
+    """Exact: the vectors in a FAISS ``IndexFlatIP`` (its file format), searched by
+    ``search.exact``'s block top-k, so that every exact answer ranks alike (ties by position)."""
+
     kind = "flat"
 
     def add(self, vectors: np.ndarray) -> None:
@@ -152,6 +155,19 @@ class FlatIndex(_FaissIndex):
         self.index = faiss.IndexFlatIP(self.dim)
         self.index.add(_float32_rows(vectors))
         self.count = int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        from img_search.search.exact import matrix_top_k
+
+        count = int(self.index.ntotal)
+        vectors = faiss.rev_swig_ptr(self.index.get_xb(), count * self.dim)
+        found = matrix_top_k(vectors.reshape(count, self.dim), _float32_rows(queries), k)
+        missing = k - found.rows.shape[1]  # fewer than k vectors: padded as FAISS pads
+        lowest = np.finfo(np.float32).min
+        scores = np.pad(found.scores, ((0, 0), (0, missing)), constant_values=lowest)
+        return scores, np.pad(found.rows, ((0, 0), (0, missing)), constant_values=-1)
 
 
 class FaissHNSWIndex(_FaissIndex):

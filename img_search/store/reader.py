@@ -173,23 +173,53 @@ def selection_batches(
     RSS) batch by batch. Row groups whose statistics exclude the selection are
     skipped; those that hold nothing else are read without the filter.
     """
+    for group in selection_row_groups(path, model_name, dataset_name, columns):
+        yield from group.batches(batch_rows)
+
+
+@dataclass(frozen=True)
+class RowGroupRead:
+    """One row group of a selection, read on its own (so that threads can decode several at once)."""
+
+    file: Path
+    metadata: pq.FileMetaData
+    group: int
+    columns: tuple[str, ...]  # what ``batches`` yields
+    #: None when every row of the group is selected, else the rows to keep
+    condition: pc.Expression | None
+    read: tuple[str, ...]  # the columns read: ``columns`` and those the condition needs
+
+    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        with pq.ParquetFile(
+            self.file, metadata=self.metadata, memory_map=False, pre_buffer=False, buffer_size=2**20
+        ) as parquet:
+            read = list(self.read)
+            for batch in parquet.iter_batches(batch_rows, row_groups=[self.group], columns=read):
+                if self.condition is not None:
+                    batch = batch.filter(self.condition).select(list(self.columns))
+                if batch.num_rows:
+                    yield batch
+
+
+def selection_row_groups(
+    path: str | os.PathLike[str],
+    model_name: str | None,
+    dataset_name: str | None,
+    columns: Sequence[str] = (S.ID, S.EMBEDDING),
+) -> Iterator[RowGroupRead]:
+    """The row groups that hold rows of one selection, in table order."""
     conditions = {S.MODEL: model_name, S.DATASET: dataset_name}
     conditions = {column: value for column, value in conditions.items() if value is not None}
     expression = selection_filter(model_name, dataset_name)
     for file in table_files(path):
-        parquet = pq.ParquetFile(file, memory_map=False, pre_buffer=False, buffer_size=2**20)
-        for group in range(parquet.num_row_groups):
-            match = _row_group_match(parquet.metadata.row_group(group), conditions)
+        metadata = pq.read_metadata(file)
+        for group in range(metadata.num_row_groups):
+            match = _row_group_match(metadata.row_group(group), conditions)
             if match is False:
                 continue
-            read = (
-                list(columns) if match else [*columns, *(c for c in conditions if c not in columns)]
-            )
-            for batch in parquet.iter_batches(batch_rows, row_groups=[group], columns=read):
-                if not match:
-                    batch = batch.filter(expression).select(list(columns))
-                if batch.num_rows:
-                    yield batch
+            read = (*columns, *(() if match else (c for c in conditions if c not in columns)))
+            condition = None if match else expression
+            yield RowGroupRead(file, metadata, group, tuple(columns), condition, tuple(read))
 
 
 def _row_group_match(group: pq.RowGroupMetaData, conditions: dict[str, str]) -> bool | None:

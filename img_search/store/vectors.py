@@ -24,6 +24,7 @@ of another length than the others is an error, never left out.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,12 +113,17 @@ class Usable:
 
 
 def usable_rows(
-    column: pa.ChunkedArray | pa.Array, ids: pa.ChunkedArray | pa.Array | np.ndarray | None
+    column: pa.ChunkedArray | pa.Array,
+    ids: pa.ChunkedArray | pa.Array | np.ndarray | None,
+    *,
+    float32: bool = False,
 ) -> Usable:
     """The policy: rows with a null or non-finite vector left out, the others as one matrix.
 
     ``ids`` (the same rows' ids) name the left-out rows; without them a left-out
-    row is named by its position.
+    row is named by its position. ``float32``: the matrix converted
+    (``as_float32``) before the check, which is faster on float32 and keeps
+    every NaN and infinity.
     """
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else 0
@@ -127,6 +133,8 @@ def usable_rows(
         valid = _valid(chunk)
         present = chunk if valid.all() else chunk.filter(pa.array(valid))
         vectors = chunk_vectors(present) if len(present) else np.zeros((0, width), np.float32)
+        if float32:
+            vectors = as_float32(vectors)
         finite = finite_rows(vectors)
         keep = valid.copy()
         keep[valid] = finite
@@ -144,9 +152,38 @@ def usable_rows(
 
 
 def finite_rows(vectors: np.ndarray) -> np.ndarray:
-    """Which rows hold only finite values: a row's sum in float64 is finite exactly then (finite
-    float32 values cannot overflow it; NaN and ±inf carry through), without an element-wise mask."""
+    """Which rows hold only finite values.
+
+    float32: the element-wise test, which numpy vectorises (3× the sum below).
+    Other dtypes: a row's sum in float64 is finite exactly then (finite float16
+    values cannot overflow it; NaN and ±inf carry through), faster there than
+    the element-wise test.
+    """
+    if vectors.dtype == np.float32:
+        return np.isfinite(vectors).all(axis=1)
     return np.isfinite(vectors.sum(axis=1, dtype=np.float64))
+
+
+def as_float32(vectors: np.ndarray) -> np.ndarray:
+    """A matrix as C-contiguous float32: itself when it is one, else a converted copy.
+
+    torch converts float16 faster than numpy's cast loop (0.31 against 0.63 s
+    for 500,000 x 768 into new arrays here; 2.36 against 0.86 GB/s measured
+    before); ``from_dlpack`` takes Arrow's read-only buffers without a copy or
+    a warning. Importing torch for it costs more (2 s) than it saves below
+    millions of rows, so torch converts when the process has it already
+    (evaluation, the query encoders, the server), numpy otherwise.
+    """
+    if vectors.dtype == np.float32 and vectors.flags.c_contiguous:
+        return vectors
+    if not vectors.size:
+        return np.zeros(vectors.shape, dtype=np.float32)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    converted = np.empty(vectors.shape, dtype=np.float32)
+    torch.from_dlpack(converted).copy_(torch.from_dlpack(np.ascontiguousarray(vectors)))
+    return converted
 
 
 def _valid(chunk: pa.Array) -> np.ndarray:

@@ -23,6 +23,7 @@ __all__ = [
     "PHOTO_SIZES",
     "TINY_OPEN_CLIP_DIM",
     "TINY_OPEN_CLIP_PREPROCESS",
+    "build_open_clip_sized",
     "build_tiny_open_clip",
     "open_clip_vectors",
     "put_in_hub_cache",
@@ -47,11 +48,32 @@ TINY_OPEN_CLIP_PREPROCESS = {
 
 def build_tiny_open_clip(path: str | Path, seed: int = 0) -> Path:
     """Write the tiny checkpoint into ``path`` (created); returns ``path``."""
+    config = {"model_cfg": _MODEL_CFG, "preprocess_cfg": TINY_OPEN_CLIP_PREPROCESS}
+    return _build(Path(path), config, seed)
+
+
+def build_open_clip_sized(path: str | Path, architecture: str = "ViT-B-32", seed: int = 0) -> Path:
+    """A random-weight checkpoint of an open_clip architecture (``ViT-B-32``: 151M parameters,
+    ~600 MB) with open_clip's default preprocessing, in the same layout (benchmarks)."""
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    model_cfg = open_clip.get_model_config(architecture)
+    size = model_cfg["vision_cfg"]["image_size"]
+    preprocess = {
+        "size": size,
+        "mean": list(OPENAI_DATASET_MEAN),
+        "std": list(OPENAI_DATASET_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+    return _build(Path(path), {"model_cfg": model_cfg, "preprocess_cfg": preprocess}, seed)
+
+
+def _build(folder: Path, config: dict, seed: int) -> Path:
     import open_clip
 
-    folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": _MODEL_CFG, "preprocess_cfg": TINY_OPEN_CLIP_PREPROCESS}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(seed)
     quiet = logging.getLogger().level

@@ -2,8 +2,8 @@
 
 Each part is written chunk by chunk through ``PartWriter`` where the pipeline
 stages its parts, then finished as the pipeline finishes a job: assembled
-into one ``.parquet`` file, or published as a folder table (plain-list parts
-and a ``_common_metadata`` that lists them). A table of millions of rows
+into one ``.parquet`` file, or published as a folder table (the parts and a
+``_common_metadata`` that lists them). A table of millions of rows
 takes the memory of one chunk.
 """
 
@@ -41,7 +41,6 @@ def write_embedding_table(
             model_name,
             dataset_name,
             output_dtype=output_dtype,
-            fixed_size=not layout.is_folder,
         )
         for ids, vectors in chunks:
             writer.write(ids, vectors)
@@ -57,6 +56,35 @@ def write_embedding_table(
         assemble_file(layout.path, with_metadata(table_schema(dim, output_dtype), recorded), files)
     remove(layout.state_dir)
     return layout
+
+
+def rewrite_as_before(path: str | os.PathLike[str]) -> None:
+    """Rewrite a finished table's files as img_search wrote them before vectors were stored plain:
+    every column dictionary-encoded and Snappy-compressed (pyarrow's defaults), and a folder
+    table's vectors as plain lists (``list<half>`` parts). Row groups and metadata are kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from img_search.atomic import atomic_write
+    from img_search.store import schema as S
+    from img_search.store.reader import table_files
+
+    layout = TableLayout.of(path)
+    for file in table_files(layout.path):
+        source = pq.ParquetFile(file)
+        schema = source.schema_arrow
+        if layout.is_folder:
+            value = schema.field(S.EMBEDDING).type.value_type
+            at = schema.get_field_index(S.EMBEDDING)
+            schema = schema.set(at, pa.field(S.EMBEDDING, pa.list_(value)))
+
+        def write(tmp: Any, source: Any = source, schema: pa.Schema = schema) -> None:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for group in range(source.num_row_groups):
+                    writer.write_table(source.read_row_group(group).cast(schema))
+
+        atomic_write(file, write)
+        source.close()
 
 
 def table_like(

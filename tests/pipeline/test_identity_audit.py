@@ -36,6 +36,7 @@ ENTRIES = {
 ALTERNATIVES: dict[str, Any] = {
     "tasks.precision": "bf16",
     "tasks.output_dtype": "float16",
+    "tasks.decode": "gpu",
     "tasks.shard_size": 8,
     "models.jina_v4.task": "text-matching",
     "models.jina_v4.prompt_name": "passage",

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from img_search.search.exact import RunningTopK, exact_top_k
+from img_search.search.kinds import FlatIndex
 from img_search.store import schema as S
 from img_search.store import vectors_to_arrow
 from img_search.store.selection import load_selection
 from img_search.store.writer import table_schema, with_metadata
-from img_search.testing.tables import write_embedding_table
+from img_search.testing.tables import rewrite_as_before, write_embedding_table
 
 N, DIM, K = 200_000, 64, 50
 #: 3001 rows of float32 (6002 of float16) a block: 67 (34) blocks, boundaries inside parts
@@ -62,10 +63,20 @@ def argsort_top_k(queries: np.ndarray, vectors: np.ndarray, k: int):
 
 
 @pytest.fixture(
-    scope="module", params=["float32 file", "float16 file", "float32 folder", "float16 folder"]
+    scope="module",
+    params=[
+        "float32 file",
+        "float16 file",
+        "float32 folder",
+        "float16 folder",
+        "float32 file before",
+        "float16 folder before",
+    ],
 )
 def table(request, tmp_path_factory, data) -> Path:
-    dtype, form = request.param.split()
+    """The rows as each table form and dtype holds them; ``before``: as img_search wrote them
+    before vectors were stored plain (Snappy, dictionary, and ``list<half>`` parts)."""
+    dtype, form, *before = request.param.split()
     ids, vectors, _ = data
     root = tmp_path_factory.mktemp("exact")
     if form == "file":
@@ -79,6 +90,8 @@ def table(request, tmp_path_factory, data) -> Path:
             for size, end in zip(FOLDER_PARTS, ends, strict=True)
         ]
     write_embedding_table(path, parts, output_dtype=dtype)
+    if before:
+        rewrite_as_before(path)
     return path
 
 
@@ -218,3 +231,33 @@ def test_row_groups_that_mix_selections(tmp_path: Path, statistics: bool) -> Non
     expected, _ = argsort_top_k(queries, selection.vectors, K)
     assert found.scanned == (models == "siglip").sum()
     np.testing.assert_array_equal(found.ids, selection.ids[expected])
+
+
+@pytest.mark.parametrize("table", ["float16 folder"], indirect=True)
+def test_torch_product_and_three_decoding_threads(table: Path, data) -> None:
+    """The products by torch (as on a GPU, here on the CPU) while three threads decode the three
+    parts at once: the same rows and scores as numpy's argsort."""
+    ids, vectors, queries = data
+    found = exact_top_k(table, queries, K, block_bytes=BLOCK_BYTES, threads=3, device="cpu")
+    rows, scores = argsort_top_k(queries, vectors, K)
+    np.testing.assert_array_equal(found.rows, rows)
+    np.testing.assert_array_equal(found.scores, scores)
+    np.testing.assert_array_equal(found.ids, ids[rows])
+
+
+def test_flat_index_ranks_like_exact_search(data) -> None:
+    """The ``flat`` index (query, Table.search, the server, the ANN reference) uses the same block
+    top-k: ties by lower position, and FAISS's padding when k exceeds the rows."""
+    _, vectors, queries = data
+    index = FlatIndex(DIM)
+    index.add(vectors[:40_000])
+    scores, rows = index.search(queries, K)
+    expected, expected_scores = argsort_top_k(queries, vectors[:40_000], K)
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_array_equal(scores, expected_scores)
+    small = FlatIndex(DIM)
+    small.add(vectors[:3])
+    scores, rows = small.search(queries[:1], 5)
+    np.testing.assert_array_equal(rows[0, 3:], [-1, -1])
+    assert (scores[0, 3:] == np.finfo(np.float32).min).all()
+    np.testing.assert_array_equal(rows[0, :3], argsort_top_k(queries[:1], vectors[:3], 3)[0][0])

@@ -553,55 +553,6 @@ def test_unfinished_folder_is_not_a_table(tmp_path: Path, two_groups: list[Group
         read_embeddings(tmp_path / "absent")
 
 
-def test_folder_opens_with_other_tools(
-    tmp_path: Path, two_groups: list[Group], mixed_dims: list[Group]
-) -> None:
-    """pyarrow, polars, DuckDB and 🤗 datasets read the folder as it is, errors table in ``emb.side/`` beside it."""
-    import datasets
-    import duckdb
-    import polars as pl
-    import pyarrow.dataset as ds
-
-    path = tmp_path / "emb"
-    groups = [two_groups[0], *mixed_dims]  # models of 8 and 4 dimensions
-    layout = make_folder(path, groups)
-    write_errors(layout.errors_path, [("bad.jpg", "inquire", "clip", "cannot decode image")])
-    assert layout.errors_path == tmp_path / "emb.side" / "errors.parquet"
-    assert "emb.side" in listing(tmp_path) and "errors.parquet" not in listing(path)
-    total = sum(len(g[2]) for g in groups)
-
-    table = ds.dataset(path, format="parquet").to_table()
-    assert table.num_rows == total
-    assert table.schema.field("embedding").type == pa.list_(pa.float32())
-    assert_same_rows(
-        by_key(
-            table.column("model_name").to_pylist(),
-            table.column("id").to_pylist(),
-            table.column("embedding").to_pylist(),
-        ),
-        groups,
-    )
-
-    frame = pl.scan_parquet(f"{path}/*.parquet").collect()
-    assert frame.height == total
-    assert_same_rows(
-        by_key(frame["model_name"].to_list(), frame["id"].to_list(), frame["embedding"].to_list()),
-        groups,
-    )
-
-    rows = duckdb.sql(
-        f"SELECT model_name, id, embedding FROM read_parquet('{path}/*.parquet')"
-    ).fetchall()
-    assert len(rows) == total
-    assert_same_rows(by_key(*map(list, zip(*rows, strict=True))), groups)
-
-    hf = datasets.load_dataset(
-        "parquet", data_dir=str(path), split="train", cache_dir=str(tmp_path / "hf_cache")
-    )
-    assert hf.num_rows == total
-    assert_same_rows(by_key(hf["model_name"], hf["id"], hf["embedding"]), groups)
-
-
 # -- errors table --------------------------------------------------------------------------
 
 
