@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from img_search.cli import user_errors_exit
+from img_search.pipeline.interrupt import interrupted_exit
 from img_search.pipeline.settings import engine_settings
 
 if TYPE_CHECKING:
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
 
 
 def run_cli(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, Any]) -> None:
-    """Run a pipeline from its composed Hydra config and exit with its status."""
-    with user_errors_exit(cfg):
+    """Run a pipeline from its composed Hydra config and exit with its status (130 and one line
+    saying what is kept after Ctrl-C: ``interrupt.py``)."""
+    with user_errors_exit(cfg), interrupted_exit(cfg):
         code = run_configured(cfg, modality, dataset_specs)
     if code:
         sys.exit(code)

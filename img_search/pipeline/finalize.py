@@ -57,6 +57,8 @@ class Outcome:
     finished: bool
     rows: int = 0
     new_errors: int = 0
+    #: The rows of the errors file: the earlier table's errors too, after an appended model.
+    errors: int | None = None
     errors_path: Path | None = None
     waiting: str = ""
     pairs: list[dict[str, Any]] = field(default_factory=list)
@@ -202,9 +204,8 @@ def _assemble(
         pairs.append({"model": model, "dataset": dataset, "rows": rows, "errors": len(pair_errors)})
     dims = {**(_earlier_dims(earlier)), **_part_dims(parts)}
     metadata = _metadata(job, ledger, record, earlier, pairs, dims, records)
-    write_errors(
-        layout.errors_path, read_errors(layout.errors_path) + errors if earlier else errors
-    )
+    all_errors = read_errors(layout.errors_path) + errors if earlier else errors
+    write_errors(layout.errors_path, all_errors)
     dim = next(iter(set(dims.values()))) if len(set(dims.values())) == 1 else None
     extra = job.modality.extra_fields
     if layout.is_folder:
@@ -222,6 +223,7 @@ def _assemble(
         True,
         rows=metadata["rows"],
         new_errors=len(errors),
+        errors=len(all_errors),
         errors_path=layout.errors_path if layout.errors_path.exists() else None,
         pairs=pairs,
         processes=metadata["run"]["processes"],

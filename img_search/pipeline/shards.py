@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -257,6 +258,15 @@ class ShardStream(IterableDataset):
             return Prepared(position, item.id, self.prepare(item))
         except Exception as exc:
             return Failed(position, item.id, f"{type(exc).__name__}: {exc}")
+
+
+def start_loader_worker(worker_id: int, idle: bool) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C is for the main process to handle (it says what is
+    kept and stops the workers), not for each worker to print its traceback; on a CPU,
+    ``yield_to_the_model`` too (``idle``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if idle:
+        yield_to_the_model(worker_id)
 
 
 def yield_to_the_model(worker_id: int) -> None:
