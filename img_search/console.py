@@ -47,7 +47,7 @@ DEFAULT_PROGRESS_EVERY_S = 30.0
 
 
 class _Output:
-    """What ``setup_logging`` decided for this process: how often progress lines come, and
+    """What ``configure_output`` decided for this process: how often progress lines come, and
     whether only warnings and errors are shown (``logging=quiet``: no progress, no summary)."""
 
     progress_every_s: float = DEFAULT_PROGRESS_EVERY_S
@@ -72,8 +72,13 @@ def stdout_console(width: int | None = 160) -> Console:
     return Console(width=width, **PLAIN)
 
 
-def set_progress_every(seconds: Any) -> None:
-    """``logging.progress_every_s``; a value that is not a positive number is a user error."""
+def configure_output(logging_cfg: Any) -> None:
+    """What a ``logging`` config node says about output beyond the log handlers: progress lines
+    every ``progress_every_s`` off a terminal, and nothing but warnings, errors and the output
+    path above ``INFO`` (``logging=quiet``). A bad ``progress_every_s`` is a user error."""
+    node = logging_cfg or {}
+    number = logging.getLevelName(str(node.get("level", "INFO")).upper())
+    seconds = node.get("progress_every_s", DEFAULT_PROGRESS_EVERY_S)
     try:
         value = float(seconds)
     except (TypeError, ValueError):
@@ -83,6 +88,7 @@ def set_progress_every(seconds: Any) -> None:
             f"logging.progress_every_s must be a positive number of seconds, got {seconds!r}"
         )
     OUTPUT.progress_every_s = value
+    OUTPUT.quiet = isinstance(number, int) and number > logging.INFO
 
 
 def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bool = False) -> None:
@@ -90,10 +96,7 @@ def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bo
 
     Off a terminal (a file, a Slurm log, a pipe) every message is one plain
     line, never wrapped: what a user greps for stays on one line. Above
-    ``INFO`` (``logging=quiet``) there is no progress and no summary table.
     """
-    number = logging.getLevelName(level.upper())
-    OUTPUT.quiet = isinstance(number, int) and number > logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -110,10 +113,14 @@ def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bo
     root.addHandler(handler)
     root.setLevel(level.upper() if is_main else "WARNING")
     if not sys.stderr.isatty() and level.upper() != "DEBUG":
-        # per-split bars flood logs (a terminal keeps them); read when 🤗 datasets is imported
+        # per-split and per-checkpoint bars flood logs (a terminal keeps them); read when 🤗
+        # datasets and huggingface_hub (transformers' "Loading weights") are imported
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         if "datasets" in sys.modules:
             sys.modules["datasets"].disable_progress_bars()
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub", "faiss"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 

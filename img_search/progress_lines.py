@@ -35,8 +35,9 @@ class LineTask:
     #: ``completed`` when the task was first updated: what was done before it (a resumed run) is
     #: left out of the rate, and so out of the time left.
     baseline: float | None = None
-    #: The line last written for this task (the final line is not written twice).
+    #: The line last written for this task, and whether it was the last one (done/total reached).
     last_line: str = ""
+    ended: bool = False
 
     @property
     def elapsed(self) -> float:
@@ -142,7 +143,7 @@ class ProgressLines:
 
     def _write(self, task: LineTask) -> None:
         line = task.line()
-        if self.disable or line == task.last_line:
+        if self.disable or task.ended or line == task.last_line:
             return
-        task.last_line = line
+        task.last_line, task.ended = line, task.finished
         log.info("%s", line)

@@ -39,6 +39,9 @@ def run_configured(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[s
     planned, so a configuration error never waits for it. ``engine=ray``
     hands the same job to Ray actors (``ray_engine``).
     """
+    from img_search.console import configure_output
+
+    configure_output(cfg.get("logging"))  # the Python API's logging="quiet" too
     if engine_settings(cfg.get("engine")).kind == "ray":
         from img_search.pipeline.ray_engine import run_on_ray
 

@@ -74,7 +74,7 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
     from img_search.pipeline.ledger import Ledger
     from img_search.pipeline.output import forget_failed_start, open_output
     from img_search.pipeline.plan import plain, plan_job
-    from img_search.pipeline.reporting import ProcessReport, print_summary
+    from img_search.pipeline.reporting import ProcessReport, print_result_lines, print_summary
     from img_search.pipeline.runner import check_error_budget, leaving_on_failure
 
     job = plan_job(cfg, modality, dataset_specs)
@@ -82,7 +82,7 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
     opening = open_output(job, ledger)
     if opening.complete:
         if opening.message:
-            print(opening.message, flush=True)
+            print_result_lines(opening.message.splitlines())
         return 0
     # the driver claims no shard: "done" from the start, so that the last actor finishes the table
     ledger.update({"done": True, "role": "ray driver"})

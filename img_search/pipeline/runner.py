@@ -47,7 +47,12 @@ from img_search.pipeline.ledger import Ledger
 from img_search.pipeline.loader import PassLoader
 from img_search.pipeline.output import JobMismatch, Opening, forget_failed_start, open_output
 from img_search.pipeline.plan import Job, plan_job, spec_fingerprint
-from img_search.pipeline.reporting import ProcessReport, RunStats, print_summary
+from img_search.pipeline.reporting import (
+    ProcessReport,
+    RunStats,
+    print_result_lines,
+    print_summary,
+)
 from img_search.pipeline.settings import usable_cores
 from img_search.pipeline.shards import Feeder
 from img_search.store import PartWriter
@@ -71,7 +76,7 @@ def run_job(job: Job) -> int:
     opening = on_main(accelerator, lambda: open_output(job, ledger))
     if opening.complete:
         if accelerator.is_main_process and opening.message:
-            print(opening.message, flush=True)
+            print_result_lines(opening.message.splitlines())
         finish(accelerator)
         return 0
     if not accelerator.is_main_process:
