@@ -67,8 +67,8 @@ class LineTask:
         """Seconds to go at the rate since the first update; None while that says nothing."""
         if not self.total or self.baseline is None or self.finished:
             return None
-        gained = self.completed - self.baseline
-        return (self.total - self.completed) * self.elapsed / gained if gained > 0 else None
+        gained, seconds = self.completed - self.baseline, self.elapsed
+        return (self.total - self.completed) * seconds / gained if gained > 0 < seconds else None
 
 
 def format_seconds(seconds: float) -> str:

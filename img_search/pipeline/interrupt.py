@@ -46,9 +46,12 @@ def interrupted_line(cfg: Any) -> str:
 
     resume = "rerun the same command to resume"
     try:
-        layout = TableLayout.of(str(cfg.get("output_path")))
-    except Exception:  # no output path yet (interrupted while the config was read)
+        path = cfg.get("output_path")
+    except Exception:  # omegaconf's missing value (???): the run stopped before it began
+        path = None
+    if not path:
         return "interrupted before anything was embedded; rerun the same command to start"
+    layout = TableLayout.of(str(path))
     shards, rows = committed(layout.state_dir)
     if shards or rows:
         plural = "" if shards == 1 else "s"
