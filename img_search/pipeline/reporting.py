@@ -113,24 +113,22 @@ def print_result_lines(lines: list[str]) -> None:
 
 
 def pair_tables(pairs: dict[tuple[str, str], list[RunStats]], stages: list[str]) -> list[Table]:
-    """One table where it fits the console; else two (the counts, then the seconds), so that an
-    80-column terminal shows every name and number whole."""
+    """One table where it fits the console; else two (the counts, then the seconds, whose title
+    says they are seconds), so that an 80-column terminal shows every name and number whole."""
     counts = ("rows", "resumed", "errors", "shards")
-    seconds = ("s", "items/s", *(f"{k} s" for k in stages))
     rows = {pair: pair_row(stats, stages) for pair, stats in pairs.items()}
-    whole = named_table("img_search embedding summary", (*counts, *seconds), rows)
-    if (
-        console.measure(whole, options=console.options.update_width(10_000)).maximum
-        <= console.width
-    ):
+    title = "img_search embedding summary"
+    whole = named_table(title, (*counts, "s", "items/s", *(f"{k} s" for k in stages)), rows)
+    wide = console.options.update_width(10_000)
+    if console.measure(whole, options=wide).maximum <= console.width:
         return [whole]
-    split = len(counts)
+    n = len(counts)
     return [
+        named_table(title, counts, {p: r[:n] for p, r in rows.items()}),
         named_table(
-            "img_search embedding summary", counts, {p: r[:split] for p, r in rows.items()}
-        ),
-        named_table(
-            "seconds (the slowest process)", seconds, {p: r[split:] for p, r in rows.items()}
+            "seconds (the slowest process)",
+            ("s", "items/s", *stages),
+            {p: r[n:] for p, r in rows.items()},
         ),
     ]
 
