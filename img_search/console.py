@@ -95,7 +95,8 @@ def setup_logging(level: str = "INFO", is_main: bool = True, rich_tracebacks: bo
     """Rich log lines on the main process; other ranks only warn, to keep the terminal readable.
 
     Off a terminal (a file, a Slurm log, a pipe) every message is one plain
-    line, never wrapped: what a user greps for stays on one line. Above
+    line, never wrapped: what a user greps for stays on one line, and no bar
+    of the Hub libraries draws itself there.
     """
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -219,7 +219,7 @@ def embed_source(
     job: Job,
     ledger: Ledger,
     layout: tuple[int, int],
-    progress: Any,
+    progress: JobProgress,
 ) -> RunStats:
     """One (model, dataset) pass of this process: claim a shard, embed it, commit it, until none is left."""
     stats = RunStats(encoder.name, source.name, rank=accelerator.process_index)
