@@ -66,6 +66,8 @@ class Outcome:
     processes: list[dict[str, Any]] = field(default_factory=list)
     #: Pairs with shards sent back to be redone (a record or part failed its check).
     redo: list[tuple[str, str]] = field(default_factory=list)
+    #: Each dataset's listing as the job agreed on it (items, shards), once the table is finished.
+    listings: dict[str, Any] = field(default_factory=dict)
 
 
 def pair_claims(ledger: Ledger, model: str, dataset: str) -> PairClaims:
@@ -227,6 +229,7 @@ def _assemble(
         errors_path=layout.errors_path if layout.errors_path.exists() else None,
         pairs=pairs,
         processes=metadata["run"]["processes"],
+        listings=metadata["listings"],
     )
 
 

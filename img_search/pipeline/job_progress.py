@@ -206,8 +206,12 @@ class JobProgress:
         if not getattr(outcome, "finished", False):
             return
         errors = {(p["model"], p["dataset"]): int(p["errors"]) for p in outcome.pairs or []}
+        listings = getattr(outcome, "listings", None) or {}
         with self._lock:
             for (model, dataset), view in self.pairs.items():
+                listing = listings.get(dataset) or {}  # a table finished before a first read
+                view.total = view.total or listing.get("items")
+                view.shards = view.shards if view.shards is not None else listing.get("shards")
                 if view.total is None:
                     continue
                 view.complete, view.errors = True, errors.get((model, dataset))

@@ -104,6 +104,24 @@ def test_the_main_process_shows_the_jobs_items_its_own_and_others(
     ]
 
 
+def test_a_table_finished_before_the_first_read_still_ends_at_its_total(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A Ray driver whose actors finished the table (and removed the job state) before it read
+    anything: the finished table's listing gives the total."""
+    monkeypatch.setattr(job_progress, "BAR_POLL_S", 3600.0)
+    caplog.set_level(logging.INFO, logger="img_search.progress")
+    ledger = Ledger(tmp_path / "out.parquet.partial")
+    with JobProgress(ledger, [("m", "photos")], enabled=True) as progress:
+        progress.poll()  # no listing yet, no records
+        listings = {"photos": {"items": 10, "shards": 3}}
+        pairs = [{"model": "m", "dataset": "photos", "rows": 10, "errors": 0}]
+        progress.end(SimpleNamespace(finished=True, pairs=pairs, listings=listings))
+    assert [r.getMessage() for r in caplog.records] == [
+        "m × photos: 10/10 (100%); 3/3 shards committed, 0 errors"
+    ]
+
+
 def test_an_inert_progress_reads_nothing(tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="img_search.progress")
     ledger = Ledger(tmp_path / "out.parquet.partial")
