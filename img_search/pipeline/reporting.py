@@ -1,4 +1,5 @@
-"""What the user sees: rich logging, a progress bar per (model, dataset), and the end-of-run summary."""
+"""What the user sees at the end of a run: the summary per (model, dataset) and per process, and
+the plain lines on stdout that scripts read (progress while it runs: ``job_progress.py``)."""
 
 from __future__ import annotations
 
