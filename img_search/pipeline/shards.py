@@ -135,6 +135,10 @@ class Feeder:
     # -- serving loader workers ------------------------------------------------------
     def serve(self, workers: int, context: Any) -> None:
         self._requests = context.Queue()
+        # A worker killed while sending a request (an OOM kill, a fault point) can die holding
+        # this queue's write lock: whoever puts after it would wait for that lock at exit,
+        # forever. What is left unsent at exit is not wanted, here or in the workers (``ask``).
+        self._requests.cancel_join_thread()
         self._answers = [context.Queue() for _ in range(workers)]
         self._thread = threading.Thread(target=self._answer, name="img_search-feeder", daemon=True)
         self._thread.start()
@@ -160,6 +164,7 @@ class Feeder:
         """From a loader worker (``worker`` ≥ 0) through the queues, else directly."""
         if worker is None or self._requests is None:
             return self.task(k)
+        self._requests.cancel_join_thread()  # (reset in each forked worker: see ``serve``)
         self._requests.put((worker, k))
         while True:
             try:
