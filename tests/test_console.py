@@ -24,13 +24,13 @@ def test_user_text_prints_as_typed_in_tables_bars_and_log_lines(monkeypatch) -> 
         out.print(table)
         out.print(typed)
     assert captured.get().count(typed) == 5
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # bars: a terminal
     with console.capture() as captured, make_progress(True) as bar:
-        task = bar.add_task(typed, total=1, rate=typed)
+        task = bar.add_task(typed, total=1, rate=typed, detail=typed)
         bar.update(task, advance=1)
-    assert captured.get().count(typed) == 2
+    assert captured.get().count(typed) == 3
     root = logging.getLogger()
     kept = (list(root.handlers), root.level)
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     try:
         setup_logging("INFO")  # a terminal: rich log lines
         with console.capture() as captured:

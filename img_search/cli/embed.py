@@ -14,13 +14,15 @@ from omegaconf import DictConfig
 
 from img_search.cli.errors import user_errors_exit
 from img_search.cli.hydra_entry import hydra_entry
+from img_search.pipeline.interrupt import interrupted_exit
 from img_search.pipeline.launch import run_configured
 from img_search.pipeline.modalities import IMAGES, Modality
 
 
 def run_cli(cfg: DictConfig, modality: Modality) -> None:
-    """Run a pipeline from its composed Hydra config and exit with its status."""
-    with user_errors_exit(cfg):
+    """Run a pipeline from its composed Hydra config and exit with its status (130 and one line
+    saying what is kept after Ctrl-C: ``pipeline.interrupt``)."""
+    with user_errors_exit(cfg), interrupted_exit(cfg):
         code = run_configured(cfg, modality)
     if code:
         sys.exit(code)

@@ -46,7 +46,7 @@ def user_errors_exit(cfg: DictConfig) -> Iterator[None]:
     A Hub access that cannot work from here (offline, no such repository) is
     a user error too, whichever library raised it.
     """
-    from img_search.console import setup_logging
+    from img_search.console import configure_output, setup_logging
 
     logging_cfg = cfg.get("logging") or {}
     level = str(logging_cfg.get("level", "INFO"))
@@ -54,6 +54,7 @@ def user_errors_exit(cfg: DictConfig) -> Iterator[None]:
     is_main = os.environ.get("RANK", "0") == "0"
     setup_logging(level, is_main=is_main, rich_tracebacks=debug)
     try:
+        configure_output(logging_cfg)
         yield
     except PeerLost as exc:
         if debug:

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from img_search.hydra_errors import from_hydra, hydra_error_line
+from img_search.hydra_errors import from_hydra, group_options, hydra_error_line
 from img_search.pipeline.config_store import register
 
 log = logging.getLogger("img_search")
@@ -65,6 +65,7 @@ def hydra_entry(
             debug = wants_debug(args)
             if {"--help", "-h", "--hydra-help"} & set(args):
                 share_one_config_repository()
+                list_only_this_commands_groups(config_path)
             users_choice = os.environ.get("HYDRA_FULL_ERROR")
             with scratch_sweep_dir(args) as args:
                 sys.argv[1:] = args
@@ -157,6 +158,41 @@ def share_one_config_repository() -> None:
         return self._shared_repository.get_group_options(group_name, results_filter)
 
     ConfigLoaderImpl.get_group_options = get_group_options
+
+
+def list_only_this_commands_groups(config_path: str) -> None:
+    """``--help`` lists the config groups this command composes (its defaults list: ``models``,
+    ``datasets``, ``tasks``, ``engine``, ``logging`` for embed; ``logging`` for serve), not every
+    group of the config packages it shares with the other tools.
+
+    Hydra lists whatever its search path holds; the groups a command uses are
+    the ``hydra.runtime.choices`` of its composed config, which ``--help``
+    composes first. A group of a package on the primary config's
+    ``hydra.searchpath`` (``logging`` for the search tools), which Hydra does
+    not list, gets its YAML files (``group_options``). Reaches into Hydra's
+    internals like ``share_one_config_repository``: a Hydra without them
+    lists every group, as before.
+    """
+    try:
+        from hydra._internal.hydra import Hydra
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:
+        return
+    every_group = Hydra.format_config_groups
+
+    def format_config_groups(
+        self: Any, predicate: Callable[[str], bool], compact: bool = True
+    ) -> str:
+        if not compact or not HydraConfig.initialized():
+            return every_group(self, predicate, compact)
+        lines = []
+        for group in sorted(g for g in HydraConfig.get().runtime.choices if predicate(g)):
+            options = sorted(self.config_loader.get_group_options(group))
+            options = options or group_options(group, config_path)
+            lines.append(f"{group}: {', '.join(options)}\n")
+        return "".join(lines)
+
+    Hydra.format_config_groups = format_config_groups
 
 
 def restore_env(name: str, value: str | None) -> None:

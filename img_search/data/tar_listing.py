@@ -27,6 +27,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -247,7 +248,9 @@ def _results(tasks: list[_Task], workers: int) -> Iterator[tuple[int, TarListing
         return
     # fork: the pool inherits the imports (webdataset, and through it torch) instead of redoing them
     context = multiprocessing.get_context("fork")
-    with context.Pool(min(workers, len(tasks))) as pool:
+    # Ctrl-C is the main process's to handle: the workers do not each print a traceback
+    ignore = (signal.SIGINT, signal.SIG_IGN)
+    with context.Pool(min(workers, len(tasks)), signal.signal, ignore) as pool:
         yield from pool.imap_unordered(_list_one, tasks)
 
 

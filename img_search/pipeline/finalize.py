@@ -57,6 +57,8 @@ class Outcome:
     finished: bool
     rows: int = 0
     new_errors: int = 0
+    #: The rows of the errors file: the earlier table's errors too, after an appended model.
+    errors: int | None = None
     errors_path: Path | None = None
     waiting: str = ""
     pairs: list[dict[str, Any]] = field(default_factory=list)
@@ -64,6 +66,8 @@ class Outcome:
     processes: list[dict[str, Any]] = field(default_factory=list)
     #: Pairs with shards sent back to be redone (a record or part failed its check).
     redo: list[tuple[str, str]] = field(default_factory=list)
+    #: Each dataset's listing as the job agreed on it (items, shards), once the table is finished.
+    listings: dict[str, Any] = field(default_factory=dict)
 
 
 def pair_claims(ledger: Ledger, model: str, dataset: str) -> PairClaims:
@@ -202,9 +206,8 @@ def _assemble(
         pairs.append({"model": model, "dataset": dataset, "rows": rows, "errors": len(pair_errors)})
     dims = {**(_earlier_dims(earlier)), **_part_dims(parts)}
     metadata = _metadata(job, ledger, record, earlier, pairs, dims, records)
-    write_errors(
-        layout.errors_path, read_errors(layout.errors_path) + errors if earlier else errors
-    )
+    all_errors = read_errors(layout.errors_path) + errors if earlier else errors
+    write_errors(layout.errors_path, all_errors)
     dim = next(iter(set(dims.values()))) if len(set(dims.values())) == 1 else None
     extra = job.modality.extra_fields
     if layout.is_folder:
@@ -222,9 +225,11 @@ def _assemble(
         True,
         rows=metadata["rows"],
         new_errors=len(errors),
+        errors=len(all_errors),
         errors_path=layout.errors_path if layout.errors_path.exists() else None,
         pairs=pairs,
         processes=metadata["run"]["processes"],
+        listings=metadata["listings"],
     )
 
 

@@ -22,6 +22,9 @@ def run_configured(cfg: DictConfig, modality: Modality) -> int:
     The command line and ``img_search.embed`` both run jobs through here.
     ``engine=ray`` hands the same job to Ray actors (``ray_engine``).
     """
+    from img_search.console import configure_output
+
+    configure_output(cfg.get("logging"))  # the Python API's logging="quiet" too
     dataset_specs = modality.dataset_specs(cfg)
     if engine_settings(cfg.get("engine")).kind == "ray":
         from img_search.pipeline.ray_engine import run_on_ray

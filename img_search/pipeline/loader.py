@@ -13,6 +13,7 @@ the loader restarts after them. The run goes on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import queue
@@ -24,7 +25,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from img_search.pipeline.distributed import local_world_size
-from img_search.pipeline.shards import Batch, Collator, Feeder, ShardStream, yield_to_the_model
+from img_search.pipeline.shards import Batch, Collator, Feeder, ShardStream, start_loader_worker
 
 log = logging.getLogger("img_search")
 
@@ -114,7 +115,7 @@ class PassLoader:
             num_workers=workers,
             pin_memory=self.device == "cuda",
             prefetch_factor=self.prefetch,
-            worker_init_fn=yield_to_the_model if self.device == "cpu" else None,
+            worker_init_fn=functools.partial(start_loader_worker, idle=self.device == "cpu"),
             multiprocessing_context=context,
         )
         receiver: Receiver | None = None

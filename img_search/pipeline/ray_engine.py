@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,7 @@ log = logging.getLogger("img_search")
 MISSING_RAY = "engine=ray needs Ray: pip install 'img_search[ray]'"
 #: The object store of a Ray instance started here: only configs and reports go through it.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
-#: How often the driver reads the completion records to show progress.
+#: How often the driver looks whether its actors have returned.
 POLL_S = 2.0
 
 
@@ -66,10 +66,11 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
     engine = engine_settings(cfg.get("engine"))
     assert isinstance(engine, RayEngine)
     from img_search.pipeline.finalize import finalize, pair_claims
+    from img_search.pipeline.job_progress import JobProgress
     from img_search.pipeline.ledger import Ledger
     from img_search.pipeline.output import forget_failed_start, open_output
     from img_search.pipeline.plan import plain, plan_job
-    from img_search.pipeline.reporting import print_summary
+    from img_search.pipeline.reporting import ProcessReport, print_result_lines, print_summary
     from img_search.pipeline.runner import check_error_budget, leaving_on_failure
 
     job = plan_job(cfg, modality, dataset_specs)
@@ -77,11 +78,15 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
     opening = open_output(job, ledger)
     if opening.complete:
         if opening.message:
-            print(opening.message, flush=True)
+            print_result_lines(opening.message.splitlines())
         return 0
     # the driver claims no shard: "done" from the start, so that the last actor finishes the table
     ledger.update({"done": True, "role": "ray driver"})
-    with leaving_on_failure(job, ledger, lambda: forget_failed_start(ledger, opening)):
+    driver = ProcessReport(0, ledger.me.id if ledger.me else "", role="ray driver")
+    with (
+        leaving_on_failure(job, ledger, lambda: forget_failed_start(ledger, opening)),
+        JobProgress(ledger, opening.pending, enabled=True) as progress,
+    ):
         resumed = {pair: pair_claims(ledger, *pair).committed_rows() for pair in opening.pending}
         specs = {str(name): plain(spec) for name, spec in dataset_specs.items()}
         results = run_workers(ray, engine, job, specs, ledger, opening.pending)
@@ -95,10 +100,11 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
             reports = [r.report for r in results if r.report is not None]
             finished = [r.outcome for r in results if r.outcome and r.outcome.finished]
             outcome = finished[0] if finished else finalize(job, ledger)
-        print_summary(reports, outcome, job.layout.path)
-        if any(r.died for r in results) and not outcome.finished:
-            return 3
-        return check_error_budget(outcome.new_errors, job.settings.max_errors)
+        progress.end(outcome)
+    print_summary([driver, *reports], outcome, job.layout.path)
+    if any(r.died for r in results) and not outcome.finished:
+        return 3
+    return check_error_budget(outcome.new_errors, job.settings.max_errors)
 
 
 def import_ray() -> Any:
@@ -193,24 +199,11 @@ def settle(ray: Any, refs: list[Any], names: list[str]) -> list[Settled]:
 def show_progress(
     ray: Any, refs: list[Any], ledger: Ledger, pending: list[tuple[str, str]]
 ) -> None:
-    """Until every actor has returned: each pair's committed items, read from its completion records."""
-    from img_search.console import make_progress
-    from img_search.pipeline.finalize import pair_claims
-
-    started = time.perf_counter()
-    with make_progress(enabled=True) as progress:
-        bars = {p: progress.add_task(f"{p[0]} × {p[1]}", total=None, rate="") for p in pending}
-        waiting = list(refs)
-        while waiting:
-            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S)
-            for (model, dataset), bar in bars.items():
-                listing = ledger.agreed(f"listing-{dataset}")
-                if listing is None:  # not listed yet, or the table is finished and its state gone
-                    continue
-                records = pair_claims(ledger, model, dataset).records()
-                done = sum(r.rows + len(r.errors) for r in records)
-                rate = f"{done / (time.perf_counter() - started):.1f} it/s"
-                progress.update(bar, total=listing.get("items"), completed=done, rate=rate)
+    """Wait for every actor to return; meanwhile the driver's ``JobProgress`` (``run_on_ray``)
+    shows each pair's committed items, read from its completion records."""
+    waiting = list(refs)
+    while waiting:
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S)
 
 
 def is_local(engine: RayEngine) -> bool:
@@ -223,6 +216,8 @@ def connect(ray: Any, engine: RayEngine) -> bool:
     """
     if ray.is_initialized():
         return False
+    if not sys.stderr.isatty():  # the prefixes of the actors' lines, in a log file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if is_local(engine):
         # enough CPUs for the workers asked for, even beyond the cores: they would wait forever
         needed = math.ceil((engine.workers or 1) * engine.num_cpus_per_worker)
@@ -379,5 +374,5 @@ def embed_share(job: Job, index: int, name: str, engine: RayEngine) -> WorkerRes
     with leaving_on_failure(job, ledger, forget):
         (report,), outcome = embed_and_finish(job, accelerator, ledger, opening)
     finish(accelerator)
-    report.rank = index
+    report.rank, report.role = index, name
     return WorkerResult(name, report, outcome)

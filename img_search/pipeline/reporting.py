@@ -1,4 +1,5 @@
-"""What the user sees: rich logging, a progress bar per (model, dataset), and the end-of-run summary."""
+"""What the user sees at the end of a run: the summary per (model, dataset) and per process, and
+the plain lines on stdout that scripts read (progress while it runs: ``job_progress.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from img_search.console import console
+from img_search.console import chatty, console
 
 
 @dataclass
@@ -56,79 +57,129 @@ class ProcessReport:
     stats: list[RunStats] = field(default_factory=list)
     collectives: int = 0
     collective_bytes: int = 0
+    #: What it was to the job where not a rank of a launch: ``ray driver``, ``ray worker 1 of 2``.
+    role: str = ""
 
 
 def print_summary(reports: list[ProcessReport], outcome: Any, output_path: Any) -> None:
-    """Per (model, dataset) over the launch's processes, then per process; then plain lines on stdout."""
+    """Per (model, dataset) over the launch's processes, then per process (not under
+    ``logging=quiet``); then plain lines on stdout, for scripts and ``make demo``."""
     pairs: dict[tuple[str, str], list[RunStats]] = {}
     for report in reports:
         for s in report.stats:
             pairs.setdefault((s.model_name, s.dataset_name), []).append(s)
-    stage_names = list(dict.fromkeys(k for r in reports for s in r.stats for k in s.stages))
-    table = Table(title="img_search embedding summary")
-    table.add_column("model")
-    table.add_column("dataset")
-    for column in (
-        "rows",
-        "resumed",
-        "errors",
-        "shards",
-        "s",
-        "items/s",
-        *(f"{k} s" for k in stage_names),
-    ):
-        table.add_column(column, justify="right")
-    for (model, dataset), stats in pairs.items():
-        seconds = max(s.seconds for s in stats)
-        items = sum(s.rows + s.errors for s in stats)
-        table.add_row(
-            model,
-            dataset,
-            str(sum(s.rows for s in stats)),
-            str(stats[0].resumed),
-            str(sum(s.errors for s in stats)),
-            str(sum(len(s.shards) for s in stats)),
-            f"{seconds:.1f}",
-            f"{items / seconds if seconds > 0 else 0.0:.1f}",
-            *(f"{max(s.stages.get(k, 0.0) for s in stats):.1f}" for k in stage_names),
-        )
-    console.print(table)
-    if len(reports) > 1:
-        ranks = Table(title="per process")
-        for column in ("rank", "process", "shards", "rows", "s", "items/s", "collective calls"):
-            ranks.add_column(column, justify="right")
-        for r in reports:
-            seconds = sum(s.seconds for s in r.stats)
-            items = sum(s.rows + s.errors for s in r.stats)
-            ranks.add_row(
-                str(r.rank),
-                r.id,
-                str(sum(len(s.shards) for s in r.stats)),
-                str(sum(s.rows for s in r.stats)),
-                f"{seconds:.1f}",
-                f"{items / seconds if seconds > 0 else 0.0:.1f}",
-                str(r.collectives),
-            )
-        console.print(ranks)
-    console.file.flush()
-    # Plain lines on stdout, for scripts and for make demo.
-    print(f"output: {output_path}")
+    if chatty():
+        stages = list(dict.fromkeys(k for st in pairs.values() for s in st for k in s.stages))
+        for table in pair_tables(pairs, stages):
+            console.print(table)
+        if len(reports) > 1:
+            console.print(process_table(reports))
+        console.file.flush()
+    lines = [f"output: {output_path}"]
     if outcome.finished:
-        print(f"rows: {outcome.rows}")
+        lines.append(f"rows: {outcome.rows}")
     else:
-        print(f"not finished yet: {outcome.waiting}")
+        lines.append(f"not finished yet: {outcome.waiting}")
     by_task = shards_by_array_task(outcome.processes if outcome.finished else [])
     if by_task:
-        print("shards by array task: " + ", ".join(f"{t}: {n}" for t, n in by_task.items()))
+        lines.append("shards by array task: " + ", ".join(f"{t}: {n}" for t, n in by_task.items()))
     resumed = sum(stats[0].resumed for stats in pairs.values())
     if resumed:
-        print(f"resumed: {resumed} rows were already done by an earlier run")
-    new_errors = sum(s.errors for stats in pairs.values() for s in stats)
+        lines.append(f"resumed: {resumed} rows were already done by an earlier run")
+    lines += error_lines(outcome, sum(s.errors for stats in pairs.values() for s in stats))
+    print_result_lines(lines)
+
+
+def error_lines(outcome: Any, new_errors: int) -> list[str]:
+    """``errors: N``, N being what the errors file holds; this run's share where it differs (an
+    appended model or dataset adds its errors to the earlier ones)."""
     if outcome.finished and outcome.errors_path is not None:
-        print(f"errors: {outcome.new_errors} (see {outcome.errors_path})")
-    elif new_errors:
-        print(f"errors: {new_errors}")
+        held = outcome.errors if outcome.errors is not None else outcome.new_errors
+        if held == outcome.new_errors:
+            return [f"errors: {held} (see {outcome.errors_path})"]
+        return [
+            f"errors: {held} in the table, {outcome.new_errors} new in this run (see {outcome.errors_path})"
+        ]
+    if new_errors:
+        return [f"errors: {new_errors} in this run (the errors file comes with the finished table)"]
+    return []
+
+
+def print_result_lines(lines: list[str]) -> None:
+    """Plain lines on stdout; under ``logging=quiet`` only the output path and the errors."""
+    for line in lines:
+        if chatty() or line.startswith(("output: ", "errors: ")):
+            print(line)
     sys.stdout.flush()
+
+
+def pair_tables(pairs: dict[tuple[str, str], list[RunStats]], stages: list[str]) -> list[Table]:
+    """One table where it fits the console; else two (the counts, then the seconds, whose title
+    says they are seconds), so that an 80-column terminal shows every name and number whole."""
+    counts = ("rows", "resumed", "errors", "shards")
+    rows = {pair: pair_row(stats, stages) for pair, stats in pairs.items()}
+    title = "img_search embedding summary"
+    whole = named_table(title, (*counts, "s", "items/s", *(f"{k} s" for k in stages)), rows)
+    wide = console.options.update_width(10_000)
+    if console.measure(whole, options=wide).maximum <= console.width:
+        return [whole]
+    n = len(counts)
+    return [
+        named_table(title, counts, {p: r[:n] for p, r in rows.items()}),
+        named_table(
+            "seconds (the slowest process)",
+            ("s", "items/s", *stages),
+            {p: r[n:] for p, r in rows.items()},
+        ),
+    ]
+
+
+def pair_row(stats: list[RunStats], stages: list[str]) -> list[str]:
+    seconds = max(s.seconds for s in stats)
+    items = sum(s.rows + s.errors for s in stats)
+    return [
+        str(sum(s.rows for s in stats)),
+        str(stats[0].resumed),
+        str(sum(s.errors for s in stats)),
+        str(sum(len(s.shards) for s in stats)),
+        f"{seconds:.1f}",
+        f"{items / seconds if seconds > 0 else 0.0:.1f}",
+        *(f"{max(s.stages.get(k, 0.0) for s in stats):.1f}" for k in stages),
+    ]
+
+
+def named_table(
+    title: str, columns: tuple[str, ...], rows: dict[tuple[str, str], list[str]]
+) -> Table:
+    """Model and dataset, then ``columns``; a long name folds onto a second line, never cut."""
+    table = Table(title=title)
+    table.add_column("model", overflow="fold")
+    table.add_column("dataset", overflow="fold")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for (model, dataset), values in rows.items():
+        table.add_row(model, dataset, *values)
+    return table
+
+
+def process_table(reports: list[ProcessReport]) -> Table:
+    """Each process: what it was (a rank, the Ray driver, a Ray worker) and its id, its shards and rows."""
+    table = Table(title="per process")
+    table.add_column("process", overflow="fold")
+    for column in ("shards", "rows", "s", "items/s", "collective calls"):
+        table.add_column(column, justify="right")
+    for r in reports:
+        seconds = sum(s.seconds for s in r.stats)
+        items = sum(s.rows + s.errors for s in r.stats)
+        table.add_row(
+            f"{r.role or f'rank {r.rank}'}\n{r.id}",
+            str(sum(len(s.shards) for s in r.stats)),
+            str(sum(s.rows for s in r.stats)),
+            f"{seconds:.1f}",
+            f"{items / seconds if seconds > 0 else 0.0:.1f}",
+            str(r.collectives),
+        )
+    return table
 
 
 def shards_by_array_task(processes: list[dict[str, Any]]) -> dict[str, int]:

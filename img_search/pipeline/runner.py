@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from img_search.console import make_progress
 from img_search.data.base import BuildContext, EmptyDataset
 from img_search.embedding import Encoder
 from img_search.faults import fail_point
@@ -44,11 +43,17 @@ from img_search.pipeline.distributed import (
 )
 from img_search.pipeline.engines import start_slot
 from img_search.pipeline.finalize import Outcome, finalize, pair_claims
+from img_search.pipeline.job_progress import JobProgress
 from img_search.pipeline.ledger import Ledger
 from img_search.pipeline.loader import PassLoader
 from img_search.pipeline.output import JobMismatch, Opening, forget_failed_start, open_output
 from img_search.pipeline.plan import Job, plan_job, spec_fingerprint
-from img_search.pipeline.reporting import ProcessReport, RunStats, print_summary
+from img_search.pipeline.reporting import (
+    ProcessReport,
+    RunStats,
+    print_result_lines,
+    print_summary,
+)
 from img_search.pipeline.shards import Feeder
 from img_search.store import PartWriter
 from img_search.store.space import explain_refused_write
@@ -71,7 +76,7 @@ def run_job(job: Job) -> int:
     opening = on_main(accelerator, lambda: open_output(job, ledger))
     if opening.complete:
         if accelerator.is_main_process and opening.message:
-            print(opening.message, flush=True)
+            print_result_lines(opening.message.splitlines())
         finish(accelerator)
         return 0
     if not accelerator.is_main_process:
@@ -105,18 +110,24 @@ def embed_and_finish(
     A shard the finaliser sends back (its record or a part failed a check:
     ``finalize.py``) is embedded again by all of them, as in a rerun.
     """
-    reports = gather_to_main(accelerator, run_pairs(job, accelerator, ledger, opening))
-    outcome = on_main(accelerator, lambda: finalize(job, ledger))
-    for _ in range(REDO_ROUNDS):
-        if not outcome.redo:
-            break
-        ledger.update({"done": False})
-        redo = replace(opening, pending=outcome.redo)
-        again = gather_to_main(accelerator, run_pairs(job, accelerator, ledger, redo))
-        for report, more in zip(reports, again, strict=True):
-            report.stats.extend(more.stats)
-            report.collectives, report.collective_bytes = more.collectives, more.collective_bytes
+    with JobProgress(ledger, opening.pending, accelerator.is_main_process) as progress:
+        reports = gather_to_main(
+            accelerator, run_pairs(job, accelerator, ledger, opening, progress)
+        )
+        progress.poll()  # every rank of this launch is done: its last commits, before the state goes
         outcome = on_main(accelerator, lambda: finalize(job, ledger))
+        for _ in range(REDO_ROUNDS):
+            if not outcome.redo:
+                break
+            ledger.update({"done": False})
+            redo = replace(opening, pending=outcome.redo)
+            again = gather_to_main(accelerator, run_pairs(job, accelerator, ledger, redo, progress))
+            for report, more in zip(reports, again, strict=True):
+                report.stats.extend(more.stats)
+                report.collectives = more.collectives
+                report.collective_bytes = more.collective_bytes
+            outcome = on_main(accelerator, lambda: finalize(job, ledger))
+        progress.end(outcome)
     return reports, outcome
 
 
@@ -126,6 +137,9 @@ def leaving_on_failure(job: Job, ledger: Ledger, forget: Callable[[], None]) -> 
     undoes, and a write the filesystem refused becomes one line naming the path and the fix."""
     try:
         yield
+    except KeyboardInterrupt:  # Ctrl-C: a start that committed nothing leaves nothing either
+        forget()
+        raise
     except Exception as exc:
         forget()
         refused = explain_refused_write(exc, job.layout.path)
@@ -137,9 +151,10 @@ def leaving_on_failure(job: Job, ledger: Ledger, forget: Callable[[], None]) -> 
 
 
 def run_pairs(
-    job: Job, accelerator: Accelerator, ledger: Ledger, opening: Opening
+    job: Job, accelerator: Accelerator, ledger: Ledger, opening: Opening, progress: JobProgress
 ) -> ProcessReport:
-    """This process's share of every pending (model, dataset) pair."""
+    """This process's share of every pending (model, dataset) pair (``progress``: the job's bars
+    or lines, shown by the main process)."""
     settings = job.settings
     retry = {"retries": settings.build_retries, "backoff": settings.build_backoff_s}
     report = ProcessReport(accelerator.process_index, ledger.me.id if ledger.me else "")
@@ -156,36 +171,33 @@ def run_pairs(
             **retry,
         )
     layouts = on_main(accelerator, lambda: agree_on_listings(job, ledger, datasets))
-    with make_progress(enabled=accelerator.is_main_process) as progress:
-        for key, encoder in job.encoders.items():
-            names = [d for m, d in opening.pending if m == key]
-            if not names:
-                continue
-            fail_point("model_build")
-            build_everywhere(
+    for key, encoder in job.encoders.items():
+        names = [d for m, d in opening.pending if m == key]
+        if not names:
+            continue
+        fail_point("model_build")
+        build_everywhere(
+            accelerator,
+            lambda e=encoder: e.load(accelerator.device, settings.precision, job.trust_remote_code),
+            f"model {key} ({encoder.model_name})",
+            local_copy=f"models.{key}.model_name=<local folder>",
+            **retry,
+        )
+        resumed = on_main(accelerator, lambda e=encoder, n=names: agree_on_model(ledger, e, n))
+        for name in names:
+            stats = embed_source(
                 accelerator,
-                lambda e=encoder: e.load(
-                    accelerator.device, settings.precision, job.trust_remote_code
-                ),
-                f"model {key} ({encoder.model_name})",
-                local_copy=f"models.{key}.model_name=<local folder>",
-                **retry,
+                encoder,
+                job.sources[name],
+                job,
+                ledger,
+                layouts[name],
+                progress,
             )
-            resumed = on_main(accelerator, lambda e=encoder, n=names: agree_on_model(ledger, e, n))
-            for name in names:
-                stats = embed_source(
-                    accelerator,
-                    encoder,
-                    job.sources[name],
-                    job,
-                    ledger,
-                    layouts[name],
-                    progress,
-                )
-                stats.resumed = resumed[name]
-                report.stats.append(stats)
-                ledger.update({"passes": [s.as_dict() for s in report.stats]})
-            release(encoder, accelerator)
+            stats.resumed = resumed[name]
+            report.stats.append(stats)
+            ledger.update({"passes": [s.as_dict() for s in report.stats]})
+        release(encoder, accelerator)
     report.collectives, report.collective_bytes = COUNT.calls, COUNT.bytes
     # "done" last: a finaliser of another launch waits for live processes without it
     ledger.update({"collectives": COUNT.calls, "collective_bytes": COUNT.bytes, "done": True})
@@ -207,7 +219,7 @@ def embed_source(
     job: Job,
     ledger: Ledger,
     layout: tuple[int, int],
-    progress: Any,
+    progress: JobProgress,
 ) -> RunStats:
     """One (model, dataset) pass of this process: claim a shard, embed it, commit it, until none is left."""
     stats = RunStats(encoder.name, source.name, rank=accelerator.process_index)
@@ -219,7 +231,7 @@ def embed_source(
     committer = ShardCommitter(
         claims, part_writers(job, encoder, source), job.settings.commit_every_s, source.problems()
     )
-    bar = progress.add_task(f"{encoder.name} × {source.name}", total=source.length(), rate="")
+    progress.start(encoder.name, source.name, source.length())
     clock = StageClock(stats)
     try:
         for batch in clock.each(loader, "wait"):
@@ -229,8 +241,9 @@ def embed_source(
                 k = batch.task
                 extra = extra_columns(job, source, batch)
                 committer.add(k, feeder.tasks[k], len(feeder.windows[k]), batch, vectors, extra)
-            done = committer.stats.rows + committer.stats.errors
-            progress.update(bar, completed=done, rate=f"{done / clock.elapsed():.1f} it/s")
+            shard, opened = feeder.tasks[k].shard, committer.open.get(k)
+            done = opened.record.positions_done if opened else shard.stop - shard.start
+            progress.note(encoder.name, source.name, shard.index, done)
             fail_point("step")
     finally:
         committer.close()

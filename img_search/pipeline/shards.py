@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,10 @@ class Feeder:
     # -- serving loader workers ------------------------------------------------------
     def serve(self, workers: int, context: Any) -> None:
         self._requests = context.Queue()
+        # A worker killed while sending a request (an OOM kill, a fault point) can die holding
+        # this queue's write lock: whoever puts after it would wait for that lock at exit,
+        # forever. What is left unsent at exit is not wanted, here or in the workers (``ask``).
+        self._requests.cancel_join_thread()
         self._answers = [context.Queue() for _ in range(workers)]
         self._thread = threading.Thread(target=self._answer, name="img_search-feeder", daemon=True)
         self._thread.start()
@@ -159,6 +164,7 @@ class Feeder:
         """From a loader worker (``worker`` ≥ 0) through the queues, else directly."""
         if worker is None or self._requests is None:
             return self.task(k)
+        self._requests.cancel_join_thread()  # (reset in each forked worker: see ``serve``)
         self._requests.put((worker, k))
         while True:
             try:
@@ -257,6 +263,15 @@ class ShardStream(IterableDataset):
             return Prepared(position, item.id, self.prepare(item))
         except Exception as exc:
             return Failed(position, item.id, f"{type(exc).__name__}: {exc}")
+
+
+def start_loader_worker(worker_id: int, idle: bool) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C is for the main process to handle (it says what is
+    kept and stops the workers), not for each worker to print its traceback; on a CPU,
+    ``yield_to_the_model`` too (``idle``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if idle:
+        yield_to_the_model(worker_id)
 
 
 def yield_to_the_model(worker_id: int) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
-from conftest import run_module
+from conftest import REPO, run_module, venv_bin
 
+from img_search.cli.dispatch import COMMANDS
 from img_search.cli.hydra_entry import expand_home
 
 CLIS = [
@@ -40,6 +42,38 @@ def test_help_imports_no_model_library(module):
     assert code == 0
     assert "hydra" in imported
     assert not imported & set(HEAVY)
+
+
+@pytest.mark.parametrize(
+    ("command", "groups"),
+    [
+        ("embed", ["datasets", "engine", "logging", "models", "tasks"]),
+        ("embed-text", ["engine", "logging", "models", "tasks", "text_dataset"]),
+        ("build", ["indexes", "logging"]),
+        ("info", ["logging"]),
+        ("query", ["logging"]),
+        ("evaluate", ["evaluation", "logging"]),
+        ("report", ["evaluation", "logging"]),
+        ("serve", ["logging"]),
+    ],
+)
+def test_help_lists_only_the_groups_of_its_command(command, groups):
+    """``--help`` lists the groups the command composes, each with its options; the same
+    through ``img-search <command>`` and ``python -m``."""
+    module = COMMANDS[command].module
+    result = run_module(module, "--help")
+    assert result.returncode == 0, result.stderr
+    listing = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = dict(line.split(": ", 1) for line in listing.splitlines() if ": " in line)
+    listed.pop("Compose your configuration from those groups (group=option)", None)
+    assert sorted(listed) == groups
+    assert listed["logging"] == "debug, default, quiet"
+    if command == "embed":
+        assert listed["engine"] == "local, ray" and listed["tasks"] == "default"
+        short = subprocess.run(
+            [venv_bin("img-search"), command, "--help"], capture_output=True, text=True, cwd=REPO
+        )
+        assert listing in short.stdout
 
 
 @pytest.mark.parametrize(

@@ -161,10 +161,11 @@ LAUNCHERS = {
 def test_two_ranks_equal_one_rank(
     launcher, two_model_run, tiny_checkpoints, inquire_dir, tmp_path, run_embed
 ):
-    """41 images (odd, uneven last batches) on 2 gloo ranks: each image once per model, same vectors."""
+    """41 images (odd, uneven last batches) on 2 gloo ranks: each image once per model, same
+    vectors; the progress lines (the log is not a terminal) count the job's items, not rank 0's."""
     root, expected_ids = inquire_dir
     out = tmp_path / "ranks.parquet"
-    run_embed(
+    result = run_embed(
         "models=[clip,siglip2]",
         f"models.clip.model_name={tiny_checkpoints['clip']}",
         f"models.siglip2.model_name={tiny_checkpoints['siglip2']}",
@@ -173,6 +174,14 @@ def test_two_ranks_equal_one_rank(
         "tasks.shard_size=8",
         launcher=LAUNCHERS[launcher](),
     )
+    for family in ("clip", "siglip2"):
+        lines = [line for line in result.stderr.splitlines() if f" {family} × inquire: " in line]
+        assert lines, result.stderr[-3000:]
+        # one line from the main process only, ending at the job's 41 items and 6 shards
+        assert lines[-1].split(f"{family} × inquire: ")[1].startswith("41/41 (100%)")
+        assert lines[-1].endswith("; 6/6 shards committed, 0 errors")
+        assert len(lines) == len(set(lines))
+    assert "\x1b" not in result.stderr + result.stdout  # no ANSI code in a log
     metadata = read_metadata(out)
     assert metadata["num_processes"] == 2
     shards = [

@@ -107,6 +107,16 @@ def test_ray_writes_the_table_engine_local_writes(ray_run, local_table):
     assert result.stderr.count("per process") == 1
     assert "Loading weights" not in result.stderr
     assert not out.with_name(out.name + ".partial").exists()
+    # the driver's progress (a log, not a terminal: lines) counts the job's items to the end
+    lines = [line for line in result.stderr.splitlines() if " clip × image_folder: " in line]
+    layout = position_shards(IMAGES, SHARD, unit=BATCH)
+    assert lines[-1].split("clip × image_folder: ")[1].startswith(f"{IMAGES}/{IMAGES} (100%)")
+    assert lines[-1].endswith(f"; {len(layout)}/{len(layout)} shards committed, 0 errors")
+    # the per-process table names the driver and each worker; no ANSI code anywhere in the log
+    table = result.stderr.split("per process")[1]
+    assert all(name in table for name in ("ray driver", "ray worker 1 of 2", "ray worker 2 of 2"))
+    assert "rank 0" not in table
+    assert "\x1b" not in result.stderr + result.stdout
 
 
 @on_ray
