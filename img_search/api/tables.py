@@ -101,11 +101,9 @@ class Table:
 
     def to_pandas(self) -> pd.DataFrame:
         """The selected rows, every column (``embedding`` as arrays)."""
-        from img_search.store import read_table
-        from img_search.store.reader import selection_filter
+        from img_search.store.selection import selection_rows
 
-        rows = read_table(self.path, filters=selection_filter(self.model_name, self.dataset_name))
-        return rows.to_pandas()
+        return selection_rows(self.path, self.model_name, self.dataset_name).to_pandas()
 
     # -- search -------------------------------------------------------------------------
     def search(

@@ -48,11 +48,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from img_search.host import usable_cores
-from img_search.store import TableLayout, open_table
+from img_search.store import TableLayout
 from img_search.store import schema as S
 from img_search.store.blocks import decode_threads, vector_blocks
-from img_search.store.reader import selection_filter
-from img_search.store.selection import choose_selection
+from img_search.store.selection import choose_selection, row_count
 from img_search.store.vectors import LeftOut, as_float32
 
 #: Stored vectors per block: 16 MiB (10,922 rows of 768-d float16, 5,461 of float32). Decoding
@@ -261,7 +260,7 @@ def exact_top_k(
     with make_progress(progress) as bar:
         total = None
         if progress:
-            total = open_table(path).count_rows(filter=selection_filter(model_name, dataset_name))
+            total = row_count(path, model_name, dataset_name)
             total = min(total, max_rows) if max_rows is not None else total
         task = bar.add_task(f"exact top-{k} {model_name} × {dataset_name}", total=total, rate="")
         started = time.perf_counter()

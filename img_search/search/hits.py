@@ -127,14 +127,17 @@ def search(
     caption's score, with its matching captions (``search.grouping``).
     """
     from img_search.search.grouping import best_per_image
-    from img_search.store.selection import row_details
+    from img_search.store.selection import captions_of
 
     details: dict[str, dict[str, str]] = {}
 
     def top_k(n: int) -> list[tuple[int, str, float]]:
         found = index.top_k(vector, n, exclude, where)
         missing = [item for _, item, _ in found if item not in details]
-        details.update(row_details(index.table, index.model_name, index.dataset_name, missing))
+        if missing:
+            known = captions_of(index.table, index.model_name, index.dataset_name, missing)
+            for row, item in enumerate(missing):
+                details[item] = {column: values[row] for column, values in known.items()}
         return found
 
     if group_by_image and index.meta.get("table_kind") == "caption":

@@ -111,9 +111,6 @@ def _pair_counts(path: Path, metadata: dict[str, Any]) -> list[tuple[str, str, i
             rows, errors = counts.setdefault(key, [0, 0])
             counts[key] = [rows + int(pair.get("rows", 0)), errors + int(pair.get("errors", 0))]
         return [(*key, rows, errors) for key, (rows, errors) in counts.items()]
-    from img_search.store import read_table
-    from img_search.store import schema as S
+    from img_search.store.selection import pair_rows
 
-    grouped = read_table(path, columns=[S.MODEL, S.DATASET]).group_by([S.MODEL, S.DATASET])
-    rows = grouped.aggregate([([], "count_all")]).to_pylist()
-    return [(r[S.MODEL], r[S.DATASET], int(r["count_all"]), 0) for r in rows]
+    return [(model, dataset, rows, 0) for (model, dataset), rows in pair_rows(path).items()]

@@ -27,11 +27,9 @@ from img_search.embedding import Encoder
 from img_search.search.indexes import SavedIndex, open_index
 from img_search.search.table_encoder import encoder_of
 from img_search.serve.thumbnails import IMAGE_SOURCE_WAIT_S, ItemImages, item_images_of
-from img_search.store import is_table, open_table, read_table
-from img_search.store import schema as S
+from img_search.store import is_table
 from img_search.store.captions import image_of_caption
-from img_search.store.reader import selection_filter, table_columns
-from img_search.store.schema import CAPTION_COLUMNS
+from img_search.store.selection import captions_of, row_count
 from img_search.store.vectors import LeftOut, NoUsableRows
 
 log = logging.getLogger(__name__)
@@ -45,7 +43,8 @@ class LoadedTable:
     index: SavedIndex
     kind: str  # "image" or "caption"
     encoder: Encoder | None
-    details: dict[str, np.ndarray] = field(default_factory=dict)  # caption columns by row
+    #: caption columns (``store.selection.captions_of``) in index order; none for image tables
+    details: dict[str, np.ndarray] = field(default_factory=dict)
     row_of: dict[str, int] = field(default_factory=dict)  # searchable items only
     #: items whose vector is null or not finite, id → reason: never returned, never searched from
     left_out: dict[str, str] = field(default_factory=dict)
@@ -130,7 +129,7 @@ def load_table(
         index=index,
         kind=kind,
         encoder=encoder,
-        details=caption_details(index),
+        details=captions_of(index.table, index.model_name, index.dataset_name, index.ids),
         row_of=row_of,
         left_out=index.left_out,
     )
@@ -143,7 +142,7 @@ def refuse_empty(name: str, path: Path) -> None:
     """A table without rows: say so (its model and dataset cannot even be named)."""
     if (path / "index.json").is_file() or not is_table(path):
         return  # a saved index, or not a table: open_index says what it is
-    if open_table(path).count_rows() == 0:
+    if row_count(path) == 0:
         raise ValueError(
             f"table {name}: {path} holds no rows (was its dataset empty?); "
             f"embed something into it, or leave it out with tables.{name}.table=null"
@@ -183,21 +182,6 @@ def check_dimension(name: str, index: SavedIndex, encoder: Encoder) -> None:
             f"{index.model_name} makes {dim}: they were not made by this model; "
             "embed the table again"
         )
-
-
-def caption_details(index: SavedIndex) -> dict[str, np.ndarray]:
-    """Caption, image id and image file of each row, in index order (caption tables only)."""
-    columns = [c for c in CAPTION_COLUMNS if c in table_columns(index.table)]
-    if not columns:
-        return {}
-    table = read_table(
-        index.table,
-        columns=[S.ID, *columns],
-        filters=selection_filter(index.model_name, index.dataset_name),
-    )
-    order = {item: row for row, item in enumerate(table.column(S.ID).to_pylist())}
-    positions = np.array([order[str(i)] for i in index.ids])
-    return {c: np.asarray(table.column(c).to_pylist(), dtype=object)[positions] for c in columns}
 
 
 class Catalog:

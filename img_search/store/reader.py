@@ -1,15 +1,18 @@
-"""Reading embedding tables back (one file or a folder table) as (ids, float32 matrix) without per-row Python."""
+"""Embedding tables at the file level: their metadata, their files (one file or a folder's listed
+parts), their rows as Arrow, and a selection's row groups streamed for tables larger than memory.
+
+Reading one (model, dataset) selection into memory, with the null/NaN policy,
+is ``store.selection``'s job."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -17,21 +20,6 @@ from pyarrow.fs import LocalFileSystem
 
 from img_search.store import schema as S
 from img_search.store.layout import TableLayout
-from img_search.store.vectors import LeftOut, usable_rows
-from img_search.store.vectors import chunk_vectors as chunk_vectors  # (their home is store.vectors)
-from img_search.store.vectors import embedding_matrix as embedding_matrix
-
-
-@dataclass
-class EmbeddingMatrix:
-    """Rows of one table selection: ``ids[i]`` is the item of ``vectors[i]``."""
-
-    ids: np.ndarray  # object array of str
-    vectors: np.ndarray  # (n, dim) float32
-    left_out: LeftOut = field(default_factory=LeftOut)  # rows without a usable vector
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -237,33 +225,3 @@ def _row_group_match(group: pq.RowGroupMetaData, conditions: dict[str, str]) -> 
         elif not stats.min == stats.max == value or stats.null_count:
             every = False
     return True if every else None
-
-
-def read_embeddings(
-    path: str | os.PathLike[str],
-    model_name: str | None = None,
-    dataset_name: str | None = None,
-    *,
-    memory_map: bool = True,
-) -> EmbeddingMatrix:
-    """ids and vectors of one (model, dataset) selection of a table of either form; both filters optional.
-
-    Rows whose vector is null or not finite are left out, with a warning that
-    names them (``store.vectors``).
-    """
-    table = read_table(
-        path,
-        columns=[S.ID, S.EMBEDDING],
-        filters=selection_filter(model_name, dataset_name),
-        memory_map=memory_map,
-    )
-    usable = usable_rows(table.column(S.EMBEDDING), table.column(S.ID))
-    usable.left_out.warn(str(path))
-    ids = table.column(S.ID)
-    if not usable.complete:
-        ids = ids.filter(pa.array(usable.keep))
-    return EmbeddingMatrix(
-        ids=ids.to_numpy(zero_copy_only=False),
-        vectors=np.array(usable.vectors, dtype=np.float32),
-        left_out=usable.left_out,
-    )

@@ -11,11 +11,11 @@ damaged file):
   own way (usearch ranks it first, FAISS's k-means fails on it); an infinite
   one scores ±inf or NaN.
 
-``usable_rows`` is the policy, and the only place it is written: the
-selection readers (``store.selection.load_selection``, hence
-``open_table(...).vectors``, every index kind, evaluation and the server),
-``store.read_embeddings`` and exact search (block by block) all take their
-vectors through it. Left-out rows are counted and named in one warning per
+``usable_rows`` is the policy, and the only place it is written: the one
+reader of a selection (``store.selection``: ``load_selection``, hence
+``open_table(...).vectors``, every index kind, evaluation and the server, and
+``store.read_embeddings``) and exact search (block by block, ``store.blocks``)
+take their vectors through it. Left-out rows are counted and named in one warning per
 read (``LeftOut.warn``); an index records them (``left_out.parquet`` in its
 folder). A selection of nothing else is refused (``NoUsableRows``). A vector
 of another length than the others is an error, never left out.

@@ -17,7 +17,7 @@ def clip_tables(sample_tables) -> dict[str, str]:
     return sample_tables("clip")
 
 
-def test_rows_and_metadata(clip_tables) -> None:
+def test_open_table_gives_unit_vectors_rows_and_metadata_of_its_selection(clip_tables) -> None:
     table = img_search.open_table(clip_tables["images"])
     assert (table.model_name, table.dataset_name) == ("clip", "image_folder")
     assert len(table) == 8 and table.vectors.shape == (8, 32) and table.vectors.dtype == np.float32

@@ -6,7 +6,6 @@ Real tables of many row groups (every write its own row group), read with 1 and
 
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from img_search.store import writer as W
 from img_search.store.blocks import vector_blocks
 from img_search.store.reader import selection_row_groups, table_files
-from img_search.store.vectors import NOT_FINITE, as_float32, finite_rows
+from img_search.store.vectors import NOT_FINITE
 from img_search.testing.tables import write_embedding_table
 
 DIM = 16
@@ -86,26 +85,3 @@ def test_a_damaged_part_fails_in_the_caller(table) -> None:
     last.write_bytes(last.read_bytes()[:-400] + b"\0" * 400)  # the footer and the last pages
     with pytest.raises((OSError, pa.ArrowException)):
         list(vector_blocks(path, "clip", "inat", block_rows=32, threads=2))
-
-
-@pytest.mark.parametrize("torch_loaded", [True, False])
-def test_finite_rows_and_float32_conversion(monkeypatch, torch_loaded: bool) -> None:
-    """The policy's test gives one answer for float16 and float32; the conversion is exact, by
-    torch when the process has it loaded, by numpy otherwise."""
-    if torch_loaded:
-        import torch  # noqa: F401
-    else:
-        monkeypatch.delitem(sys.modules, "torch", raising=False)
-    half = np.array([[1, 2], [np.nan, 0], [0, np.inf], [-np.inf, 1], [65504, 65504]], np.float16)
-    single = as_float32(half)
-    assert single.dtype == np.float32 and single.flags.c_contiguous
-    np.testing.assert_array_equal(single, half.astype(np.float32))
-    expected = [True, False, False, False, True]
-    assert finite_rows(half).tolist() == expected
-    assert finite_rows(single).tolist() == expected
-    assert as_float32(single) is single
-    assert as_float32(half[:0]).shape == (0, 2)
-    # Arrow's buffers are read-only: converted without a copy of them, and without a warning
-    values = pa.array(half.ravel()).to_numpy(zero_copy_only=True).reshape(5, 2)
-    assert not values.flags.writeable
-    np.testing.assert_array_equal(as_float32(values), half.astype(np.float32))

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_writer_reader import (
+from table_fixtures import (
     Group,
     _no_fault_injection,
     assert_same_rows,
@@ -31,7 +31,7 @@ from img_search.store import read_embeddings, read_metadata
 from img_search.store import schema as S
 from img_search.store.writer import publish_folder, write_errors
 
-__all__ = ["_no_fault_injection", "mixed_dims", "two_groups"]  # fixtures of test_writer_reader
+__all__ = ["_no_fault_injection", "mixed_dims", "two_groups"]  # fixtures of table_fixtures
 
 
 def read_with_other_tools(path: Path, tmp_path: Path) -> dict[str, dict]:
@@ -186,3 +186,47 @@ def test_tables_written_before_still_read(
         np.testing.assert_array_equal(np.concatenate([b.vectors for b in blocks]), expected)
     tiny = read_embeddings(folder, model_name="tiny")
     np.testing.assert_array_equal(tiny.vectors, mixed_dims[1][3].astype(dtype).astype(np.float32))
+
+
+def test_file_opens_with_pandas_pyarrow_and_datasets(
+    tmp_path: Path, two_groups: list[Group]
+) -> None:
+    import datasets
+    import pandas as pd
+
+    path = tmp_path / "emb.parquet"
+    make_file(path, two_groups)
+    expected_ids = two_groups[0][2] + two_groups[1][2]
+    expected = np.concatenate([two_groups[0][3], two_groups[1][3]])
+
+    frame = pd.read_parquet(path)
+    assert frame["id"].tolist() == expected_ids
+    np.testing.assert_array_equal(np.stack(frame["embedding"].to_numpy()), expected)
+
+    table = pq.ParquetFile(path).read()
+    assert table.column("id").to_pylist() == expected_ids
+
+    hf = datasets.load_dataset(
+        "parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf_cache")
+    )
+    assert hf.num_rows == 15
+    assert hf["id"] == expected_ids
+    np.testing.assert_array_equal(np.array(hf["embedding"], dtype=np.float32), expected)
+
+
+def test_float16_file_opens_with_pandas_and_datasets(
+    tmp_path: Path, two_groups: list[Group]
+) -> None:
+    import datasets
+    import pandas as pd
+
+    path = tmp_path / "emb16.parquet"
+    make_file(path, two_groups, output_dtype="float16")
+    expected = np.concatenate([two_groups[0][3], two_groups[1][3]]).astype(np.float16)
+    frame = pd.read_parquet(path)
+    np.testing.assert_array_equal(np.stack(frame["embedding"].to_numpy()), expected)
+    hf = datasets.load_dataset(
+        "parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf_cache")
+    )
+    assert hf.num_rows == 15
+    assert hf["id"] == two_groups[0][2] + two_groups[1][2]
