@@ -132,7 +132,7 @@ def preprocessed(transform: Any, paths: list[Path], batch: int, device: str) -> 
     from concurrent.futures import ThreadPoolExecutor
 
     from img_search.images import open_image
-    from img_search.pipeline.shards import _pin
+    from img_search.pipeline.reader.stream import _pin
 
     with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
         features = list(pool.map(lambda p: transform(open_image(str(p))), paths))

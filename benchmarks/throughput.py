@@ -115,8 +115,9 @@ def pipeline(
     """One run of the embed job in this process; its ``PassStats`` (model loading excluded).
     ``extra``: more overrides (``tasks.precision=fp16``, ``tasks.decode=gpu``)."""
     from img_search.api.jobs import compose
+    from img_search.pipeline.launch import run_job
     from img_search.pipeline.modalities import IMAGES, image_dataset_specs
-    from img_search.pipeline.runner import plan_job, run_job
+    from img_search.pipeline.plan import plan_job
 
     overrides = [
         f"models={group_key}",

@@ -31,7 +31,7 @@ READ_AT_RUN_TIME = {
     "IMG_SEARCH_FAULT",
     "PYTHONUNBUFFERED",
     "COLUMNS",
-    *("SLURM_JOB_ID", "SLURM_JOB_DEPENDENCY"),  # pipeline/engines.py
+    *("SLURM_JOB_ID", "SLURM_JOB_DEPENDENCY"),  # pipeline/engines/slurm.py
 }
 
 

@@ -1,7 +1,7 @@
 """``embed``: the command line's job from Python, composed by Hydra and run in this process.
 
 The same configs, the same checks and the same run machinery as
-``img-search embed`` / ``embed-text`` (``pipeline.launch.run_configured``), so
+``img-search embed`` / ``embed-text`` (``pipeline.engines.run_config``), so
 a call resumes an unfinished job, does nothing for a finished one, and
 appends a new model or dataset, exactly as the command does.
 """
@@ -67,13 +67,13 @@ def embed(
 
 
 def run(args: list[str], captions: bool, output: Path) -> EmbedSummary:
-    from img_search.pipeline.launch import run_configured
+    from img_search.pipeline.engines import run_config
     from img_search.pipeline.modalities import MODALITIES
 
     modality = MODALITIES["caption" if captions else "image"]
     cfg = compose(modality.config_name, args)
     started = time.perf_counter()
-    code = run_configured(cfg, modality)
+    code = run_config(cfg, modality)
     return summary(output, code, time.perf_counter() - started)
 
 

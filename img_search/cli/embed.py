@@ -1,7 +1,7 @@
 """``img-search embed`` (``python -m img_search.pipeline.embed models=... datasets=... output_path=...``).
 
 The command only: it composes the config, runs the job with its engine
-(``pipeline.launch``) inside the exit-code policy, and exits with the job's
+(``pipeline.engines``) inside the exit-code policy, and exits with the job's
 status. Nothing heavy (torch, transformers, datasets) loads before the job
 is planned: ``--help`` and configuration errors answer at once.
 """
@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 from img_search.cli.errors import user_errors_exit
 from img_search.cli.hydra_entry import hydra_entry
+from img_search.pipeline.engines import run_config
 from img_search.pipeline.interrupt import interrupted_exit
-from img_search.pipeline.launch import run_configured
 from img_search.pipeline.modalities import IMAGES, Modality
 
 
@@ -23,7 +23,7 @@ def run_cli(cfg: DictConfig, modality: Modality) -> None:
     """Run a pipeline from its composed Hydra config and exit with its status (130 and one line
     saying what is kept after Ctrl-C: ``pipeline.interrupt``)."""
     with user_errors_exit(cfg), interrupted_exit(cfg):
-        code = run_configured(cfg, modality)
+        code = run_config(cfg, modality)
     if code:
         sys.exit(code)
 

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 
 from img_search.failures import BuildError, PeerLost, first_line, hub_unavailable, is_transient
-from img_search.pipeline.engines import stray_mpi_world
+from img_search.pipeline.engines.slurm import stray_mpi_world
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """Ctrl-C during a run: one line saying what is kept and how to resume, and exit status 130.
 
 Whatever a process was doing when interrupted, what its shards' completion
-records vouch for stays (``record.py``), and a rerun of the same command
+records vouch for stays (``state/record.py``), and a rerun of the same command
 takes the job up from there; what it had not committed is embedded again.
 So the line counts what the records hold, not what this process did:
 ``interrupted: 3 shards committed, 1,024 rows kept; rerun the same command

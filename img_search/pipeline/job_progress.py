@@ -1,6 +1,6 @@
 """The job's progress as its completion records tell it, shown by one process of a launch.
 
-Every process commits its own shards (``commit.py``), so the completion
+Every process commits its own shards (``writer.py``), so the completion
 records on the output's filesystem are the one count of what the whole job
 has done, whichever engine started its processes: the ranks of a launch,
 Slurm array tasks, Ray actors, or other launches on the same output. The
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from img_search.console import OUTPUT, chatty, interactive, make_progress
-from img_search.pipeline.ledger import Ledger
-from img_search.pipeline.record import load_record
+from img_search.pipeline.state.ledger import Ledger
+from img_search.pipeline.state.record import load_record
 
 #: Seconds between two reads of the records under a bar (off a terminal: a quarter of
 #: ``logging.progress_every_s``); at least ten times what the last read took.

@@ -83,8 +83,9 @@ def test_jina_v4_stand_in_texts_and_images_are_normalised(stand_in):
 
 def test_jina_v4_stand_in_through_the_pipeline(stand_in, tmp_path, monkeypatch):
     """Decoded PIL images travel through a loader worker into ``encode_image``; one row per photo."""
+    from img_search.pipeline.launch import run_job
     from img_search.pipeline.modalities import IMAGES, image_dataset_specs
-    from img_search.pipeline.runner import plan_job, run_job
+    from img_search.pipeline.plan import plan_job
 
     model, _ = stand_in
     out = tmp_path / "jina.parquet"
@@ -112,7 +113,7 @@ def test_jina_v4_stand_in_through_the_pipeline(stand_in, tmp_path, monkeypatch):
 def test_the_pipeline_refuses_jina_v4_without_trust_remote_code(tmp_path):
     """Checked while planning, before any dataset is listed or model fetched."""
     from img_search.pipeline.modalities import IMAGES, image_dataset_specs
-    from img_search.pipeline.runner import plan_job
+    from img_search.pipeline.plan import plan_job
     from img_search.pipeline.settings import ConfigError
 
     cfg = compose(

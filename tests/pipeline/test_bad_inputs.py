@@ -232,8 +232,9 @@ def test_an_empty_folder_fails_with_one_line_and_leaves_nothing(tmp_path, run_em
 def test_a_failed_start_leaves_nothing_that_blocks_another_job(tmp_path):
     """Issue 15.7: a run that fails before committing anything removes its job state."""
     from img_search.api.jobs import compose
+    from img_search.pipeline.launch import run_job
     from img_search.pipeline.modalities import IMAGES, image_dataset_specs
-    from img_search.pipeline.runner import plan_job, run_job
+    from img_search.pipeline.plan import plan_job
 
     out = tmp_path / "out.parquet"
 

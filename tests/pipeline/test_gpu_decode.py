@@ -30,7 +30,7 @@ from img_search.pipeline.gpu_decode import (
     MixedCollate,
     decode_on_device,
 )
-from img_search.pipeline.shards import Batch
+from img_search.pipeline.reader.stream import Batch
 from img_search.store import TableLayout, read_embeddings, read_metadata
 from img_search.store.writer import read_errors
 from img_search.testing.fixtures import jpeg_bytes, synthetic_image

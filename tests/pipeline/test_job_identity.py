@@ -126,9 +126,10 @@ def test_a_changed_jina_task_is_refused_against_the_finished_table(tmp_path, mon
     """Jina v4's ``task`` picks its adapter: another task is another job (stand-in model)."""
     import transformers
 
+    from img_search.pipeline.launch import run_job
     from img_search.pipeline.modalities import IMAGES, image_dataset_specs
-    from img_search.pipeline.output import JobMismatch
-    from img_search.pipeline.runner import plan_job, run_job
+    from img_search.pipeline.plan import plan_job
+    from img_search.pipeline.state.output import JobMismatch
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *a, **k: StandInJina())
     out = tmp_path / "jina.parquet"

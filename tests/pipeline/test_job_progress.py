@@ -19,8 +19,8 @@ from img_search import console
 from img_search.atomic import atomic_write_text
 from img_search.pipeline import job_progress
 from img_search.pipeline.job_progress import JobProgress, PairRecords, committed
-from img_search.pipeline.ledger import Ledger
-from img_search.pipeline.record import CompletionRecord, PartRef, part_name
+from img_search.pipeline.state.ledger import Ledger
+from img_search.pipeline.state.record import CompletionRecord, PartRef, part_name
 from img_search.testing.fixtures import write_photo_folder
 
 #: A progress line of the simulated model over an image folder: done/total, what follows.

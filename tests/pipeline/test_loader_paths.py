@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from img_search.pipeline.loader import Receiver
+from img_search.pipeline.reader.receiver import Receiver
 from img_search.store import read_embeddings, read_metadata
 
 

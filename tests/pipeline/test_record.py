@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from img_search.pipeline.record import CompletionRecord, PartRef, load_record, part_name
-from img_search.pipeline.verify import part_digest, part_problem
+from img_search.pipeline.state.record import CompletionRecord, PartRef, load_record, part_name
+from img_search.pipeline.state.verify import part_digest, part_problem
 from img_search.store import PartWriter
 from img_search.store.layout import TableLayout
 

@@ -19,12 +19,13 @@ import pytest
 from torch.utils.data import DataLoader, get_worker_info
 
 from img_search.data.base import Shard, position_shards
-from img_search.pipeline.claims import PairClaims, ShardTask, merge_ranges
 from img_search.pipeline.distributed import with_retries
-from img_search.pipeline.ledger import Ledger
-from img_search.pipeline.liveness import here
-from img_search.pipeline.record import CompletionRecord, PartRef, part_name
-from img_search.pipeline.shards import Collator, Feeder, ShardStream, windows
+from img_search.pipeline.reader.feeder import Feeder
+from img_search.pipeline.reader.stream import Collator, ShardStream, windows
+from img_search.pipeline.state.claims import PairClaims, ShardTask, merge_ranges
+from img_search.pipeline.state.ledger import Ledger
+from img_search.pipeline.state.liveness import here
+from img_search.pipeline.state.record import CompletionRecord, PartRef, part_name
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def test_the_end_of_a_listing_shrinks_to_one_batch():
 
 
 def test_ranks_start_apart_and_all_end_on_the_tail():
-    from img_search.pipeline.claims import claim_order
+    from img_search.pipeline.state.claims import claim_order
 
     shards = position_shards(4000, 48, unit=8)
     body = [s.index for s in shards if not s.tail]
@@ -255,12 +256,12 @@ def test_a_dead_owners_shard_is_taken_over_with_its_progress(tmp_path):
     script = (
         "import os, signal, sys\n"
         "from img_search.data.base import position_shards\n"
-        "from img_search.pipeline.claims import PairClaims\n"
-        "from img_search.pipeline.ledger import Ledger\n"
+        "from img_search.pipeline.state.claims import PairClaims\n"
+        "from img_search.pipeline.state.ledger import Ledger\n"
         f"ledger = Ledger({str(state)!r}); ledger.join('spec', 'other', 0)\n"
         "claims = PairClaims(ledger, 'clip', 'photos', position_shards(20, 10))\n"
         "task = claims.claim_next()\n"
-        "from img_search.pipeline.record import CompletionRecord, PartRef\n"
+        "from img_search.pipeline.state.record import CompletionRecord, PartRef\n"
         "part = PartRef('part-clip-photos-000000-00-000.parquet', 5, 100, 'ab')\n"
         "claims.write_record(task, CompletionRecord('clip', 'photos', 0, 0, 10, done=[[0, 5]], "
         "rows=5, parts=[part]))\n"

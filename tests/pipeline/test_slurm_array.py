@@ -14,9 +14,9 @@ import sys
 from conftest import OFFLINE, REPO
 
 from img_search.data.base import position_shards
-from img_search.pipeline.claims import PairClaims, claim_order
-from img_search.pipeline.engines import ENGINE_SLOT, array_task, start_slot, stray_mpi_world
-from img_search.pipeline.ledger import Ledger
+from img_search.pipeline.engines.slurm import ENGINE_SLOT, array_task, start_slot, stray_mpi_world
+from img_search.pipeline.state.claims import PairClaims, claim_order
+from img_search.pipeline.state.ledger import Ledger
 
 
 def array(task: int, count: int, first: int, last: int, step: int = 1) -> dict[str, str]:
@@ -136,7 +136,7 @@ def test_a_silent_owner_on_another_machine_is_waited_for_then_taken_over(tmp_pat
 
 def test_the_processes_of_an_array_this_job_waited_for_are_dead(tmp_path, monkeypatch):
     """--dependency=afterany:<array>: every task ended, whatever its heartbeat says."""
-    from img_search.pipeline.engines import ended_jobs
+    from img_search.pipeline.engines.slurm import ended_jobs
 
     assert ended_jobs({"SLURM_JOB_DEPENDENCY": "afterany:4242"}) == {"4242"}
     assert ended_jobs({"SLURM_JOB_DEPENDENCY": "afterok:1:2_3(unfulfilled),after:9+5"}) == {

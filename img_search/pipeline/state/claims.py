@@ -22,9 +22,9 @@ from pathlib import Path
 
 from img_search.atomic import atomic_write_text
 from img_search.data.base import Shard
-from img_search.pipeline.ledger import Ledger
-from img_search.pipeline.record import CompletionRecord, load_record, unusable
-from img_search.pipeline.state_files import read_json, warn_once
+from img_search.pipeline.state.ledger import Ledger
+from img_search.pipeline.state.record import CompletionRecord, load_record, unusable
+from img_search.pipeline.state.state_files import read_json, warn_once
 
 
 @dataclass
@@ -204,3 +204,15 @@ def claim_order(shards: Sequence[Shard], rank: int, ranks: int) -> list[int]:
     tail = [s.index for s in shards if s.tail]
     start = rank * len(body) // max(1, ranks)
     return body[start:] + body[:start] + tail
+
+
+def pair_claims(ledger: Ledger, model: str, dataset: str) -> PairClaims:
+    """The claims of a pair, with its shards as the job agreed on them (by count)."""
+    count = agreed_shards(ledger, dataset) or 0
+    return PairClaims(ledger, model, dataset, [Shard(i, 0, 0) for i in range(count)])
+
+
+def agreed_shards(ledger: Ledger, dataset: str) -> int | None:
+    """How many shards the job cut ``dataset`` into; None until its listing is recorded."""
+    shards = (ledger.agreed(f"listing-{dataset}") or {}).get("shards")
+    return shards if isinstance(shards, int) and not isinstance(shards, bool) else None

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from img_search.atomic import remove
-from img_search.pipeline.ledger import Ledger, describe
 from img_search.pipeline.plan import Job, compare_specs, spec_fingerprint
 from img_search.pipeline.settings import ConfigError
+from img_search.pipeline.state.ledger import Ledger, describe
 from img_search.store import read_metadata
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def open_output(job: Job, ledger: Ledger) -> Opening:
 
 
 def _committed(ledger: Ledger, model: str, dataset: str) -> bool:
-    from img_search.pipeline.finalize import pair_claims
+    from img_search.pipeline.state.claims import pair_claims
 
     if ledger.agreed(f"listing-{dataset}") is None:
         return False

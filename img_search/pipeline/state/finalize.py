@@ -30,11 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from img_search.atomic import remove
-from img_search.pipeline.claims import PairClaims
-from img_search.pipeline.ledger import Ledger, describe
 from img_search.pipeline.plan import Job
-from img_search.pipeline.record import CompletionRecord
-from img_search.pipeline.verify import part_problems
+from img_search.pipeline.state.claims import PairClaims, agreed_shards, pair_claims
+from img_search.pipeline.state.ledger import Ledger, describe
+from img_search.pipeline.state.record import CompletionRecord
+from img_search.pipeline.state.verify import part_problems
 from img_search.store import read_metadata
 from img_search.store import schema as S
 from img_search.store.writer import (
@@ -68,20 +68,6 @@ class Outcome:
     redo: list[tuple[str, str]] = field(default_factory=list)
     #: Each dataset's listing as the job agreed on it (items, shards), once the table is finished.
     listings: dict[str, Any] = field(default_factory=dict)
-
-
-def pair_claims(ledger: Ledger, model: str, dataset: str) -> PairClaims:
-    """The claims of a pair, with its shards as the job agreed on them (by count)."""
-    from img_search.data.base import Shard
-
-    count = agreed_shards(ledger, dataset) or 0
-    return PairClaims(ledger, model, dataset, [Shard(i, 0, 0) for i in range(count)])
-
-
-def agreed_shards(ledger: Ledger, dataset: str) -> int | None:
-    """How many shards the job cut ``dataset`` into; None until its listing is recorded."""
-    shards = (ledger.agreed(f"listing-{dataset}") or {}).get("shards")
-    return shards if isinstance(shards, int) and not isinstance(shards, bool) else None
 
 
 def finalize(job: Job, ledger: Ledger) -> Outcome:

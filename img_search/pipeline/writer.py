@@ -5,7 +5,7 @@ the shard is committed when its last window is in, and also every
 ``tasks.commit_every_s`` while it runs (each commit closes the current part,
 renames it into place, then replaces the shard's record, which names the
 parts — with their rows, size and sha256 —, the position ranges done and the
-errors so far: ``record.py``). A part file that no record names — its writer
+errors so far: ``state/record.py``). A part file that no record names — its writer
 died before the record was written — is ignored and deleted with the job
 state.
 """
@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from img_search.embedding import Encoder
 from img_search.faults import fail_point
-from img_search.pipeline.claims import PairClaims, ShardTask, merge_ranges
-from img_search.pipeline.record import CompletionRecord, PartRef, part_name
-from img_search.pipeline.shards import Batch
-from img_search.pipeline.verify import part_digest
+from img_search.pipeline.plan import Job
+from img_search.pipeline.reader.stream import Batch
+from img_search.pipeline.state.claims import PairClaims, ShardTask, merge_ranges
+from img_search.pipeline.state.record import CompletionRecord, PartRef, part_name
+from img_search.pipeline.state.verify import part_digest
 from img_search.store import PartWriter
 
 log = logging.getLogger(__name__)
@@ -162,3 +164,20 @@ class ShardCommitter:
             self.stats.shards.append(task.shard.index)
             del self.open[k]
         fail_point("commit")
+
+
+def part_writers(job: Job, encoder: Encoder, source: Any) -> Any:
+    """Part file name → a ``PartWriter`` of this pair (plain-list vectors in a folder table)."""
+
+    def make(name: str) -> PartWriter:
+        job.layout.parts_dir.mkdir(parents=True, exist_ok=True)
+        return PartWriter(
+            job.layout.parts_dir / name,
+            encoder.name,
+            source.name,
+            output_dtype=job.settings.output_dtype,
+            extra_fields=job.modality.extra_fields,
+            fixed_size=not job.layout.is_folder,
+        )
+
+    return make

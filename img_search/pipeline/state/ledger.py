@@ -39,9 +39,9 @@ from typing import Any
 
 from img_search.atomic import atomic_write_text, create_exclusive, is_temporary
 from img_search.host import HOST
-from img_search.pipeline.engines import array_task, ended_jobs, slurm_names
-from img_search.pipeline.liveness import here, pid_alive, process_start_time, provable
-from img_search.pipeline.state_files import read_json, warn_once
+from img_search.pipeline.engines.slurm import array_task, ended_jobs, slurm_names
+from img_search.pipeline.state.liveness import here, pid_alive, process_start_time, provable
+from img_search.pipeline.state.state_files import read_json, warn_once
 
 log = logging.getLogger(__name__)
 __all__ = ["Ledger", "Member", "describe", "read_json"]

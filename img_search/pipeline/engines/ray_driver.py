@@ -5,7 +5,7 @@ does (the same job, an append, or a refusal, exit 2), then starts
 ``engine.workers`` actors with the CPUs and GPUs asked for. Each actor
 composes the same job from the resolved config, loads each model once, and
 claims, embeds and commits shards through the output's files exactly as an
-independent launch would (``runner.run_pairs``): the same part files,
+independent launch would (``pairs.run_pairs``): the same part files,
 completion records and errors, and the same resume. The last actor to finish
 finishes the table, as the last launch would. The driver shows the rows
 committed so far, waits for every actor, finishes the table if no actor did,
@@ -31,15 +31,15 @@ from omegaconf import DictConfig
 
 from img_search.failures import first_line
 from img_search.host import usable_cores
-from img_search.pipeline.engines import ENGINE_SLOT
+from img_search.pipeline.engines.slurm import ENGINE_SLOT
 from img_search.pipeline.modalities import MODALITIES, Modality
 from img_search.pipeline.settings import ConfigError, RayEngine, engine_settings
 
 if TYPE_CHECKING:  # torch comes with the job, once the config is checked
-    from img_search.pipeline.finalize import Outcome
-    from img_search.pipeline.ledger import Ledger
     from img_search.pipeline.plan import Job
     from img_search.pipeline.reporting import ProcessReport
+    from img_search.pipeline.state.finalize import Outcome
+    from img_search.pipeline.state.ledger import Ledger
 
 log = logging.getLogger("img_search")
 
@@ -65,13 +65,14 @@ def run_on_ray(cfg: DictConfig, modality: Modality, dataset_specs: Mapping[str, 
     ray = import_ray()
     engine = engine_settings(cfg.get("engine"))
     assert isinstance(engine, RayEngine)
-    from img_search.pipeline.finalize import finalize, pair_claims
     from img_search.pipeline.job_progress import JobProgress
-    from img_search.pipeline.ledger import Ledger
-    from img_search.pipeline.output import forget_failed_start, open_output
+    from img_search.pipeline.launch import check_error_budget, leaving_on_failure
     from img_search.pipeline.plan import plain, plan_job
     from img_search.pipeline.reporting import ProcessReport, print_result_lines, print_summary
-    from img_search.pipeline.runner import check_error_budget, leaving_on_failure
+    from img_search.pipeline.state.claims import pair_claims
+    from img_search.pipeline.state.finalize import finalize
+    from img_search.pipeline.state.ledger import Ledger
+    from img_search.pipeline.state.output import forget_failed_start, open_output
 
     job = plan_job(cfg, modality, dataset_specs)
     ledger = Ledger(job.layout.state_dir, job.settings.lease_s)
@@ -345,11 +346,11 @@ def embed_share(job: Job, index: int, name: str, engine: RayEngine) -> WorkerRes
     """Inside an actor: this process's share of the job, then an attempt to finish the table."""
     import torch
 
-    from img_search.pipeline.claims import committed_by
     from img_search.pipeline.distributed import finish, make_accelerator
-    from img_search.pipeline.ledger import Ledger
-    from img_search.pipeline.output import open_output
-    from img_search.pipeline.runner import embed_and_finish, leaving_on_failure
+    from img_search.pipeline.launch import embed_and_finish, leaving_on_failure
+    from img_search.pipeline.state.claims import committed_by
+    from img_search.pipeline.state.ledger import Ledger
+    from img_search.pipeline.state.output import open_output
 
     settings = job.settings
     # the driver has opened the output (overwrite, resume): the actors join the job it left there

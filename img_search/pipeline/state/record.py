@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from img_search.pipeline.state_files import load_json, warn_once
+from img_search.pipeline.state.state_files import load_json, warn_once
 
 SUFFIX = ".parquet"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from img_search.pipeline.record import CompletionRecord, PartRef
+from img_search.pipeline.state.record import CompletionRecord, PartRef
 from img_search.store import schema as S
 from img_search.store.layout import TableLayout
 
