@@ -1,9 +1,10 @@
 """One (model, dataset) pass of this process: reader → model → writer, until no shard is left to claim.
 
-The reader (``reader/``) claims shards, prepares their items in loader
-workers and hands over batches in position order; the model turns a batch's
-features into vectors; the writer (``writer.py``) appends them to the part of
-their shard and commits the shard when its last window is in.
+The reader (``reader/loader.py``) claims shards, prepares their items in
+loader workers and hands over batches in position order, each carrying its
+shard's task; the model turns a batch's features into vectors; the writer
+(``writer.py``) appends them to the part of their shard and commits the
+shard when its last window is in.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from img_search.faults import fail_point
 from img_search.pipeline.engines.slurm import start_slot
 from img_search.pipeline.job_progress import JobProgress
 from img_search.pipeline.plan import Job
-from img_search.pipeline.reader.feeder import Feeder
-from img_search.pipeline.reader.loader import PassLoader
-from img_search.pipeline.reporting import (
-    RunStats,
-)
+from img_search.pipeline.reader.loader import Reader
+from img_search.pipeline.reporting import RunStats
 from img_search.pipeline.state.claims import PairClaims
 from img_search.pipeline.state.ledger import Ledger
-from img_search.pipeline.writer import ShardCommitter, part_writers
+from img_search.pipeline.writer import ShardWriter, part_writers
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +42,27 @@ def embed_pair(
     progress: JobProgress,
 ) -> RunStats:
     """One (model, dataset) pass of this process: claim a shard, embed it, commit it, until none is left."""
-    stats = RunStats(encoder.name, source.name, rank=accelerator.process_index)
-    shards = source.shards(*layout)
     slot, slots = start_slot(accelerator.process_index, accelerator.num_processes)
-    claims = PairClaims(ledger, encoder.name, source.name, shards, slot, slots)
-    feeder = Feeder(claims.claim_next, job.settings.batch_size)
-    loader = PassLoader(job, encoder, source, feeder, accelerator)
-    committer = ShardCommitter(
-        claims, part_writers(job, encoder, source), job.settings.commit_every_s, source.problems()
-    )
+    claims = PairClaims(ledger, encoder.name, source.name, source.shards(*layout), slot, slots)
+    reader = Reader(job, encoder, source, claims, accelerator)
+    settings, writers = job.settings, part_writers(job, encoder, source)
+    writer = ShardWriter(claims, writers, settings.commit_every_s, source.problems())
     progress.start(encoder.name, source.name, source.length())
+    stats = RunStats(encoder.name, source.name, rank=accelerator.process_index)
     clock = StageClock(stats)
     try:
-        for batch in clock.each(loader, "wait"):
+        for batch in clock.each(reader, "wait"):
             with clock("forward"):
                 vectors = forward(job, encoder, batch)
             with clock("write"):
-                k = batch.task
-                extra = extra_columns(job, source, batch)
-                committer.add(k, feeder.tasks[k], len(feeder.windows[k]), batch, vectors, extra)
-            shard, opened = feeder.tasks[k].shard, committer.open.get(k)
-            done = opened.record.positions_done if opened else shard.stop - shard.start
-            progress.note(encoder.name, source.name, shard.index, done)
+                done = writer.add(batch, vectors, extra_columns(job, source, batch))
+            progress.note(encoder.name, source.name, batch.task.shard.index, done)
             fail_point("step")
     finally:
-        committer.close()
+        writer.close()
     stats.seconds = clock.elapsed()
-    stats.rows, stats.errors = committer.stats.rows, committer.stats.errors
-    stats.shards, stats.commits = committer.stats.shards, committer.stats.commits
+    stats.rows, stats.errors = writer.stats.rows, writer.stats.errors
+    stats.shards, stats.commits = writer.stats.shards, writer.stats.commits
     return stats
 
 

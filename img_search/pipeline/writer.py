@@ -1,4 +1,5 @@
-"""Committing shards: the process that embedded a shard writes its part file(s) and its completion record.
+"""The writer of one (model, dataset) pass: the process that embedded a shard writes its part file(s)
+and its completion record.
 
 A shard's rows stream into a part file as batches come back from the model;
 the shard is committed when its last window is in, and also every
@@ -50,8 +51,13 @@ class CommitStats:
     lost: list[int] = field(default_factory=list)  # shards another process took over
 
 
-class ShardCommitter:
-    """The open shards of one (model, dataset) pass of this process, and their commits."""
+class ShardWriter:
+    """The open shards of one (model, dataset) pass of this process: their parts and their commits.
+
+    Batches come from the reader (``reader/loader.py``) carrying their
+    shard's ``task`` and ``windows_in_shard``: a shard opens with its first
+    batch and is committed with its last.
+    """
 
     def __init__(
         self,
@@ -68,17 +74,18 @@ class ShardCommitter:
         self.stats = CommitStats()
         self._last_commit = time.monotonic()
 
-    def add(
-        self,
-        k: int,
-        task: ShardTask,
-        n_windows: int,
-        batch: Batch,
-        vectors: np.ndarray | None,
-        extra: dict[str, Any] | None,
-    ) -> None:
-        """Take one window's results; commit the shard when it was the last one."""
-        shard = self.open.get(k) or self._open(k, task, n_windows)
+    def add(self, batch: Batch, vectors: np.ndarray | None, extra: dict[str, Any] | None) -> int:
+        """Take one window's results; commit the shard when it was the last one.
+
+        Returns the positions of the batch's shard done so far (all of them
+        once it is committed or lost), for the job's progress.
+        """
+        k, task = batch.claim, batch.task
+        if task is None:
+            raise ValueError(
+                f"batch of window {batch.window} names no shard task (not from a Reader)"
+            )
+        shard = self.open.get(k) or self._open(k, task, batch.windows_in_shard)
         if batch.ids:
             if shard.writer is None:
                 shard.writer = self.make_writer(self._part_name(shard))
@@ -94,6 +101,8 @@ class ShardCommitter:
         elif time.monotonic() - self._last_commit >= self.commit_every_s:
             for open_k in list(self.open):
                 self._commit(open_k, final=False)
+        still_open = self.open.get(k)
+        return still_open.record.positions_done if still_open else len(task.shard)
 
     def close(self) -> None:
         """End of the pass: anything still open (a lost shard) is discarded."""

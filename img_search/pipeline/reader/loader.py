@@ -1,4 +1,12 @@
-"""The loader of one (model, dataset) pass, and what happens when one of its workers dies.
+"""The reader of one (model, dataset) pass: claimed shards in, batches that name their shard out.
+
+The ``Reader`` owns what stands between the claims and the model: the
+feeder that claims shards on demand (``feeder.py``), the loader workers
+that read and prepare the items (``stream.py``: the decode and the encoder's
+transform), the thread that receives their batches (``receiver.py``), and
+what happens when one of those workers dies. Each batch leaves it carrying
+its ``ShardTask`` and the number of windows of that shard, so the writer
+needs nothing else.
 
 A loader worker can die without an exception: the kernel's OOM killer, a
 crash inside a C decoder. PyTorch then ends the whole iteration with
@@ -18,9 +26,12 @@ import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from img_search.embedding import Encoder
 from img_search.pipeline.distributed import local_world_size
+from img_search.pipeline.plan import Job
 from img_search.pipeline.reader.feeder import Feeder
 from img_search.pipeline.reader.receiver import (
     Receiver,
@@ -29,17 +40,22 @@ from img_search.pipeline.reader.receiver import (
     exit_codes,
 )
 from img_search.pipeline.reader.stream import Batch, Collator, ShardStream, start_loader_worker
+from img_search.pipeline.state.claims import PairClaims
 
 log = logging.getLogger("img_search")
 
 
-class PassLoader:
-    """Batches of the shards ``feeder`` claims, prepared by loader workers, surviving their deaths."""
+class Reader:
+    """Batches of the shards ``claims`` hands this process, prepared by loader workers, surviving
+    their deaths, in position order, each carrying its ``task`` and ``windows_in_shard``."""
 
-    def __init__(self, job: Any, encoder: Any, source: Any, feeder: Feeder, accelerator: Any):
+    def __init__(
+        self, job: Job, encoder: Encoder, source: Any, claims: PairClaims, accelerator: Accelerator
+    ) -> None:
         settings, modality = job.settings, job.modality
         self.device = accelerator.device.type
-        self.source, self.feeder = source, feeder
+        self.source = source
+        self.feeder = Feeder(claims.claim_next, settings.batch_size)
         self.workers = settings.loader_workers(
             self.device, local_world_size(accelerator), modality.cpu_heavy_prepare
         )
@@ -48,6 +64,13 @@ class PassLoader:
         self.collate = Collator(modality.make_collate(encoder))
 
     def __iter__(self) -> Iterator[Batch]:
+        tasks, windows = self.feeder.tasks, self.feeder.windows  # the main process's claims
+        for batch in self._delivered():
+            batch.task, batch.windows_in_shard = tasks[batch.claim], len(windows[batch.claim])
+            yield batch
+
+    def _delivered(self) -> Iterator[Batch]:
+        """Every window's batch, once, in order; those a dying worker held are prepared again."""
         start, deaths_here = 0, 0
         while True:
             received = start
@@ -96,7 +119,7 @@ class PassLoader:
         reason = f"{died.reason} while preparing the batch of this item"
         log.warning("items %d to %d of %s: %s", first, stop - 1, self.source.name, reason)
         failures = [(item.id, reason) for _, item in items]
-        return Batch(task=k, window=(first, stop), failures=failures)
+        return Batch(claim=k, window=(first, stop), failures=failures)
 
     def _locate(self, window: int) -> tuple[int, tuple[int, int]]:
         for k, windows in enumerate(self.feeder.windows):

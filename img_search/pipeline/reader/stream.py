@@ -52,14 +52,21 @@ class Failed:
 
 @dataclass
 class Batch:
-    """The prepared items of one window of one claimed shard, and the items that failed."""
+    """The prepared items of one window of one claimed shard, and the items that failed.
 
-    task: int = 0  # which of this process's claimed shards
+    A loader worker names the shard by ``claim`` alone, so that what it
+    pickles stays small; the reader attaches ``task`` and ``windows_in_shard``
+    in the main process (``reader.loader.Reader``), where the claims are.
+    """
+
+    claim: int = 0  # which of this process's claimed shards (the k-th it claimed in this pass)
     window: tuple[int, int] = (0, 0)  # positions covered, failed and skipped ones included
     ids: list[str] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     features: Any = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    task: ShardTask | None = None  # the claimed shard (main process)
+    windows_in_shard: int = 0  # how many windows of it this process embeds (main process)
 
     def pin_memory(self) -> Batch:
         self.features = _pin(self.features)
@@ -172,7 +179,7 @@ class ShardStream(IterableDataset):
 
     def _batch(self, k: int, window: tuple[int, int], records: list[Prepared | Failed]) -> Batch:
         batch = self.collate(records)
-        batch.task, batch.window = k, window
+        batch.claim, batch.window = k, window
         return batch
 
     def _prepare(self, position: int, item: Any) -> Prepared | Failed:
