@@ -1,4 +1,5 @@
-"""Loader workers change where preprocessing runs, never what comes out; float16 output round-trips."""
+"""The reader of a pass: loader workers change where preprocessing runs, never what comes out; each
+batch reaches the model carrying its shard task; the receiving thread keeps order and errors."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import threading
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from one_pair import nine_photos, open_pair
 
+from img_search.pipeline.reader.loader import Reader
 from img_search.pipeline.reader.receiver import Receiver
+from img_search.pipeline.reader.stream import Batch
+from img_search.pipeline.state.claims import PairClaims
 from img_search.store import read_embeddings, read_metadata
 
 
@@ -75,3 +81,35 @@ def test_the_receiver_keeps_order_raises_in_the_caller_and_stops_early():
     assert receiver.next() == 0
     receiver.stop()
     assert not any(t.name == "img_search-receiver" for t in threading.enumerate())
+
+
+def read_pass(tmp_path, photos, workers: int) -> list[Batch]:
+    """Every batch a ``Reader`` hands the model in one pass over ``photos``."""
+    pair = open_pair(tmp_path, photos, f"tasks.num_workers={workers}")
+    shards = pair.source.shards(*pair.layout)
+    claims = PairClaims(pair.ledger, pair.encoder.name, pair.source.name, shards)
+    try:
+        return list(Reader(pair.job, pair.encoder, pair.source, claims, pair.accelerator))
+    finally:
+        pair.ledger.leave()
+
+
+def test_each_batch_carries_its_shard_task_and_window_count_for_any_worker_count(tmp_path):
+    photos = nine_photos(tmp_path / "photos")
+    runs = {w: read_pass(tmp_path / f"workers-{w}", photos, w) for w in (0, 2)}
+    for batches in runs.values():
+        shards = [b.task.shard.index for b in batches]
+        assert shards == sorted(shards) and set(shards) == {0, 1, 2}  # shard by shard, in order
+        for batch in batches:
+            shard = batch.task.shard
+            assert shard.start <= batch.window[0] < batch.window[1] <= shard.stop
+            of_shard = [b for b in batches if b.task is batch.task]  # one task object per claim
+            assert batch.windows_in_shard == len(of_shard)
+            assert batch.claim == shard.index  # one process claims in shard order here
+    # the same windows, items and prepared features whatever the number of loader workers
+    alone, workers = runs[0], runs[2]
+    assert [(b.task.shard, b.window, b.ids) for b in alone] == [
+        (b.task.shard, b.window, b.ids) for b in workers
+    ]
+    assert sum(len(b.ids) for b in alone) == 9
+    assert all(torch.equal(a.features, b.features) for a, b in zip(alone, workers, strict=True))
