@@ -186,6 +186,7 @@ def test_overwrite_discards_an_unfinished_job_but_is_refused_while_it_lives(tmp_
         # now this launch's job lives: overwriting it, even with the same job, is refused
         with pytest.raises(JobMismatch, match=r"is being written by another job \(host "):
             open_output(job(out, "tasks.overwrite=true"), ledger_of(out))
-        assert ledger.read_job() is not None
+        assert ledger.read_job()["todo"] == [list(PAIR)]  # the live job's state is kept
+        assert [m["id"] for m in ledger.live_members()] == [ledger.me.id]
     finally:
         ledger.leave()
