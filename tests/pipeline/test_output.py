@@ -7,12 +7,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import OFFLINE, REPO, SAMPLE_PHOTOS
+from conftest import SAMPLE_PHOTOS, built_once, cli_runner
 
 from img_search.api.jobs import compose
 from img_search.data.base import position_shards
@@ -51,19 +49,16 @@ def ledger_of(out: Path) -> Ledger:
     return Ledger(out.with_name(out.name + ".partial"), lease_s=60)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_table(tmp_path_factory) -> Path:
     """The 8 sample photos embedded by the simulated model, as the command writes them."""
-    out = tmp_path_factory.mktemp("finished") / "table.parquet"
-    ran = subprocess.run(
-        [sys.executable, "-m", "img_search.pipeline.embed", *overrides(out)],
-        cwd=REPO,
-        env={**os.environ, **OFFLINE},
-        capture_output=True,
-        text=True,
-    )
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    return out
+
+    def build(root: Path) -> str:
+        out = root / "table.parquet"
+        cli_runner("img_search.pipeline.embed")(*overrides(out))
+        return str(out)
+
+    return Path(built_once(tmp_path_factory, "output-finished-table", build))
 
 
 @pytest.fixture
