@@ -134,7 +134,7 @@ def test_one_pixel_image_decodes_to_its_pixel() -> None:
     assert pixels(out).tolist() == [[[7, 8, 9]]]
 
 
-def test_pil_image_input_is_converted() -> None:
+def test_a_pil_image_in_another_mode_becomes_rgb() -> None:
     out = open_image(Image.new("L", (3, 2), 77))
     assert out.mode == "RGB"
     assert (pixels(out) == 77).all()
@@ -243,7 +243,7 @@ def test_truncated_jpeg_file_is_refused_as_truncated(tmp_path: Path) -> None:
         open_image(path)
 
 
-def test_text_file_with_jpg_extension(tmp_path: Path) -> None:
+def test_a_text_file_named_jpg_is_refused_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.jpg"
     path.write_text("this is not a picture\n")
     with pytest.raises(ImageDecodeError, match="cannot identify image file") as info:

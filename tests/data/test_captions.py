@@ -77,7 +77,7 @@ def test_on_error_fail_stops_at_the_line(tmp_path):
         build(path, on_error="fail")
 
 
-def test_missing_file_and_bad_switch(tmp_path):
+def test_a_missing_caption_file_is_named_and_an_unknown_on_error_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         build(tmp_path / "nope.jsonl")
     with pytest.raises(ValueError, match="on_error"):

@@ -59,7 +59,7 @@ def parquet_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_hf_images_parquet_with_id_column(parquet_file: Path) -> None:
+def test_hf_images_parquet_ids_from_a_column_keep_the_first_of_each(parquet_file: Path) -> None:
     dataset = get_dataset(
         {
             "dataset": "hf_images",
@@ -82,7 +82,7 @@ def test_hf_images_parquet_with_id_column(parquet_file: Path) -> None:
     assert dataset.get(2).source["bytes"] == jpeg_bytes(synthetic_image(3, (24, 24)))
 
 
-def test_hf_images_parquet_without_dedupe(parquet_file: Path) -> None:
+def test_hf_images_parquet_without_dedupe_keeps_every_row(parquet_file: Path) -> None:
     dataset = HubImageDataset(
         "mine", path=str(parquet_file), image_column="picture", id_column="key", dedupe=False
     )
@@ -90,7 +90,7 @@ def test_hf_images_parquet_without_dedupe(parquet_file: Path) -> None:
     assert all_ids(dataset) == ["k-a", "k-b", "k-a", "k-c", "k-d"]
 
 
-def test_hf_images_parquet_row_numbers_as_ids(parquet_file: Path) -> None:
+def test_hf_images_parquet_without_an_id_column_numbers_the_rows(parquet_file: Path) -> None:
     dataset = HubImageDataset(
         "mine", path=str(parquet_file), image_column="picture", id_column=None
     )
@@ -139,7 +139,9 @@ def test_hf_images_get_before_build_says_build_first(parquet_file: Path) -> None
 # -- local Parquet read directly, without 🤗's Arrow cache --------------------------
 
 
-def test_direct_folder_two_splits_several_files(hub_layout: Path, monkeypatch) -> None:
+def test_direct_folder_reads_the_splits_in_the_order_given_then_each_file(
+    hub_layout: Path, monkeypatch
+) -> None:
     def make() -> HubImageDataset:
         return HubImageDataset(
             "mine", path=str(hub_layout), splits=["test", "train"], id_column="key"
@@ -152,7 +154,9 @@ def test_direct_folder_two_splits_several_files(hub_layout: Path, monkeypatch) -
     assert open_image(sources[0]).size == (8, 8)
 
 
-def test_direct_folder_without_dedupe_and_with_ids(hub_layout: Path, monkeypatch) -> None:
+def test_direct_folder_keeps_every_row_without_dedupe_and_only_the_ids_asked(
+    hub_layout: Path, monkeypatch
+) -> None:
     def every_row() -> HubImageDataset:
         return HubImageDataset("mine", path=str(hub_layout), id_column="key", dedupe=False)
 
@@ -170,7 +174,7 @@ def test_direct_folder_without_dedupe_and_with_ids(hub_layout: Path, monkeypatch
     assert sources == [struct_source(n) for n in (0, 3, 12)]
 
 
-def test_direct_row_numbers_and_stems(hub_layout: Path, monkeypatch) -> None:
+def test_direct_folder_without_an_id_column_numbers_the_rows(hub_layout: Path, monkeypatch) -> None:
     def numbered() -> HubImageDataset:
         return HubImageDataset("mine", path=str(hub_layout), splits="train", id_column=None)
 
@@ -212,7 +216,9 @@ def test_direct_parquet_file_equals_the_hub_read(parquet_file: Path, monkeypatch
     assert ids == ["0", "1", "2", "3", "4"]
 
 
-def test_direct_binary_and_string_image_columns(tmp_path: Path, monkeypatch) -> None:
+def test_direct_binary_and_string_image_columns_become_bytes_and_paths(
+    tmp_path: Path, monkeypatch
+) -> None:
     table = pa.table(
         {
             "raw": pa.array([tiny_jpeg(n) for n in range(7)], pa.binary()),

@@ -55,7 +55,7 @@ def test_image_folder_lists_sorted_posix_ids(tmp_path: Path) -> None:
     assert open_image(dataset.get(0).source).size == (22, 16)  # two.JPG was image index 2
 
 
-def test_image_folder_non_recursive_and_extensions(tmp_path: Path) -> None:
+def test_image_folder_lists_only_the_top_level_or_the_extensions_asked(tmp_path: Path) -> None:
     make_folder(tmp_path)
     flat = ImageFolderDataset("photos", path=str(tmp_path), recursive=False)
     flat.build()

@@ -56,7 +56,9 @@ def image(seed: int) -> bytes:
 
 
 # -- urls ------------------------------------------------------------------------------
-def test_urls_brace_list_folder_and_list_file(tars: Img2datasetLike, tmp_path: Path) -> None:
+def test_urls_of_a_brace_pattern_a_list_a_folder_and_a_list_file_expand_in_order(
+    tars: Img2datasetLike, tmp_path: Path
+) -> None:
     root = tars.root
     every = [str(root / f"{i:05d}.tar") for i in range(6)]
     where = "datasets.x.urls"
@@ -80,7 +82,9 @@ def test_missing_tar_is_named(tars: Img2datasetLike) -> None:
         built([str(tars.root / "nope.tar")])
 
 
-def test_folder_without_tars_and_colliding_names(tars: Img2datasetLike, tmp_path: Path) -> None:
+def test_a_folder_without_tars_colliding_tar_names_and_no_urls_are_refused(
+    tars: Img2datasetLike, tmp_path: Path
+) -> None:
     with pytest.raises(EmptyDataset, match=r"no \.tar files"):
         expand_urls(str(tmp_path), "datasets.x.urls")
     (tmp_path / "other").mkdir()
@@ -97,7 +101,7 @@ def test_unknown_protocol_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(error.value)
 
 
-def test_remote_tars_through_fsspec(tars: Img2datasetLike) -> None:
+def test_remote_tars_are_read_through_fsspec(tars: Img2datasetLike) -> None:
     import fsspec
 
     memory = fsspec.filesystem("memory")
@@ -110,7 +114,9 @@ def test_remote_tars_through_fsspec(tars: Img2datasetLike) -> None:
 
 
 # -- the image dataset ------------------------------------------------------------------
-def test_ids_shards_and_problems(tars: Img2datasetLike) -> None:
+def test_webdataset_lists_ids_one_shard_per_tar_and_names_each_problem(
+    tars: Img2datasetLike,
+) -> None:
     dataset = built(f"{tars.root}/{{00000..00005}}.tar")
     expected = sorted([*tars.images, tars.corrupt])
     assert dataset.item_ids() == expected  # tar order, then sample order
@@ -138,7 +144,9 @@ def test_ids_shards_and_problems(tars: Img2datasetLike) -> None:
     }
 
 
-def test_items_of_a_window_and_get(tars: Img2datasetLike) -> None:
+def test_items_of_a_window_and_get_give_the_tars_images_and_survive_pickling(
+    tars: Img2datasetLike,
+) -> None:
     dataset = built(str(tars.root))
     shard = dataset.shards(1000)[2]  # its sample 3 has no image
     window = list(dataset.items(shard, 1, 4))
@@ -186,7 +194,9 @@ def test_every_cut_keeps_whole_samples_and_names_the_rest(tmp_path: Path) -> Non
         logging.disable(logging.NOTSET)
 
 
-def test_image_keys_order_repeats_meta_and_gzip(tmp_path: Path) -> None:
+def test_image_keys_pick_in_order_a_repeated_key_and_meta_members_are_no_items(
+    tmp_path: Path,
+) -> None:
     png, jpg = image(1), image(2)
     samples = [
         sample("a", jpg=jpg, png=png),
@@ -212,7 +222,7 @@ def test_image_keys_order_repeats_meta_and_gzip(tmp_path: Path) -> None:
     assert dataset.problems() == []
 
 
-def test_registry_has_both_kinds() -> None:
+def test_registry_names_the_webdataset_images_and_captions() -> None:
     assert DATASETS["webdataset"] is WebDatasetImages
     assert TEXT_DATASETS["webdataset_captions"] is WebDatasetCaptions
 

@@ -78,7 +78,7 @@ def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
 CASES = [random_case(np.random.default_rng(seed)) for seed in range(800)]
 
 
-def test_the_cases_cover_the_edges() -> None:
+def test_the_random_cases_include_no_hits_all_hits_missing_positives_and_ties() -> None:
     hits = [int(t.sum()) for t, _, _ in CASES]
     tied = [len(np.unique(s)) < len(s) for _, s, _ in CASES]
     assert sum(h == 0 for h in hits) > 50
@@ -88,7 +88,7 @@ def test_the_cases_cover_the_edges() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn: a y_true without positives
-def test_equals_inquire_reference_on_random_cases() -> None:
+def test_fullrank_metrics_equal_the_inquire_reference_on_random_cases() -> None:
     for y_true, scores, count_pos in CASES:
         k = len(y_true)
         got = fullrank_query_metrics(y_true, scores, count_pos)
@@ -124,7 +124,7 @@ def test_average_precision_and_ndcg_equal_scikit_learn_in_any_order() -> None:
         )
 
 
-def test_worked_example_with_a_tie_and_missing_positives() -> None:
+def test_a_tie_and_missing_positives_give_the_worked_example_values() -> None:
     # Top 4 ranked [1, 1, 0, 1], scores [0.9, 0.5, 0.5, 0.1], count_pos 5 (two never retrieved).
     # AP: thresholds 0.9 (P 1/1), 0.5 (P 2/3, one relevant), 0.1 (P 3/4) → (1 + 2/3 + 3/4) / 3
     #   = 29/36, × hits / min(count_pos, k) = 3/4 → 29/48.
@@ -139,7 +139,7 @@ def test_worked_example_with_a_tie_and_missing_positives() -> None:
     assert got["recall@4"] == pytest.approx(3 / 5)
 
 
-def test_no_hits_and_a_single_item() -> None:
+def test_no_hits_score_zero_and_a_single_relevant_item_full_ndcg() -> None:
     assert fullrank_query_metrics(np.zeros(3, bool), np.array([0.3, 0.2, 0.1]), 4) == {
         "AP@3": 0.0,
         "nDCG@3": 0.0,
@@ -153,7 +153,7 @@ def test_no_hits_and_a_single_item() -> None:
     assert fullrank_query_metrics(np.array([0]), np.array([0.5]), 1)["nDCG@1"] == 0.0
 
 
-def test_refuses_what_the_reference_cannot_compute() -> None:
+def test_fullrank_metrics_refuse_what_the_reference_cannot_compute() -> None:
     with pytest.raises(ValueError, match="count_pos 0"):
         fullrank_query_metrics(np.array([0, 0]), np.array([0.2, 0.1]), 0)
     with pytest.raises(ValueError, match="count_pos 1"):

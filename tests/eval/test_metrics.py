@@ -87,7 +87,7 @@ def test_no_relevant_candidate_gives_zeros_without_warnings() -> None:
     assert m == {"AP": 0.0, "nDCG": 0.0, "MRR": 0.0}
 
 
-def test_single_relevant_at_rank_three() -> None:
+def test_one_relevant_at_rank_three_scores_ap_a_third_ndcg_half_mrr_a_third() -> None:
     # Ranked: [0, 0, 1, 0]. AP = precision at rank 3 = 1/3, × 1/min(1, 4) → 100/3.
     # nDCG = d(3) / d(1) = 1/log2(4) = 0.5 → 50. MRR = 1/3.
     m = rerank([0, 0, 1, 0], [0.9, 0.8, 0.7, 0.6])
@@ -96,7 +96,7 @@ def test_single_relevant_at_rank_three() -> None:
     assert m["MRR"] == pytest.approx(1 / 3)
 
 
-def test_two_relevant_interleaved_input_order_irrelevant() -> None:
+def test_two_relevant_interleaved_are_ranked_by_score_whatever_the_input_order() -> None:
     # Scores sort the candidates to [1, 0, 1, 0] (0.8, 0.6, 0.4, 0.2).
     # AP = (1/1 + 2/3) / 2 = 5/6 = 0.8333… × 2/2 → 83.33…
     # nDCG = (d(1) + d(3)) / (d(1) + d(2)) = 1.5 / 1.6309297536 = 0.9197207891 → 91.97…
@@ -107,7 +107,7 @@ def test_two_relevant_interleaved_input_order_irrelevant() -> None:
     assert m["MRR"] == pytest.approx(1.0)
 
 
-def test_single_candidate_does_not_crash() -> None:
+def test_a_single_candidate_scores_full_marks_if_relevant_else_zero() -> None:
     # sklearn's ndcg_score refuses one document; one item is trivially ranked perfectly.
     assert rerank([1], [0.3]) == {"AP": 100.0, "nDCG": 100.0, "MRR": 1.0}
     assert rerank([0], [0.3]) == {"AP": 0.0, "nDCG": 0.0, "MRR": 0.0}
@@ -116,7 +116,7 @@ def test_single_candidate_does_not_crash() -> None:
 # --- AP@k / nDCG@k with a cut-off (full-rank protocol, k = 50 there; k = 3 here) ---
 
 
-def test_ap_and_ndcg_at_k_fewer_relevant_than_k() -> None:
+def test_ap_and_ndcg_at_k_with_fewer_positives_than_k_divide_by_the_positives() -> None:
     # Ranked: [0, 1, 0, 0, 0], count_pos = 1, k = 3 → top 3 = [0, 1, 0].
     # AP = precision at rank 2 = 1/2, × hits/min(count_pos, k) = 1/min(1, 3) = 1 → 0.5.
     # nDCG@3 = d(2) / d(1) = 0.6309297536 (no missing positives).
@@ -130,7 +130,7 @@ def test_ap_and_ndcg_at_k_fewer_relevant_than_k() -> None:
     assert inquire_ap_at_k(y_true, y_score, count_pos=2, k=3) == pytest.approx(7 / 12)
 
 
-def test_ap_and_ndcg_at_k_with_positives_beyond_k() -> None:
+def test_ap_and_ndcg_at_k_charge_positives_beyond_k_in_any_input_order() -> None:
     # Ranked: [1, 0, 1, 1, 0, 1]; count_pos = 5 (one relevant image was never retrieved); k = 3.
     # Top 3 = [1, 0, 1]: sklearn AP = (1/1 + 2/3) / 2 = 5/6; hits = 2; min(count_pos, k) = 3
     #   → AP@3 = 5/6 × 2/3 = 5/9 = 0.5555…
@@ -158,7 +158,7 @@ def test_no_positive_in_top_k_scores_zero_ap_and_ndcg() -> None:
 # --- ties: sklearn treats equal scores as one threshold / averages gains over the tie ---
 
 
-def test_two_way_tie() -> None:
+def test_a_two_way_tie_halves_ap_averages_the_gains_and_mrr_takes_the_later() -> None:
     # y_true = [1, 0], both scored 0.5: a single threshold with precision 1/2, recall 1 → AP 1/2.
     # nDCG: the tie's mean gain 1/2 sits at ranks 1 and 2: DCG = (d(1) + d(2)) / 2
     #   = (1 + 0.6309297536) / 2 = 0.8154648768; IDCG = 1 → 81.546…
@@ -175,7 +175,7 @@ def test_two_way_tie() -> None:
     assert m["MRR"] == pytest.approx(1.0)
 
 
-def test_tie_inside_a_ranking() -> None:
+def test_a_tie_inside_a_ranking_is_charged_its_end_of_group_precision() -> None:
     # y_true [1, 1, 0, 1], scores [0.9, 0.5, 0.5, 0.1]: thresholds 0.9 | 0.5 (two items) | 0.1.
     #   0.9: P = 1/1, R = 1/3;  0.5: P = 2/3, R = 2/3;  0.1: P = 3/4, R = 3/3.
     #   AP = Σ ΔR·P = (1 + 2/3 + 3/4) / 3 = 29/36 = 0.80555… (broken either way it would be
@@ -205,7 +205,7 @@ def test_mrr_ties_put_the_later_candidate_first() -> None:
 # --- randomized cross-check against the reference definitions ---
 
 
-def test_agrees_with_reference_on_random_queries_with_ties() -> None:
+def test_metrics_equal_the_reference_on_random_queries_with_ties() -> None:
     rng = np.random.default_rng(20240607)
     for _ in range(200):
         n = int(rng.integers(2, 31))
@@ -260,7 +260,7 @@ POSITIVES = np.array(
 )
 
 
-def test_recall_at_k_image_to_text() -> None:
+def test_recall_at_k_image_to_text_is_the_share_of_first_hits_within_k() -> None:
     # Image 0: order c2 (0.9), c1 (0.7), c3, c0 → its second caption c1 is hit at rank 2.
     # Image 1: c2 and c3 tie at 0.6; ties go by candidate order, c2 first → rank 1.
     # Image 2: order c0 (0.8), c2 (0.6), c1 (0.5), c3 (0.1) → rank 4.
@@ -270,7 +270,7 @@ def test_recall_at_k_image_to_text() -> None:
     assert got == pytest.approx({1: 1 / 3, 2: 2 / 3, 3: 2 / 3, 4: 1.0, 10: 1.0})
 
 
-def test_recall_at_k_text_to_image() -> None:
+def test_recall_at_k_text_to_image_is_the_share_of_first_hits_within_k() -> None:
     # Rows are captions, one positive image each (the transposes of the matrices above).
     # c0 [0.1, 0.4, 0.8] → i2, i1, i0: positive i0 at rank 3.
     # c1 [0.7, 0.2, 0.5] → i0 first: rank 1.
@@ -288,8 +288,8 @@ def test_recall_at_k_query_without_positive_is_a_miss() -> None:
     assert recall_at_k(scores, positives, ks=[1, 2]) == pytest.approx({1: 0.5, 2: 0.5})
 
 
-def test_recall_at_k_shape_mismatch() -> None:
-    with pytest.raises(ValueError):
+def test_recall_at_k_refuses_scores_and_positives_of_different_shapes() -> None:
+    with pytest.raises(ValueError, match=r"^scores \(3, 4\) and positives \(3, 3\) differ$"):
         recall_at_k(SCORES, POSITIVES[:, :3], ks=[1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^scores \(3, 4\) and positives \(4, 3\) differ$"):
         recall_at_k(SCORES, POSITIVES.T, ks=[1])

@@ -61,3 +61,10 @@ def test_permanent_failures_fail_at_once(error):
     with pytest.raises((type(error), HubUnavailable)):
         with_retries(build, "dataset inquire", retries=3, backoff=0.0)
     assert build.calls == 1
+
+
+def test_a_transient_failure_that_outlasts_the_retries_is_raised_after_the_last_one():
+    build = Flaky(ConnectionError("down"))
+    with pytest.raises(ConnectionError, match="down"):
+        with_retries(build, "model clip", retries=2, backoff=0.0)
+    assert build.calls == 3

@@ -228,7 +228,7 @@ def test_image_only_model_is_refused(tmp_path, run_embed_text):
     assert "cannot embed captions" in result.stderr
 
 
-def test_help_and_cfg_job(run_embed_text):
+def test_help_lists_the_text_datasets_and_cfg_job_shows_the_chosen_one(run_embed_text):
     assert (
         "text_dataset: captions_jsonl, flickr30k_captions, sample_captions"
         in run_embed_text("--help").stdout

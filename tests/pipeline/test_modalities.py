@@ -6,9 +6,13 @@ import pickle
 from types import SimpleNamespace
 
 import pytest
+import torch
+from conftest import SAMPLE_PHOTOS
 
 from img_search.api.jobs import compose
+from img_search.embedding import get_encoder
 from img_search.pipeline.modalities import CAPTIONS, IMAGES, MODALITIES
+from img_search.pipeline.settings import TaskSettings
 
 
 def test_modalities_are_found_by_the_kind_their_tables_record() -> None:
@@ -44,3 +48,19 @@ def test_the_caption_step_pickles_for_loader_workers_and_refuses_empty_captions(
     assert prepare(SimpleNamespace(text="a cat")) == "a cat"
     with pytest.raises(ValueError, match="empty caption"):
         prepare(SimpleNamespace(text="  "))
+
+
+def test_the_image_step_and_collate_pickle_for_loader_workers_and_keep_the_pixel_limit() -> None:
+    encoder = get_encoder({"model": "simulated"}, name="simulated")
+    prepare = IMAGES.make_prepare(encoder, TaskSettings())
+    collate = IMAGES.make_collate(encoder)
+    photos = [SimpleNamespace(source=p) for p in sorted(SAMPLE_PHOTOS.glob("*.jpg"))[:2]]
+    copied = pickle.loads(pickle.dumps(prepare))
+    features = [copied(photo) for photo in photos]
+    assert all(torch.equal(f, prepare(photo)) for f, photo in zip(features, photos, strict=True))
+    assert pickle.loads(pickle.dumps(collate))(features).shape == (2, 48)  # 4×4 RGB thumbnails
+    limited = pickle.loads(
+        pickle.dumps(IMAGES.make_prepare(encoder, TaskSettings(max_image_pixels=100)))
+    )
+    with pytest.raises(ValueError, match="exceeds the limit of 100 pixels"):
+        limited(photos[0])
