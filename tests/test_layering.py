@@ -247,3 +247,46 @@ def test_the_checker_reports_each_kind_of_wrong_import_and_both_kinds_of_cycle(t
     ]
     assert package_cycles(tmp_path) == [["search", "store"]]
     assert module_cycles(tmp_path) == [["img_search.search.a", "img_search.search.b"]]
+
+
+#: What one module and one function may hold (``img_search/testing`` aside): past these, a
+#: newcomer can no longer see a module's one job, or a function's one step, at a glance.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def oversized(root: Path) -> list[str]:
+    """Modules over ``MAX_MODULE_LINES`` and functions over ``MAX_FUNCTION_LINES`` (def line to
+    last line, decorators excluded)."""
+    found = []
+    for path in sorted((root / "img_search").rglob("*.py")):
+        if "testing" in path.relative_to(root).parts or "__pycache__" in path.parts:
+            continue
+        text, rel = path.read_text(encoding="utf-8"), path.relative_to(root)
+        if (lines := len(text.splitlines())) > MAX_MODULE_LINES:
+            found.append(f"{rel}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{rel}:{node.lineno}: {node.name} {length} lines")
+    return found
+
+
+def test_no_module_over_400_lines_and_no_function_over_60() -> None:
+    assert oversized(REPO) == []
+
+
+def test_the_size_check_names_a_long_module_and_a_long_function(tmp_path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(60))
+    files = {
+        "img_search/search/long.py": "def f():\n" + body,
+        "img_search/search/big.py": "x = 1\n" * 401,
+        "img_search/testing/big.py": "x = 1\n" * 401,  # the test helpers are not counted
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert oversized(tmp_path) == [
+        "img_search/search/big.py: 401 lines",
+        "img_search/search/long.py:1: f 61 lines",
+    ]
