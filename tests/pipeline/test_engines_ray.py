@@ -20,7 +20,7 @@ from test_scale_out import checked, same_rows
 from test_scale_out import clip_job as scale_out_job
 
 from img_search.data.base import position_shards
-from img_search.pipeline.engines.ray_driver import MISSING_RAY, check_resources, fitting_workers
+from img_search.pipeline.engines.ray_cluster import MISSING_RAY, check_resources, fitting_workers
 from img_search.pipeline.settings import ConfigError, RayEngine, TaskSettings
 from img_search.store import read_embeddings, read_metadata
 from img_search.testing.fixtures import write_photo_folder
