@@ -83,6 +83,8 @@ class Run:
     #: Loader worker processes of a pass (``tasks.num_workers``, or chosen from ``cores``).
     loader_workers: int
     progress: JobProgress
+    #: Rows of each pair committed before this launch embedded it (main process; ``rounds``).
+    resumed: dict[Pair, int] = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
@@ -98,7 +100,7 @@ class Launched:
     #: None: the output was complete when the launch opened it (``message`` says so).
     outcome: Outcome | None
     message: str = ""
-    #: Rows of each pending pair committed before this launch opened the output (main process).
+    #: Rows of each pair committed before this launch embedded it: an earlier run's (main process).
     resumed: dict[Pair, int] = field(default_factory=dict)
     #: Workers that died (Ray actors): with the table unfinished, the exit code is 3.
     died: list[str] = field(default_factory=list)
@@ -150,14 +152,12 @@ def launch(job: Job, place: Place = Place(), work: Work | None = None) -> Launch
     if noted:
         ledger.update(noted)
     run = make_run(job, place, accelerator, ledger, opening)
-    resumed = committed_rows(ledger, opening.pending) if main else {}
     with leaving_on_failure(run), run.progress:
         reports, outcome = (work or local_rounds)(run)
     finish(accelerator)
-    if main:  # counted once, at the open: not what other processes committed meanwhile
-        for stats in (s for report in reports for s in report.stats):
-            stats.resumed = resumed.get((stats.model_name, stats.dataset_name), 0)
-    return Launched(reports, outcome, resumed=resumed, main=main)
+    for stats in (s for report in reports for s in report.stats):
+        stats.resumed = run.resumed.get((stats.model_name, stats.dataset_name), 0)
+    return Launched(reports, outcome, resumed=run.resumed, main=main)
 
 
 def make_run(
@@ -182,9 +182,13 @@ def make_run(
     )
 
 
-def committed_rows(ledger: Ledger, pending: list[Pair]) -> dict[Pair, int]:
-    """Rows of each pair committed before this launch: an earlier, interrupted run's."""
-    return {pair: pair_claims(ledger, *pair).committed_rows() for pair in pending}
+def count_resumed(run: Run, pairs: list[Pair]) -> None:
+    """Main process, before this launch embeds ``pairs``: the rows an earlier run committed, counted
+    once per pair, not what other processes commit meanwhile (nor shards the finaliser sent back)."""
+    if run.main:
+        for pair in pairs:
+            if pair not in run.resumed:
+                run.resumed[pair] = pair_claims(run.ledger, *pair).committed_rows()
 
 
 def local_rounds(run: Run) -> tuple[list[ProcessReport], Outcome]:
@@ -204,6 +208,7 @@ def rounds(
 ) -> tuple[list[ProcessReport], Outcome]:
     """``embed`` the pending pairs, ``finish``; then, for shards the finaliser sent back (a record
     or part failed a check), up to ``REDO_ROUNDS`` times ``embed`` them again and ``finish``."""
+    count_resumed(run, run.opening.pending)
     reports = embed(run.opening.pending)
     run.progress.poll()  # every process of this launch is done: its last commits, before the state goes
     outcome = finish()
@@ -212,6 +217,7 @@ def rounds(
             break
         if run.place.embeds:  # working again: a finaliser elsewhere waits for it
             run.ledger.update({"done": False})
+        count_resumed(run, outcome.redo)
         reports = merged(reports, embed(outcome.redo))
         outcome = finish()
     run.progress.end(outcome)
