@@ -179,3 +179,21 @@ def test_conclude_on_another_process_prints_nothing(tmp_path, capsys, chatty):
     job = plan(tmp_path / "t.parquet")
     assert conclude(Launched([], Outcome(False, waiting="x"), died=["w"], main=False), job) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_no_pipeline_module_assigns_to_the_settings():
+    """What an engine decides travels in ``Place`` and ``Run``; the planned settings stay as planned."""
+    import re
+
+    import img_search.pipeline
+
+    target = r"[\w.]*\bsettings\.[a-z_]+"  # settings.x, job.settings.x, in a tuple too
+    assignment = re.compile(rf"^\s*(?:[\w.]+\s*,\s*)*{target}\s*(?:,\s*[\w.]+\s*)*=(?!=)")
+    root = Path(img_search.pipeline.__file__).parent
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if assignment.search(line)
+    ]
+    assert found == []
