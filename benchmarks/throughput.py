@@ -5,7 +5,7 @@ For each model it prints images/s of
     (same batch size and precision, warmed up, median of ``--repeats`` runs,
     alternated with the pipeline runs so both see the same machine);
   - preprocess-only: decode + the encoder's transform, one process;
-  - pipeline: the real ``run_job`` (loader workers, shard claims, commits, Parquet),
+  - pipeline: the real ``launch`` (loader workers, shard claims, commits, Parquet),
     measured by the run machinery itself (model loading excluded), median run;
 then the pipeline/model-only ratio and the pipeline's per-stage seconds.
 Finally the peak RSS (process tree) of the CLI embedding ``--rss-small`` vs
@@ -115,7 +115,7 @@ def pipeline(
     """One run of the embed job in this process; its ``PassStats`` (model loading excluded).
     ``extra``: more overrides (``tasks.precision=fp16``, ``tasks.decode=gpu``)."""
     from img_search.api.jobs import compose
-    from img_search.pipeline.launch import run_job
+    from img_search.pipeline.launch import launch
     from img_search.pipeline.modalities import IMAGES, image_dataset_specs
     from img_search.pipeline.plan import plan_job
 
@@ -133,8 +133,7 @@ def pipeline(
     ]
     cfg = compose("embed_config", overrides)
     job = plan_job(cfg, IMAGES, image_dataset_specs(cfg))
-    run_job(job)
-    ((stats,),) = [report.stats for report in job.report]
+    ((stats,),) = [report.stats for report in launch(job).reports]
     return stats
 
 

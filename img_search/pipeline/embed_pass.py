@@ -13,38 +13,29 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from accelerate import Accelerator
 
 from img_search.embedding import Encoder
 from img_search.faults import fail_point
-from img_search.pipeline.engines.slurm import start_slot
-from img_search.pipeline.job_progress import JobProgress
 from img_search.pipeline.plan import Job
 from img_search.pipeline.reader.loader import Reader
 from img_search.pipeline.reporting import RunStats
 from img_search.pipeline.state.claims import PairClaims
-from img_search.pipeline.state.ledger import Ledger
 from img_search.pipeline.writer import ShardWriter, part_writers
+
+if TYPE_CHECKING:  # launch imports this module (through pairs)
+    from img_search.pipeline.launch import Run
 
 log = logging.getLogger(__name__)
 
 
-def embed_pair(
-    accelerator: Accelerator,
-    encoder: Encoder,
-    source: Any,
-    job: Job,
-    ledger: Ledger,
-    layout: tuple[int, int],
-    progress: JobProgress,
-) -> RunStats:
+def embed_pair(run: Run, encoder: Encoder, source: Any, layout: tuple[int, int]) -> RunStats:
     """One (model, dataset) pass of this process: claim a shard, embed it, commit it, until none is left."""
-    slot, slots = start_slot(accelerator.process_index, accelerator.num_processes)
-    claims = PairClaims(ledger, encoder.name, source.name, source.shards(*layout), slot, slots)
-    reader = Reader(job, encoder, source, claims, accelerator)
+    job, accelerator, progress = run.job, run.accelerator, run.progress
+    claims = PairClaims(run.ledger, encoder.name, source.name, source.shards(*layout), *run.slot)
+    reader = Reader(job, encoder, source, claims, accelerator, run.loader_workers)
     settings, writers = job.settings, part_writers(job, encoder, source)
     writer = ShardWriter(claims, writers, settings.commit_every_s, source.problems())
     progress.start(encoder.name, source.name, source.length())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -25,31 +26,27 @@ from img_search.pipeline.distributed import (
     on_main,
 )
 from img_search.pipeline.embed_pass import embed_pair
-from img_search.pipeline.engines.slurm import start_slot
-from img_search.pipeline.job_progress import JobProgress
 from img_search.pipeline.plan import Job
-from img_search.pipeline.reporting import (
-    ProcessReport,
-)
-from img_search.pipeline.state.claims import pair_claims
+from img_search.pipeline.reporting import ProcessReport
 from img_search.pipeline.state.ledger import Ledger
-from img_search.pipeline.state.output import JobMismatch, Opening
+from img_search.pipeline.state.output import JobMismatch
+
+if TYPE_CHECKING:
+    from img_search.pipeline.launch import Run
 
 log = logging.getLogger(__name__)
 
 
-def run_pairs(
-    job: Job, accelerator: Accelerator, ledger: Ledger, opening: Opening, progress: JobProgress
-) -> ProcessReport:
-    """This process's share of every pending (model, dataset) pair (``progress``: the job's bars
-    or lines, shown by the main process)."""
-    settings = job.settings
+def run_pairs(run: Run, pending: list[tuple[str, str]]) -> ProcessReport:
+    """This process's share of every ``pending`` (model, dataset) pair of the launch ``run``."""
+    job, accelerator, ledger, settings = run.job, run.accelerator, run.ledger, run.job.settings
     retry = {"retries": settings.build_retries, "backoff": settings.build_backoff_s}
-    report = ProcessReport(accelerator.process_index, ledger.me.id if ledger.me else "")
-    datasets = list(dict.fromkeys(d for _, d in opening.pending))
+    rank = run.place.worker[0] if run.place.worker else accelerator.process_index
+    report = ProcessReport(rank, ledger.me.id if ledger.me else "", role=run.place.role or "")
+    datasets = list(dict.fromkeys(d for _, d in pending))
     for name in datasets:
         source = job.sources[name]
-        source.context = build_context(job, accelerator, ledger, name)
+        source.context = build_context(run, name)
         build_everywhere(
             accelerator,
             source.build,
@@ -60,7 +57,7 @@ def run_pairs(
         )
     layouts = on_main(accelerator, lambda: agree_on_listings(job, ledger, datasets))
     for key, encoder in job.encoders.items():
-        names = [d for m, d in opening.pending if m == key]
+        names = [d for m, d in pending if m == key]
         if not names:
             continue
         fail_point("model_build")
@@ -71,18 +68,9 @@ def run_pairs(
             local_copy=f"models.{key}.model_name=<local folder>",
             **retry,
         )
-        resumed = on_main(accelerator, lambda e=encoder, n=names: agree_on_model(ledger, e, n))
+        on_main(accelerator, lambda e=encoder: agree_on_model(ledger, e))
         for name in names:
-            stats = embed_pair(
-                accelerator,
-                encoder,
-                job.sources[name],
-                job,
-                ledger,
-                layouts[name],
-                progress,
-            )
-            stats.resumed = resumed[name]
+            stats = embed_pair(run, encoder, job.sources[name], layouts[name])
             report.stats.append(stats)
             ledger.update({"passes": [s.as_dict() for s in report.stats]})
         release(encoder, accelerator)
@@ -92,12 +80,10 @@ def run_pairs(
     return report
 
 
-def build_context(job: Job, accelerator: Accelerator, ledger: Ledger, name: str) -> BuildContext:
+def build_context(run: Run, name: str) -> BuildContext:
     """What building dataset ``name`` may share: a folder of the job's state, this process's place
     among all that may work on the job, and its share of the machine's cores."""
-    slot, slots = start_slot(accelerator.process_index, accelerator.num_processes)
-    cores = job.cores if job.cores is not None else usable_cores() / local_world_size(accelerator)
-    return BuildContext(ledger.path("built", name), slot, slots, max(1, int(cores)))
+    return BuildContext(run.ledger.path("built", name), *run.slot, max(1, int(run.cores)))
 
 
 def agree_on_listings(job: Job, ledger: Ledger, names: list[str]) -> dict[str, tuple[int, int]]:
@@ -142,8 +128,8 @@ def agree_on_listings(job: Job, ledger: Ledger, names: list[str]) -> dict[str, t
     return layouts
 
 
-def agree_on_model(ledger: Ledger, encoder: Encoder, datasets: list[str]) -> dict[str, int]:
-    """Main process: the loaded model preprocesses as the job's first one did; rows already committed."""
+def agree_on_model(ledger: Ledger, encoder: Encoder) -> None:
+    """Main process: the loaded model preprocesses as the job's first one did."""
     identity = encoder.identity()
     agreed = ledger.agree(f"identity-{encoder.name}", identity)
     if agreed.get("fingerprint") != identity.get("fingerprint"):
@@ -156,7 +142,6 @@ def agree_on_model(ledger: Ledger, encoder: Encoder, datasets: list[str]) -> dic
             f"model {encoder.name} differs from the one that started this output "
             f"({', '.join(changed) or 'fingerprint'} changed); pass tasks.overwrite=true to start over"
         )
-    return {name: pair_claims(ledger, encoder.name, name).committed_rows() for name in datasets}
 
 
 def release(encoder: Encoder, accelerator: Accelerator) -> None:
@@ -169,8 +154,12 @@ def release(encoder: Encoder, accelerator: Accelerator) -> None:
         torch.cuda.empty_cache()
 
 
-def share_cpu_threads(accelerator: Accelerator) -> None:
-    """On CPU, processes of one machine split its cores instead of each spawning one thread per core."""
+def share_cpu_threads(accelerator: Accelerator, cores: float | None = None) -> None:
+    """On CPU, processes of one machine split its cores instead of each spawning one thread per core;
+    a process given ``cores`` (a Ray actor's allotment) uses that many threads, on any device."""
+    if cores is not None:
+        torch.set_num_threads(max(1, int(cores)))
+        return
     local = local_world_size(accelerator)
     if accelerator.device.type != "cpu" or local == 1:
         return

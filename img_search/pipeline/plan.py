@@ -39,10 +39,6 @@ class Job:
     config: dict[str, Any]
     #: The user's consent to run code shipped with a checkpoint (``trust_remote_code=true``).
     trust_remote_code: bool = False
-    #: Filled by ``run_job`` on the main process: each process's ``reporting.ProcessReport``.
-    report: Any = None
-    #: CPUs this process may use (a Ray worker's allotment); None: its share of the machine.
-    cores: float | None = None
 
     def spec(self) -> dict[str, Any]:
         """What the rows of this job are made of, from the config alone."""

@@ -25,6 +25,23 @@ class OnePair:
     ledger: Ledger
     layout: tuple[int, int]  # (shard size, tail unit)
 
+    def run(self, progress: Any) -> Any:
+        """The ``launch.Run`` of this process alone (slot 0 of 1, its loader workers as set)."""
+        from img_search.pipeline.launch import Place, Run
+
+        workers = self.job.settings.loader_workers("cpu", 1, self.job.modality.cpu_heavy_prepare)
+        return Run(
+            job=self.job,
+            place=Place(),
+            accelerator=self.accelerator,
+            ledger=self.ledger,
+            opening=None,  # type: ignore[arg-type]  # a pass never reads it
+            slot=(0, 1),
+            cores=1.0,
+            loader_workers=workers,
+            progress=progress,
+        )
+
 
 def nine_photos(folder: Path) -> Path:
     """The 8 sample photos and a copy of one under another name: 9 items."""

@@ -17,15 +17,7 @@ def test_one_pass_over_nine_photos_commits_nine_rows_and_times_each_stage(tmp_pa
     model, dataset = pair.encoder.name, pair.source.name
     try:
         with JobProgress(pair.ledger, [(model, dataset)], enabled=True) as progress:
-            stats = embed_pair(
-                pair.accelerator,
-                pair.encoder,
-                pair.source,
-                pair.job,
-                pair.ledger,
-                pair.layout,
-                progress,
-            )
+            stats = embed_pair(pair.run(progress), pair.encoder, pair.source, pair.layout)
         shards = pair.source.shards(*pair.layout)
         claims = PairClaims(pair.ledger, model, dataset, shards)
         records = [claims.record(s.index) for s in shards]

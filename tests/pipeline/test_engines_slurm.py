@@ -14,7 +14,7 @@ import sys
 from conftest import OFFLINE, REPO
 
 from img_search.data.base import position_shards
-from img_search.pipeline.engines.slurm import ENGINE_SLOT, array_task, start_slot, stray_mpi_world
+from img_search.pipeline.engines.slurm import array_task, start_slot, stray_mpi_world
 from img_search.pipeline.state.claims import PairClaims, claim_order
 from img_search.pipeline.state.ledger import Ledger
 
@@ -33,7 +33,7 @@ def array(task: int, count: int, first: int, last: int, step: int = 1) -> dict[s
 
 def test_array_tasks_and_their_ranks_start_apart():
     assert array_task({}) is None  # not in an array: the launch's ranks only
-    assert start_slot(3, 8, {}) == (3, 8)
+    assert start_slot(3, 8, environ={}) == (3, 8)
     assert array_task({"SLURM_ARRAY_TASK_ID": "x"}) is None
     # --array=0-7, --array=8-15 and --array=1-15:2: task i of 8 whatever the ids
     for first, step in ((0, 1), (8, 1), (1, 2)):
@@ -48,14 +48,14 @@ def test_array_tasks_and_their_ranks_start_apart():
     assert [(p.index, p.count) for p in places] == [(0, 9), (2, 9), (8, 9)]
     # task i of n, each a launch of 2 ranks: slots i × 2 + rank of n × 2, as one launch of 2n ranks
     shards = position_shards(4000, 48, unit=8)
-    slots = [start_slot(r, 2, array(t, 4, 0, 3)) for t in range(4) for r in range(2)]
+    slots = [start_slot(r, 2, environ=array(t, 4, 0, 3)) for t in range(4) for r in range(2)]
     assert slots == [(s, 8) for s in range(8)]
     firsts = [claim_order(shards, *slot)[0] for slot in slots]
     assert firsts == [claim_order(shards, rank, 8)[0] for rank in range(8)]
     assert len(set(firsts)) == 8
-    # worker i of n of the Ray engine starts the same way; a bad value is ignored
-    assert start_slot(1, 2, {ENGINE_SLOT: "2/3"}) == (5, 6)
-    assert start_slot(1, 2, {ENGINE_SLOT: "3/3"}) == (1, 2)
+    # worker i of n of the Ray engine starts the same way; a worker outside its count is ignored
+    assert start_slot(1, 2, (2, 3), environ={}) == (5, 6)
+    assert start_slot(1, 2, (3, 3), environ={}) == (1, 2)
 
 
 def test_srun_mpi_variables_do_not_make_a_world():

@@ -89,7 +89,7 @@ def read_pass(tmp_path, photos, workers: int) -> list[Batch]:
     shards = pair.source.shards(*pair.layout)
     claims = PairClaims(pair.ledger, pair.encoder.name, pair.source.name, shards)
     try:
-        return list(Reader(pair.job, pair.encoder, pair.source, claims, pair.accelerator))
+        return list(Reader(pair.job, pair.encoder, pair.source, claims, pair.accelerator, workers))
     finally:
         pair.ledger.leave()
 

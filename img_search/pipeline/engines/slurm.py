@@ -77,34 +77,24 @@ def array_task(environ: Mapping[str, str] = os.environ) -> ArrayTask | None:
     return ArrayTask(job=job, task=task, index=min(index, count - 1), count=count)
 
 
-#: ``<i>/<n>``: set by an engine of this package (Ray) in worker ``i`` of the ``n`` it started.
-ENGINE_SLOT = "IMG_SEARCH_ENGINE_SLOT"
-
-
-def engine_slot(environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
-    """(worker, workers) of an engine of this package, if it started this process."""
-    value = environ.get(ENGINE_SLOT, "")
-    worker, _, workers = value.partition("/")
-    try:
-        index, count = int(worker), int(workers)
-    except ValueError:
-        return None
-    return (index, count) if 0 <= index < count else None
-
-
-def start_slot(rank: int, ranks: int, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
+def start_slot(
+    rank: int,
+    ranks: int,
+    worker: tuple[int, int] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[int, int]:
     """This process's place among all the processes that may work on the job: (slot, slots).
 
     Rank ``rank`` of a launch of ``ranks`` processes; in task ``i`` of an
     array of ``n`` tasks that run the same launch, slot ``i × ranks + rank``
-    of ``n × ranks``; likewise in worker ``i`` of ``n`` of the Ray engine
-    (``ENGINE_SLOT``). ``claim_order`` starts each slot on its own stretch.
+    of ``n × ranks``; likewise in ``worker`` ``(i, n)`` of an engine of this
+    package that starts its own workers (Ray: ``launch.Place.worker``).
+    ``claim_order`` starts each slot on its own stretch.
     """
     task = array_task(environ)
     if task is not None:
         return task.index * ranks + rank, task.count * ranks
-    worker = engine_slot(environ)
-    if worker is not None:
+    if worker is not None and 0 <= worker[0] < worker[1]:
         return worker[0] * ranks + rank, worker[1] * ranks
     return rank, ranks
 

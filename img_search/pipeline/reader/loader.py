@@ -30,7 +30,6 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from img_search.embedding import Encoder
-from img_search.pipeline.distributed import local_world_size
 from img_search.pipeline.plan import Job
 from img_search.pipeline.reader.feeder import Feeder
 from img_search.pipeline.reader.receiver import (
@@ -50,15 +49,21 @@ class Reader:
     their deaths, in position order, each carrying its ``task`` and ``windows_in_shard``."""
 
     def __init__(
-        self, job: Job, encoder: Encoder, source: Any, claims: PairClaims, accelerator: Accelerator
+        self,
+        job: Job,
+        encoder: Encoder,
+        source: Any,
+        claims: PairClaims,
+        accelerator: Accelerator,
+        workers: int,
     ) -> None:
+        """``workers``: loader worker processes (``launch.Run.loader_workers``: a Ray actor's come
+        from its CPUs, a local rank's from its share of the machine)."""
         settings, modality = job.settings, job.modality
         self.device = accelerator.device.type
         self.source = source
         self.feeder = Feeder(claims.claim_next, settings.batch_size)
-        self.workers = settings.loader_workers(
-            self.device, local_world_size(accelerator), modality.cpu_heavy_prepare
-        )
+        self.workers = workers
         self.prefetch = settings.prefetch_factor
         self.prepare = modality.make_prepare(encoder, settings)
         self.collate = Collator(modality.make_collate(encoder))

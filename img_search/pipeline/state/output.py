@@ -48,16 +48,30 @@ class Opening:
         return not self.todo
 
 
-def open_output(job: Job, ledger: Ledger) -> Opening:
+@dataclass(frozen=True)
+class Allowed:
+    """What a launch may do to what it finds: ``tasks.overwrite`` and ``tasks.resume``, unless it joins."""
+
+    overwrite: bool
+    resume: bool
+
+
+def open_output(job: Job, ledger: Ledger, join: bool = False) -> Opening:
     """Main process of a launch: refuse, or return the pairs to embed (and register this process).
 
     The process registers before it looks, so that of two different jobs
-    starting at the same moment at least one sees the other.
+    starting at the same moment at least one sees the other. ``join``: the
+    output was opened by another process (a Ray actor's driver), so this one
+    resumes what it finds there and never overwrites or discards it,
+    whatever ``tasks.overwrite`` and ``tasks.resume`` say; a table finished
+    meanwhile is complete.
     """
     launch = uuid.uuid4().hex[:12]
     ledger.join(spec_fingerprint(job.spec()), launch, rank=0)
+    settings = job.settings
+    may = Allowed(overwrite=settings.overwrite and not join, resume=settings.resume or join)
     try:
-        opening = _open(job, ledger, launch)
+        opening = _open(job, ledger, launch, may)
     except BaseException:
         ledger.depart()
         raise
@@ -75,12 +89,11 @@ def _committed(ledger: Ledger, model: str, dataset: str) -> bool:
     return not pair_claims(ledger, model, dataset).unfinished()
 
 
-def _open(job: Job, ledger: Ledger, launch: str) -> Opening:
-    settings = job.settings
+def _open(job: Job, ledger: Ledger, launch: str, may: Allowed) -> Opening:
     spec = job.spec()
     # starting over (overwrite, or resume=false) would pull the state from under any live process
-    _refuse_other_jobs(ledger, spec, launch, any_spec=settings.overwrite or not settings.resume)
-    if settings.overwrite:
+    _refuse_other_jobs(ledger, spec, launch, any_spec=may.overwrite or not may.resume)
+    if may.overwrite:
         _start_over(job, ledger)
         ledger.join(spec_fingerprint(spec), launch, rank=0)
     finished = _finished_metadata(job)
@@ -90,7 +103,7 @@ def _open(job: Job, ledger: Ledger, launch: str) -> Opening:
         log.warning("the job state %s is started over", ledger.state_dir)
         _discard_state(ledger)
         ledger.join(spec_fingerprint(spec), launch, rank=0)
-    if recorded is not None and not settings.resume:
+    if recorded is not None and not may.resume:
         log.info("tasks.resume=false: the unfinished job at %s is discarded", ledger.state_dir)
         _discard_state(ledger)
         ledger.join(spec_fingerprint(spec), launch, rank=0)
@@ -98,7 +111,7 @@ def _open(job: Job, ledger: Ledger, launch: str) -> Opening:
     if recorded is not None:
         return _continue(job, ledger, recorded, launch)
     if finished is not None:
-        return _append_or_nothing(job, ledger, finished, launch)
+        return _append_or_nothing(job, ledger, finished, launch, may.resume)
     ledger.write_job({"spec": spec, "pairs": job.pairs(), "todo": job.pairs(), "base": None})
     return Opening(launch, todo=job.pairs(), started_here=True)
 
@@ -189,9 +202,11 @@ def _continue(job: Job, ledger: Ledger, recorded: dict[str, Any], launch: str) -
     return Opening(launch, todo=[tuple(p) for p in recorded["todo"]])
 
 
-def _append_or_nothing(job: Job, ledger: Ledger, finished: dict[str, Any], launch: str) -> Opening:
+def _append_or_nothing(
+    job: Job, ledger: Ledger, finished: dict[str, Any], launch: str, resume: bool
+) -> Opening:
     layout, spec = job.layout, job.spec()
-    if not job.settings.resume:
+    if not resume:
         raise ConfigError(
             f"{layout.path} exists: pass tasks.overwrite=true to replace it "
             "(or tasks.resume=true to keep it)"

@@ -20,8 +20,8 @@ from test_scale_out import checked, same_rows
 from test_scale_out import clip_job as scale_out_job
 
 from img_search.data.base import position_shards
-from img_search.pipeline.engines.ray_driver import MISSING_RAY, check_resources, fitting_workers
-from img_search.pipeline.settings import ConfigError, RayEngine, TaskSettings
+from img_search.pipeline.engines.ray_cluster import MISSING_RAY, check_resources, fitting_workers
+from img_search.pipeline.settings import ConfigError, RayEngine
 from img_search.store import read_embeddings, read_metadata
 from img_search.testing.fixtures import write_photo_folder
 
@@ -225,13 +225,3 @@ def test_workers_fit_the_cluster_and_a_local_ray_refuses_what_it_lacks():
     with pytest.raises(ConfigError, match="2 ray workers need 2 GPUs and this machine has"):
         check_resources({"CPU": 8.0, "GPU": 1.0}, RayEngine(num_gpus_per_worker=1), 2, local=True)
     check_resources({"CPU": 8.0}, RayEngine(num_gpus_per_worker=1), 2, local=False)  # waits
-
-
-def test_an_actor_uses_its_cpus_for_loader_workers_not_the_machines():
-    settings = TaskSettings()
-    assert settings.loader_workers("cpu", 1, cores=1) == 0  # the model keeps its one core
-    assert settings.loader_workers("cpu", 1, cores=4) == 4
-    assert settings.loader_workers("cuda", 1, cores=8) == 7
-    assert settings.loader_workers("cuda", 1, cores=1) == 1
-    assert settings.loader_workers("cpu", 1, heavy=False, cores=4) == 0  # captions
-    assert TaskSettings(num_workers=2).loader_workers("cpu", 1, cores=8) == 2  # as asked
