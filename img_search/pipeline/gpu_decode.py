@@ -7,7 +7,7 @@ its JPEG header (``JpegOrDecode``: the pixel limit, colour, orientation); the
 main process decodes the batch's JPEGs with ``torchvision.io.decode_jpeg`` on
 the encoder's device and runs the encoder's preprocessing there
 (``embedding.device_preprocess``), just before the forward pass
-(``decode_on_device``, called by the runner's ``forward``).
+(``decode_on_device``, called by ``embed_pass.forward``).
 
 Everything else takes the CPU path, the default's own code: an image that is
 not a JPEG (or is CMYK, or rotated by its EXIF), any image of a model whose
