@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue
+import signal
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from torch.utils.data import DataLoader, get_worker_info
@@ -176,6 +179,47 @@ def test_the_feeder_claims_only_when_a_shard_is_first_asked_for():
     assert feeder.task(5) is None and feeder.exhausted
     assert [t.shard.index for t in feeder.tasks] == [0, 1, 2]
     assert feeder.windows[2] == [(8, 10)]
+
+
+def _ask_and_die(feeder: Feeder) -> None:
+    """A loader worker killed between its request and the answer (an OOM kill, a crash)."""
+    feeder._theirs[0].send(0)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _ask(feeder: Feeder, worker: int, k: int, answers: Any) -> None:
+    task, task_windows = feeder.ask(worker, k)
+    answers.put((worker, task.shard.index, task_windows))
+
+
+def test_a_worker_that_dies_mid_request_leaves_the_other_workers_answered():
+    """Each worker asks through a pipe of its own: a worker that ends at any moment holds nothing
+    another needs (a queue shared by the workers has one write lock, which a worker that ended
+    at the wrong moment kept for good, and the others waited forever)."""
+    shards = position_shards(40, 4)
+    tasks = iter(ShardTask(s, 0) for s in shards)
+    feeder = Feeder(lambda: next(tasks, None), batch_size=3)
+    context = multiprocessing.get_context("fork")
+    feeder.serve(3, context)
+    try:
+        dead = context.Process(target=_ask_and_die, args=(feeder,))
+        dead.start()
+        dead.join(10)
+        assert dead.exitcode == -signal.SIGKILL
+        answers = context.Queue()
+        alive = [context.Process(target=_ask, args=(feeder, w, w + 1, answers)) for w in (1, 2)]
+        for process in alive:
+            process.start()
+        got = sorted(answers.get(timeout=20) for _ in alive)
+        for process in alive:
+            process.join(10)
+    finally:
+        feeder.stop()
+    # shard 0 was claimed for the dead worker; the others got the shards they asked for, their
+    # windows cut in the worker as the main process cut them
+    assert got == [(1, 2, [(8, 11), (11, 12)]), (2, 3, [(12, 15), (15, 16)])]
+    assert [t.shard.index for t in feeder.tasks] == [0, 1, 2, 3]
+    assert feeder.windows[2:] == [[(8, 11), (11, 12)], [(12, 15), (15, 16)]]
 
 
 def test_the_collator_splits_failures_off_and_keeps_positions():

@@ -3,14 +3,21 @@
 A worker that has walked every shard claimed so far asks for the next one;
 the main thread claims it (``state/claims.py``) and every worker sees the same
 sequence of claimed shards, so windows are cut the same way in all of them.
+
+Each worker asks through a pipe of its own. A queue shared by the workers
+has one write lock between them, and a worker that ends at the wrong moment
+(killed mid-request, or exiting right after its last answer while its queue
+thread still holds the lock) keeps it for good: every other worker then
+waits forever. With a pipe each, a worker that ends however it ends leaves
+the others' pipes as they were.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import threading
 from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from img_search.pipeline.reader.stream import windows
@@ -20,7 +27,7 @@ from img_search.pipeline.state.claims import ShardTask
 class Feeder:
     """The shards this process claimed, in order; the ``k``-th is claimed when first asked for.
 
-    Loader workers ask through queues, answered by a thread of the main
+    Loader workers ask through a pipe each, answered by a thread of the main
     process, so claims (and their heartbeats) belong to the process that
     commits the shards.
     """
@@ -32,8 +39,12 @@ class Feeder:
         self.windows: list[list[tuple[int, int]]] = []
         self.exhausted = False
         self._lock = threading.Lock()
-        self._requests: Any = None
-        self._answers: list[Any] = []
+        #: The main process's end of each loader worker's pipe, and the worker's end.
+        self._mine: list[Connection] = []
+        self._theirs: list[Connection] = []
+        self._wake: tuple[Connection, Connection] | None = (
+            None  # stop() wakes the thread through it
+        )
         self._thread: threading.Thread | None = None
 
     def task(self, k: int) -> tuple[ShardTask, list[tuple[int, int]]] | None:
@@ -51,50 +62,62 @@ class Feeder:
 
     # -- serving loader workers ------------------------------------------------------
     def serve(self, workers: int, context: Any) -> None:
-        self._requests = context.Queue()
-        # A worker killed while sending a request (an OOM kill, a fault point) can die holding
-        # this queue's write lock: whoever puts after it would wait for that lock at exit,
-        # forever. What is left unsent at exit is not wanted, here or in the workers (``ask``).
-        self._requests.cancel_join_thread()
-        self._answers = [context.Queue() for _ in range(workers)]
-        self._thread = threading.Thread(target=self._answer, name="img_search-feeder", daemon=True)
+        """Answer the requests of ``workers`` loader workers (started after this) on a thread."""
+        pipes = [context.Pipe() for _ in range(workers)]
+        self._mine, self._theirs = [m for m, _ in pipes], [w for _, w in pipes]
+        self._wake = context.Pipe(duplex=False)
+        self._thread = threading.Thread(
+            target=self._answer,
+            args=([*self._mine, self._wake[0]],),
+            name="img_search-feeder",
+            daemon=True,
+        )
         self._thread.start()
 
-    def _answer(self) -> None:
-        while True:
-            request = self._requests.get()
-            if request is None:
-                return
-            worker, k = request
-            try:
-                self._answers[worker].put(self.task(k))
-            except Exception as exc:  # reaches the worker, which raises it in the loader
-                self._answers[worker].put(exc)
+    def _answer(self, pipes: list[Connection]) -> None:
+        assert self._wake is not None
+        while pipes:
+            for pipe in wait(pipes):
+                assert isinstance(pipe, Connection)
+                if pipe is self._wake[0]:
+                    return
+                try:
+                    k = pipe.recv()
+                    try:
+                        answer: Any = self.task(k)
+                    except Exception as exc:  # reaches the worker, which raises it in the loader
+                        answer = exc
+                    # the task alone: the worker cuts its windows (``windows``), and the answer
+                    # stays far below what a pipe holds, so sending never waits for a reader
+                    pipe.send(answer[0] if isinstance(answer, tuple) else answer)
+                except (EOFError, OSError):  # that worker is gone
+                    pipes.remove(pipe)
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._requests.put(None)
+        if self._thread is not None and self._wake is not None:
+            self._wake[1].send(None)
             self._thread.join(timeout=10)
-            self._thread = None
+        self._thread = None
+        for pipe in (*self._mine, *self._theirs, *(self._wake or ())):
+            pipe.close()
+        self._mine, self._theirs, self._wake = [], [], None
 
     def ask(self, worker: int | None, k: int) -> tuple[ShardTask, list[tuple[int, int]]] | None:
-        """From a loader worker (``worker`` ≥ 0) through the queues, else directly."""
-        if worker is None or self._requests is None:
+        """From a loader worker (``worker`` ≥ 0) through its pipe, else directly."""
+        if worker is None or not self._theirs:
             return self.task(k)
-        self._requests.cancel_join_thread()  # (reset in each forked worker: see ``serve``)
-        self._requests.put((worker, k))
-        while True:
-            try:
-                answer = self._answers[worker].get(timeout=5)
-                break
-            except queue.Empty:
-                if os.getppid() == 1:  # the main process is gone
-                    return None
+        pipe = self._theirs[worker]
+        pipe.send(k)
+        while not pipe.poll(5):
+            if os.getppid() == 1:  # the main process is gone
+                return None
+        answer = pipe.recv()
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return None if answer is None else (answer, windows(answer, self.batch_size))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_claim=None, _lock=None, _thread=None, tasks=[], windows=[])
+        state.update(_claim=None, _lock=None, _thread=None, _wake=None, _mine=[])
+        state.update(tasks=[], windows=[])
         return state
