@@ -87,19 +87,24 @@ class Feeder:
                         answer: Any = self.task(k)
                     except Exception as exc:  # reaches the worker, which raises it in the loader
                         answer = exc
-                    # the task alone: the worker cuts its windows (``windows``), and the answer
-                    # stays far below what a pipe holds, so sending never waits for a reader
-                    pipe.send(answer[0] if isinstance(answer, tuple) else answer)
+                    # the windows as cut at the claim: the task's record grows as the shard
+                    # commits, and windows cut from it later would be numbered otherwise
+                    pipe.send(answer)
                 except (EOFError, OSError):  # that worker is gone
                     pipes.remove(pipe)
 
     def stop(self) -> None:
+        busy = False
         if self._thread is not None and self._wake is not None:
             self._wake[1].send(None)
             self._thread.join(timeout=10)
+            # still inside a claim (waiting out a silent owner's lease): its pipes stay open
+            # until it answers and sees the wake-up; the claim it makes is kept in ``tasks``
+            busy = self._thread.is_alive()
+        if not busy:
+            for pipe in (*self._mine, *self._theirs, *(self._wake or ())):
+                pipe.close()
         self._thread = None
-        for pipe in (*self._mine, *self._theirs, *(self._wake or ())):
-            pipe.close()
         self._mine, self._theirs, self._wake = [], [], None
 
     def ask(self, worker: int | None, k: int) -> tuple[ShardTask, list[tuple[int, int]]] | None:
@@ -114,7 +119,7 @@ class Feeder:
         answer = pipe.recv()
         if isinstance(answer, Exception):
             raise answer
-        return None if answer is None else (answer, windows(answer, self.batch_size))
+        return answer
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

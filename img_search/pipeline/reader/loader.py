@@ -42,6 +42,8 @@ from img_search.pipeline.reader.stream import Batch, Collator, ShardStream, star
 from img_search.pipeline.state.claims import PairClaims
 
 log = logging.getLogger("img_search")
+#: How long a batch lost in transit waits for its worker's death to show before it is an error.
+TRANSIT_DEATH_WAIT_S = 5.0
 
 
 class Reader:
@@ -165,6 +167,16 @@ class Reader:
                     if "exited unexpectedly" not in str(exc) and not codes:
                         raise
                     raise WorkerDied(str(exc), codes) from exc
+                except (ConnectionError, EOFError) as exc:
+                    # a batch whose worker was killed while it was in transit: its tensors'
+                    # memory went with the worker (torch passes it by file descriptor)
+                    codes = exit_codes(iterator, wait_s=TRANSIT_DEATH_WAIT_S)
+                    if not codes:
+                        raise
+                    raise WorkerDied(
+                        f"a DataLoader worker died with a batch in transit ({type(exc).__name__})",
+                        codes,
+                    ) from exc
                 yield batch
         finally:
             if receiver is not None:

@@ -6,6 +6,7 @@ import contextlib
 import queue
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,15 +79,21 @@ class WorkerDied(Exception):
         return "the loader worker exited unexpectedly (out of memory, or a crash in a decoder)"
 
 
-def exit_codes(iterator: Any) -> list[int]:
-    """The exit codes of the iterator's dead workers (a private attribute of PyTorch's, if there)."""
-    codes = []
-    for worker in getattr(iterator, "_workers", None) or []:
-        with contextlib.suppress(Exception):
-            if not worker.is_alive():
-                worker.join(timeout=1)  # reaped, so its exit code is known
-                codes.append(worker.exitcode)
-    return [code for code in codes if code]
+def exit_codes(iterator: Any, wait_s: float = 0.0) -> list[int]:
+    """The exit codes of the iterator's dead workers (a private attribute of PyTorch's, if there);
+    ``wait_s``: how long to wait for a death that is known to have happened to show."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        codes = []
+        for worker in getattr(iterator, "_workers", None) or []:
+            with contextlib.suppress(Exception):
+                if not worker.is_alive():
+                    worker.join(timeout=1)  # reaped, so its exit code is known
+                    codes.append(worker.exitcode)
+        codes = [code for code in codes if code]
+        if codes or time.monotonic() >= deadline:
+            return codes
+        time.sleep(0.05)
 
 
 def deaths_only_in_next() -> None:
