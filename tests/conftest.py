@@ -18,6 +18,9 @@ os.environ.update(OFFLINE)
 # Tests run three at a time on two cores: one OpenMP thread per process (pytest's and every
 # CLI run's), so that no thread spins waiting for a core another test holds.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A child that dies of a fatal signal (SIGABRT, SIGSEGV) prints where, in every thread: a test
+# then fails with the place, not only "exited with -6".
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
