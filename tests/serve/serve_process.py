@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from conftest import OFFLINE, REPO
@@ -21,14 +21,29 @@ def free_port() -> int:
 
 @contextmanager
 def serve_process(
-    *overrides: str, preexec_fn: Callable[[], None] | None = None
+    *overrides: str, address_space: int | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """(URL, process) of a server started with ``overrides``, once it accepts connections."""
+    """(URL, process) of a server started with ``overrides``, once it accepts connections.
+
+    ``address_space``: its RLIMIT_AS, set by a small fresh interpreter that then becomes the
+    server (``os.execv``), never in a fork of the test process, which can hold more than the limit.
+    """
     import pytest
 
     port = free_port()
-    command = [sys.executable, "-m", "img_search.serve", *overrides, f"port={port}"]
+    args = [*overrides, f"port={port}"]
+    command = [sys.executable, "-m", "img_search.serve", *args]
     env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
+    if address_space is not None:
+        command = [
+            sys.executable,
+            "-c",
+            "import os, resource, sys; "
+            f"resource.setrlimit(resource.RLIMIT_AS, ({address_space}, {address_space})); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'img_search.serve', *sys.argv[1:]])",
+            *args,
+        ]
+        env["MALLOC_ARENA_MAX"] = "2"  # as the limited pipeline runs: threads share arenas
     process = subprocess.Popen(
         command,
         cwd=REPO,
@@ -36,7 +51,6 @@ def serve_process(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=preexec_fn,
     )
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -8,7 +8,6 @@ refused before the resize, not kill the process.
 from __future__ import annotations
 
 import io
-import resource
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -38,11 +37,10 @@ def rss_bytes(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def server(demo_tables):
-    space = address_space_for(WORK_SPACE)
     with serve_process(
         f"tables.images.table={demo_tables['images']}",
         "tables.captions.table=null",
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (space, space)),
+        address_space=address_space_for(WORK_SPACE),
     ) as (url, process):
         yield url, process
 
