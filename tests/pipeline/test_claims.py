@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+
+from ledger_fixtures import make_ledger
 
 from img_search.data.base import position_shards
 from img_search.pipeline.reader.stream import windows
 from img_search.pipeline.state.claims import PairClaims, ShardTask, claim_order, merge_ranges
-from img_search.pipeline.state.ledger import Ledger
 from img_search.pipeline.state.record import CompletionRecord, PartRef, part_name
 
 
@@ -46,12 +46,6 @@ def finished_record(task: ShardTask, rows: int) -> CompletionRecord:
         parts=[part],
         errors=errors,
     )
-
-
-def make_ledger(state: Path, lease_s: float = 120.0) -> Ledger:
-    ledger = Ledger(state, lease_s)
-    ledger.join("spec", "launch", rank=0)
-    return ledger
 
 
 def test_claims_are_exclusive_and_records_end_them(tmp_path):

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from conftest import SAMPLE_PHOTOS
+from ledger_fixtures import dead_here, make_ledger
 
 from img_search.api.jobs import compose
 from img_search.data.base import position_shards
@@ -16,22 +17,10 @@ from img_search.pipeline.plan import Job, plan_job
 from img_search.pipeline.state.claims import PairClaims
 from img_search.pipeline.state.finalize import finalize
 from img_search.pipeline.state.ledger import Ledger
-from img_search.pipeline.state.liveness import here
 from img_search.pipeline.state.output import open_output
 from img_search.pipeline.state.record import CompletionRecord, PartRef, part_name
 
 PAIR = ("simulated", "image_folder")
-
-
-def make_ledger(state: Path, lease_s: float = 120.0) -> Ledger:
-    ledger = Ledger(state, lease_s)
-    ledger.join("spec", "launch", rank=0)
-    return ledger
-
-
-def dead_here(host: str) -> str:
-    """The process file of a process of this boot and PID namespace that has exited."""
-    return json.dumps({"id": "vm-dead", "host": host, "pid": 999999, "started": "1", **here()})
 
 
 def test_the_finaliser_waits_for_live_processes_that_are_not_done(tmp_path):
